@@ -200,12 +200,14 @@ class TrainConfig:
     """Novel views: lambertian with this probability, else textureless."""
     ambient_range: tuple[float, float] = (0.1, 1.0)
     """Ambient ratio range for shaded novel views."""
+    novel_background: str = "random"
+    """Novel-view background: 'random' flat colour (the method) or 'white' (oracle verification)."""
     checkpoint_every: int = 500
     """Checkpoint interval within a stage (0 = only at stage ends)."""
     eval_views: int = 8
     """Orbit views saved to views/ for evaluation."""
-    eval_size: int = 256
-    """Size of evaluation renders and turntable frames."""
+    eval_size: int = 512
+    """Size of evaluation renders (views/, reference metrics) and turntable frames."""
     video_frames: int = 60
     """Turntable frames."""
     export_mesh: bool = True

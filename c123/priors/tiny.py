@@ -1,0 +1,158 @@
+"""Tiny random-weight Zero-1-to-3, Stable Diffusion and CLIP in the real repositories' on-disk layouts.
+
+They load through exactly the `from_pretrained` paths of the real models (offline), so the whole method
+runs on CPU in seconds; their outputs are meaningless. Layouts written:
+  zero123/           model_index.json, unet/ (8 input channels), vae/, image_encoder/, feature_extractor/,
+                     clip_camera_projection/ (config.json + diffusion_pytorch_model.safetensors), scheduler/
+                     (as bennyguo/zero123-xl-diffusers)
+  stable-diffusion/  model_index.json, unet/, vae/, text_encoder/, tokenizer/ (vocab.json, merges.txt),
+                     scheduler/ (as stabilityai/stable-diffusion-2-1-base)
+  clip/              config.json, model.safetensors, vocab.json, merges.txt, tokenizer_config.json,
+                     preprocessor_config.json (as openai/clip-vit-base-patch16)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from tokenizers import pre_tokenizers
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
+                          CLIPVisionConfig, CLIPVisionModelWithProjection)
+
+from c123.priors.zero123 import CLIPCameraProjection
+
+NAMES = {"zero123": "zero123", "stable_diffusion": "stable-diffusion", "clip": "clip"}
+MARKER = "c123-tiny.json"
+"""Written last inside each model folder; a folder without it is incomplete and is rewritten."""
+
+DIM = 32  # width of every tiny network and of the embeddings they exchange
+IMAGE_SIZE = 32
+# the betas of SD 2.1-base and of zero123-xl (scaled_linear 0.00085 .. 0.012 over 1000 steps)
+BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+           "pad_token": "<|endoftext|>"}
+
+
+def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:
+    """Write (or reuse) the three tiny models under `out_dir`; returns their folders by role."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {"zero123": _write_zero123, "stable_diffusion": _write_stable_diffusion, "clip": _write_clip}
+    for role, write in writers.items():
+        target = out / NAMES[role]
+        if (target / MARKER).is_file():
+            continue
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{NAMES[role]}-"))
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                write(tmp)
+            (tmp / MARKER).write_text(json.dumps({"seed": seed, "diffusers": diffusers.__version__}))
+            if target.exists() and not (target / MARKER).is_file():  # incomplete or foreign: replace it
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process finished first
+                if not (target / MARKER).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {role: str(out / name) for role, name in NAMES.items()}
+
+
+def _model_index(path: Path, class_name: str, components: dict) -> None:
+    index = {"_class_name": class_name, "_diffusers_version": diffusers.__version__,
+             "requires_safety_checker": False, "safety_checker": [None, None], **components}
+    (path / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
+def _unet(in_channels: int) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(DIM, 2 * DIM), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=DIM, attention_head_dim=(2, 4),
+        use_linear_projection=True, norm_num_groups=8)
+
+
+def _vae() -> AutoencoderKL:
+    # four blocks like the real VAE, so latents are 1/8 of the image as in the real models
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8, sample_size=IMAGE_SIZE)
+
+
+def _vision_config() -> dict:
+    return dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=DIM, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, projection_dim=DIM)
+
+
+def _text_config(vocab_size: int) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=DIM, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=DIM,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def _processor() -> CLIPImageProcessor:
+    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop)
+
+
+def _write_tokenizer(path: Path) -> int:
+    """A byte-level BPE vocabulary (all 256 byte symbols, word-final forms, a few merges) as vocab.json +
+    merges.txt, the files CLIPTokenizer reads in the real repositories; returns the vocabulary size."""
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = [("v", "i"), ("vi", "e"), ("vie", "w</w>"), ("s", "i"), ("si", "d"), ("sid", "e</w>")]
+    tokens = [SPECIAL["bos_token"], SPECIAL["eos_token"], *symbols, *(s + "</w>" for s in symbols),
+              *(a + b for a, b in merges)]
+    (path / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}, ensure_ascii=False))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (path / "special_tokens_map.json").write_text(json.dumps(SPECIAL))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, **SPECIAL}))
+    return len(tokens)
+
+
+def _write_zero123(path: Path) -> None:
+    _unet(in_channels=8).save_pretrained(path / "unet")
+    _vae().save_pretrained(path / "vae")
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config())).save_pretrained(path / "image_encoder")
+    _processor().save_pretrained(path / "feature_extractor")
+    projection = CLIPCameraProjection(embedding_dim=DIM, additional_embeddings=4)
+    projection.save_pretrained(path / "clip_camera_projection")
+    DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1).save_pretrained(
+        path / "scheduler")
+    _model_index(path, "Zero123Pipeline", {
+        "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]})
+
+
+def _write_stable_diffusion(path: Path) -> None:
+    vocab_size = _write_tokenizer(path / "tokenizer")
+    _unet(in_channels=4).save_pretrained(path / "unet")
+    _vae().save_pretrained(path / "vae")
+    CLIPTextModel(CLIPTextConfig(**_text_config(vocab_size))).save_pretrained(path / "text_encoder")
+    PNDMScheduler(**BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1).save_pretrained(
+        path / "scheduler")
+    _model_index(path, "StableDiffusionPipeline", {
+        "feature_extractor": [None, None], "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]})
+
+
+def _write_clip(path: Path) -> None:
+    vocab_size = _write_tokenizer(path)
+    config = CLIPConfig(text_config=_text_config(vocab_size), vision_config=_vision_config(), projection_dim=DIM)
+    CLIPModel(config).save_pretrained(path)
+    _processor().save_pretrained(path)

@@ -1,0 +1,189 @@
+"""Volume rendering of a density/albedo field: ray-box sampling, importance resampling, shading, compositing.
+
+A field is anything with `forward(x[N,3]) -> (sigma[N], albedo[N,3])` and, for shaded or normal renders,
+`forward_with_normal(x) -> (sigma, albedo, normal[N,3])` (NeRFField has both). Rays are sampled between their
+entry and exit of the box [-bound, bound]^3; rays that miss it stay empty.
+Depth is the expected distance along the ray given that it hits, sum(w t) / opacity, and 0 where the
+opacity is below 1e-4 (as the synthetic scenes' depth maps are 0 where empty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from c123.cameras import Cameras, generate_rays
+from c123.errors import GeometryError
+
+SHADINGS = ("albedo", "lambertian", "textureless", "normal")
+CHUNK_RAYS = 8192
+"""Rays per chunk: bounds the memory of one field evaluation (chunk * samples points)."""
+
+
+@dataclass
+class RenderOutput:
+    """Images [B,H,W,C] plus per-ray/per-sample tensors (R = B*H*W rays, S samples) for the regularisers."""
+
+    rgb: torch.Tensor
+    opacity: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor
+    weights: torch.Tensor
+    sample_normals: torch.Tensor | None
+    rays_d: torch.Tensor
+
+
+def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry and exit distances [R] of rays through the box [-bound, bound]^3 (near == far where they miss)."""
+    inv = 1.0 / torch.where(rays_d.abs() < 1e-9, torch.full_like(rays_d, 1e-9), rays_d)
+    t0, t1 = (-bound - rays_o) * inv, (bound - rays_o) * inv
+    near = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)
+    far = torch.maximum(t0, t1).amin(-1)
+    return near, torch.maximum(far, near)
+
+
+def _sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, perturb: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """n samples [R,n] from the piecewise-constant pdf given by `weights` [R,B] over `bins` [R,B+1]."""
+    pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), pdf.cumsum(-1)], -1).clamp(max=1.0)
+    if perturb:
+        u = torch.rand(bins.shape[0], n, generator=generator, device=bins.device, dtype=bins.dtype)
+    else:
+        u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=bins.device, dtype=bins.dtype).expand(bins.shape[0], n)
+    idx = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, cdf.shape[-1] - 1)
+    c0, c1 = cdf.gather(-1, idx - 1), cdf.gather(-1, idx)
+    b0, b1 = bins.gather(-1, idx - 1), bins.gather(-1, idx)
+    t = ((u - c0) / (c1 - c0).clamp(min=1e-8)).clamp(0, 1)
+    return b0 + t * (b1 - b0)
+
+
+def _composite(sigma: torch.Tensor, z: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """Compositing weights [R,S] for densities at sorted distances z[R,S]; the last sample extends to far."""
+    deltas = torch.cat([z[:, 1:] - z[:, :-1], (far[:, None] - z[:, -1:]).clamp(min=0)], -1)
+    alpha = 1.0 - torch.exp(-sigma * deltas)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], -1), -1)[:, :-1]
+    return alpha * trans
+
+
+def _eval(field, x: torch.Tensor, with_normal: bool):
+    if with_normal:
+        return field.forward_with_normal(x)
+    sigma, albedo = field(x)
+    return sigma, albedo, None
+
+
+def _shade(albedo, normal, shading, light_dir, ambient):
+    if shading == "albedo":
+        return albedo
+    if shading == "normal":
+        return (normal + 1.0) / 2.0
+    lambert = ambient + (1.0 - ambient) * (normal * light_dir[:, None, :]).sum(-1, keepdim=True).clamp(min=0.0)
+    return lambert.expand_as(albedo) if shading == "textureless" else albedo * lambert
+
+
+def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: str = "albedo",
+                light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
+                num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
+                perturb: bool = True, bound: float | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Render rays [R,3] (unit directions) in chunks: dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
+    weights[R,S], sample_normals[R,S,3] (when normals are computed).
+
+    light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float or
+    [R]; bg_color: [3] or [R,3] (default white).
+    """
+    if shading not in SHADINGS:
+        raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
+    R = rays_o.shape[0]
+    bound = field.bound if bound is None else bound
+    with_normal = need_normals or shading != "albedo"
+    if light_dir is None:
+        light_dir = F.normalize(rays_o, dim=-1)
+    light_dir = light_dir.to(rays_o).expand(R, 3)
+    ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
+    bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
+    bg = bg.expand(R, 3)
+    chunks, finite = [], []
+    for s in range(0, R, CHUNK_RAYS):
+        e = min(R, s + CHUNK_RAYS)
+        chunk, ok = _render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
+                                  num_samples, num_importance, with_normal, perturb, bound, generator)
+        chunks.append(chunk)
+        finite.append(ok)
+    out = {k: torch.cat([c[k] for c in chunks]) if chunks[0][k] is not None else None for k in chunks[0]}
+    # one host sync per render: densities (inf survives compositing) and the composited outputs (NaN)
+    if not (torch.stack(finite).all() and torch.isfinite(out["rgb"]).all() and torch.isfinite(out["depth"]).all()):
+        raise GeometryError("the field produced non-finite densities or colours (NaN/inf): lower the learning "
+                            "rate or check the inputs")
+    out["rgb"] = out["rgb"] + (1.0 - out["opacity"]) * bg
+    return out
+
+
+def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
+                  with_normal, perturb, bound, generator):
+    near, far = near_far_box(rays_o, rays_d, bound)
+    steps = torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype)
+    if perturb:
+        steps = steps + torch.rand(rays_o.shape[0], num_samples, generator=generator, device=rays_o.device,
+                                   dtype=rays_o.dtype)
+    else:
+        steps = (steps + 0.5).expand(rays_o.shape[0], num_samples)
+    z = near[:, None] + (far - near)[:, None] * steps / num_samples
+
+    def evaluate(zs):
+        x = (rays_o[:, None, :] + zs[..., None] * rays_d[:, None, :]).clamp(-bound, bound)
+        sigma, albedo, normal = _eval(field, x.reshape(-1, 3), with_normal)
+        n = zs.shape
+        return sigma.reshape(n), albedo.reshape(*n, 3), None if normal is None else normal.reshape(*n, 3)
+
+    sigma, albedo, normal = evaluate(z)
+    if num_importance > 0:
+        with torch.no_grad():
+            weights = _composite(sigma, z, far)
+            bins = torch.cat([z, far[:, None]], -1)
+            z_new = _sample_pdf(bins, weights, num_importance, perturb, generator)
+        s2, a2, n2 = evaluate(z_new)
+        z, order = torch.sort(torch.cat([z, z_new], -1), -1)
+        sigma = torch.cat([sigma, s2], -1).gather(-1, order)
+        albedo = torch.cat([albedo, a2], -2).gather(-2, order[..., None].expand(-1, -1, 3))
+        if normal is not None:
+            normal = torch.cat([normal, n2], -2).gather(-2, order[..., None].expand(-1, -1, 3))
+    weights = _composite(sigma, z, far)
+    color = _shade(albedo, normal, shading, light_dir, ambient)
+    opacity = weights.sum(-1, keepdim=True)
+    wz = (weights * z).sum(-1, keepdim=True)
+    depth = torch.where(opacity > 1e-4, wz / opacity.clamp(min=1e-4), torch.zeros_like(wz))
+    normal_map = (weights[..., None] * normal).sum(-2) if normal is not None else torch.zeros_like(rays_o)
+    out = {"rgb": (weights[..., None] * color).sum(-2), "opacity": opacity, "depth": depth,
+           "normal": normal_map, "weights": weights, "sample_normals": normal}
+    return out, torch.isfinite(sigma.detach()).all()
+
+
+def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
+                light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
+                num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
+                perturb: bool = True, generator: torch.Generator | None = None) -> RenderOutput:
+    """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera."""
+    B = len(cams)
+    rays_o, rays_d = generate_rays(cams, height, width)
+    per_ray = height * width
+
+    def per_camera(v, dim):
+        # broadcast a per-camera value ([B,dim] or [dim] or scalar) to every ray of its camera
+        v = torch.as_tensor(v, dtype=rays_o.dtype, device=rays_o.device)
+        if v.dim() == 0 or (dim and v.dim() == 1):
+            return v
+        return v.reshape(B, *([dim] if dim else [])).repeat_interleave(per_ray, 0)
+
+    light = None if light_dir is None else per_camera(F.normalize(light_dir.to(rays_o), dim=-1), 3)
+    bg = None if bg_color is None else per_camera(bg_color, 3)
+    out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
+                      ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
+                      num_importance=num_importance, need_normals=need_normals, perturb=perturb,
+                      generator=generator)
+    img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
+    return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],
+                        out["sample_normals"], rays_d.reshape(-1, 3))

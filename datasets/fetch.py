@@ -1,0 +1,128 @@
+"""`c123 fetch NAME --root DIR`: download RealFusion15 or C10 from their upstream repositories into DIR/NAME.
+
+Images come from Consistent123 (`data/realfusion15/`, `data/C10/` at commit 6df4059e) and, for RealFusion15's
+original photos and masks, from RealFusion (`examples/natural-images/` at commit 3ec69d05). Neither repository
+publishes a prompt table, so prompts.tsv is written from the copy below (the authors' RealFusion15 prompts;
+C10 prompts written for this project). The result has the layout `load_dataset` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from c123.errors import DatasetError
+
+CONSISTENT123 = "https://raw.githubusercontent.com/lyk412/Consistent123/6df4059e/data"
+REALFUSION = "https://raw.githubusercontent.com/lukemelas/realfusion/3ec69d05/examples/natural-images"
+
+PROMPTS = {
+    "realfusion15": """\
+consistent123_name	realfusion_folder	magic123_folder	realfusion_textual_inversion_token	consistent123_prompt
+banana	banana_1	banana	_banana_1_	a half-peeled yellow banana
+bird	bird_2	blue_bird	_bird_2_	a small blue-brown bird with a pointed mouth
+cactus	cactus_1	cactus	_cactus_1_	a green cactus in a brown pot
+cake	cake_2	barbie_cake	_cake_2_	a Barbie doll in a pink dress
+cat_statue	cat_statue	cat_statue	_cat_statue_	a cat statue in colorful suit
+cheery	cherry_1	two_cherries	_cherry_1_	a red cheery
+colorful_teapot	colorful_teapot	colorful_teapot	_colorful_teapot_	a colorful teapot
+donut	donut_1	two_donuts	_donut_1_	two pink doughnuts next to each other
+dragon_statue1	dragon_statue_1	metal_dragon_statue	_dragon_statue_1_	a silver dragon statue with long horns and large wings
+dragon_statue2	dragon_statue_2	stone_dragon_statue	_dragon_statue_2_	a silver dragon statue with short horns and small wings
+fish_real_nemo	fish_real_nemo	fish_real_nemo	_fish_real_nemo_	a clownfish
+horse_watercolor_2	horse_watercolor_2	watercolor_horse	_horse_watercolor_2_	a watercolor of a brown horse
+microphone	microphone_1	microphone	_microphone_1_	a black microphone
+sparrow	bird_sparrow	bird_sparrow	_bird_sparrow_	a grey sparrow
+teddy_bear	teddy_bear_1	teddy_bear	_teddy_bear_1_	a brown teddy_bear bear sitting on a ground
+""",
+    "c10": """\
+case	category	prompt
+07	fruit	a bunch of yellow bananas
+12	ball	a brown American football with white laces
+23	furniture	a light wooden cabinet with potted plants on top
+29	vehicle	a blue and white sport motorcycle
+34	scene	a beige two-story villa with columns
+43	biont	a grey elephant raising its trunk
+58	food	french fries in a red carton
+SpongeBob	cartoon	a yellow cartoon sponge character waving its arms
+avatar	statue	a bust of a blue-skinned alien with pointed ears
+yellow_shoe	costume	a yellow high-top sneaker with red laces
+""",
+}
+_MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
+
+
+def files(name: str, base_url: str | None = None) -> list[tuple[str, str]]:
+    """(path inside DIR/NAME, URL) of every file of a dataset; base_url mirrors that layout instead."""
+    rows = list(csv.DictReader(io.StringIO(PROMPTS[name]), delimiter="\t"))
+    out = []
+    if name == "realfusion15":
+        for row in rows:
+            case, folder = row["consistent123_name"], row["realfusion_folder"]
+            out += [(f"{case}{s}.png", f"{CONSISTENT123}/realfusion15/{case}{s}.png")
+                    for s in ("_rgba", "_depth", "_normal")]
+            out += [(f"{case}.png", f"{REALFUSION}/{folder}/image.png")]  # the photo itself, byte for byte
+            out += [(f"original/{folder}/{f}", f"{REALFUSION}/{folder}/{f}") for f in ("image.png", "mask.png")]
+    else:
+        for row in rows:
+            case = row["case"]
+            out += [(f"{case}{s}", f"{CONSISTENT123}/C10/{case}{s}")
+                    for s in (".jpg", "_rgba.png", "_depth.png", "_normal.png")]
+    if base_url:
+        out = [(rel, f"{base_url.rstrip('/')}/{name}/{rel}") for rel, _ in out]
+    return out
+
+
+def fetch(name: str, root: str | Path, base_url: str | None = None, timeout: float = 60.0) -> Path:
+    """Download dataset `name` into root/name (files already there are kept); returns that folder."""
+    if name not in PROMPTS:
+        raise DatasetError(f"cannot fetch '{name}': use one of {', '.join(PROMPTS)}")
+    dest = Path(root).expanduser() / name
+    for rel, url in files(name, base_url):
+        if not (dest / rel).is_file():
+            _write(dest / rel, _download(url, timeout))
+    _write(dest / "prompts.tsv", PROMPTS[name].encode())
+    return dest
+
+
+def _download(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise DatasetError(f"download of {url} failed ({reason}): check the connection, or pass --base-url "
+                           "of a mirror with the same layout") from err
+    magic = _MAGIC.get(Path(url).suffix)
+    if magic and not data.startswith(magic):
+        raise DatasetError(f"{url} is not an image (a Git LFS pointer or an error page?): pass --base-url of a "
+                           "mirror holding the files")
+    return data
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so an interrupted fetch never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`c123 fetch NAME --root DIR [--base-url URL]`."""
+    from datasets.registry import load_dataset
+
+    parser = argparse.ArgumentParser(prog="c123 fetch", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(PROMPTS))
+    parser.add_argument("--root", default="~/.cache/c123/data", help="data root (use it as C123_DATA)")
+    parser.add_argument("--base-url", help="mirror laid out as BASE/NAME/<files>")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per file")
+    args = parser.parse_args(argv)
+    dest = fetch(args.name, args.root, args.base_url, args.timeout)
+    print(f"{args.name}: {len(load_dataset(dest).cases)} cases in {dest}")
+    return 0

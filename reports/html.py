@@ -1,0 +1,160 @@
+"""One static HTML page (opens from disk, no external resources, relative links): tables, plots, case x method grid."""
+
+from __future__ import annotations
+
+import os
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from reports import published as pub
+from reports.regression import Verdict
+from reports.runs import Run, all_cases
+from reports.tables import Table
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+th,td{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top}
+td.num{text-align:right;white-space:nowrap}
+.foot{font-size:.8rem;color:#555;margin:.1rem 0}
+figure{display:inline-block;margin:.5rem}
+figure img{max-width:100%;border:1px solid #ddd}
+.grid img.ref{width:128px;background:#fff}
+.grid video,.grid img.gif{width:160px;display:block}
+.views img{width:48px;margin:1px;background:#fff}
+.failed{color:#b00}
+.ok{color:#070}
+"""
+
+# If the mp4 cannot be played (codec, missing file), show the gif next to the hidden <video>.
+SCRIPT = """
+function gifFallback(source){var v=source.parentNode;var img=v.querySelector('img');
+if(!img||v.dataset.fellBack){return;}v.dataset.fellBack='1';var gif=img.cloneNode();gif.className='gif';
+v.hidden=true;v.insertAdjacentElement('afterend',gif);}
+"""
+
+
+def _href(target: Path, out_dir: Path) -> str:
+    """A relative, URL-quoted link from the page's folder to `target`."""
+    return quote(Path(os.path.relpath(target, out_dir)).as_posix())
+
+
+def table_html(table: Table) -> str:
+    """A Table as HTML, groups (datasets / shapes) as spanning headers."""
+    lead = 1 + bool(table.head[1])
+    groups: list[list] = []
+    for c in table.columns:
+        if groups and groups[-1][0] == c.group:
+            groups[-1][1] += 1
+        else:
+            groups.append([c.group, 1])
+    heads = [f'<th colspan="{lead}"></th>'] + [f'<th colspan="{n}">{escape(g)}</th>' for g, n in groups]
+    names = [escape(table.head[0]), *([escape(table.head[1])] if lead == 2 else []),
+             *(escape(c.name) for c in table.columns)]
+    out = [f"<table><caption>{escape(table.title)}</caption>", "<thead><tr>" + "".join(heads) + "</tr>",
+           "<tr>" + "".join(f"<th>{n}</th>" for n in names) + "</tr></thead><tbody>"]
+    for row in table.rows:
+        label = escape(row.label) + "".join(f"<sup>{escape(m)}</sup>" for m in row.marks)
+        cells = [f"<td>{label}</td>", *([f"<td>{escape(row.tag)}</td>"] if lead == 2 else [])]
+        for c in row.cells:
+            text = escape(c.text) + (f"<sup>{escape(c.mark)}</sup>" if c.mark else "")
+            cells.append(f'<td class="num">{"<strong>" + text + "</strong>" if c.bold else text}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    out += [f'<p class="foot"><sup>{escape(m)}</sup> {escape(t)}</p>' for m, t in table.footnotes]
+    out += [f'<p class="foot">{escape(n)}</p>' for n in table.notes]
+    return "\n".join(out)
+
+
+def _case_cell(run: Run, row, out_dir: Path) -> str:
+    """Turntable video (gif fallback) and orbit thumbnails of one case, or why it failed."""
+    if row.status != "ok":
+        return f'<td class="failed">failed: {escape("" if pd.isna(row.error) else str(row.error)[:200])}</td>'
+    folder = run.case_dir(row.case_dir)
+    result = run.result(row.case_dir) or {}
+    outputs = result.get("outputs", {})
+    parts = []
+    mp4, gif = folder / outputs.get("video_rgb", "video/rgb.mp4"), folder / outputs.get("gif_rgb", "video/rgb.gif")
+    if mp4.is_file():
+        fallback = f'<img src="{_href(gif, out_dir)}" alt="turntable {escape(row.case)}">' if gif.is_file() else ""
+        parts.append(f'<video controls loop muted autoplay playsinline preload="metadata">'
+                     f'<source src="{_href(mp4, out_dir)}" type="video/mp4" onerror="gifFallback(this)">'
+                     f"{fallback}</video>")
+    elif gif.is_file():
+        parts.append(f'<img class="gif" src="{_href(gif, out_dir)}" alt="turntable {escape(row.case)}">')
+    views = [folder / v["file"] for v in result.get("views", [])] or sorted(folder.glob("views/view_*.png"))
+    thumbs = "".join(f'<img src="{_href(v, out_dir)}" alt="{escape(v.stem)}">'
+                     for v in views if v.is_file())
+    if thumbs:
+        parts.append(f'<div class="views">{thumbs}</div>')
+    metrics = " · ".join(f"{pub.METRIC_LABELS[m].rstrip(' ↑↓')} {getattr(row, m):.3f}" for m in pub.METRICS
+                         if not pd.isna(getattr(row, m)))
+    parts.append(f'<div class="foot">seed {row.seed}{" · " + metrics if metrics else ""}</div>')
+    return "<td>" + "".join(parts) + "</td>"
+
+
+def grid_html(runs: list[Run], out_dir: Path) -> str:
+    """Per dataset: rows = cases (reference image first), columns = methods; each shows its lowest succeeded seed."""
+    cases = all_cases(runs)
+    by_id = {r.run_id: r for r in runs}
+    out = []
+    for dataset, ds in cases.groupby("dataset", sort=True):
+        labels = list(dict.fromkeys(ds["label"]))
+        out += [f"<h3>{escape(str(dataset))}</h3>", '<table class="grid"><thead><tr><th>case</th><th>reference</th>'
+                + "".join(f"<th>{escape(lab)}</th>" for lab in labels) + "</tr></thead><tbody>"]
+        for case, group in ds.groupby("case", sort=True):
+            order = group.assign(failed=group["status"] != "ok").sort_values(["failed", "seed"])
+            first = {r.label: r for r in order.drop_duplicates("label").itertuples()}
+            refs = [by_id[r.run_id].case_dir(r.case_dir) / "reference.png"
+                    for r in first.values() if isinstance(r.case_dir, str)]
+            ref = next((f'<img class="ref" src="{_href(p, out_dir)}" alt="reference {escape(str(case))}">'
+                        for p in refs if p.is_file()), "")
+            category = group["category"].dropna()
+            name = escape(str(case)) + (f"<br><small>{escape(str(category.iloc[0]))}</small>" if len(category) else "")
+            cells = [_case_cell(by_id[first[lab].run_id], first[lab], out_dir) if lab in first else "<td>–</td>"
+                     for lab in labels]
+            out.append(f"<tr><td>{name}</td><td>{ref}</td>" + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def verdict_html(verdict: Verdict) -> str:
+    """The regression headline and its findings."""
+    cls, head = ("failed", "REGRESSED") if verdict.regressed else ("ok", "no regression")
+    rows = "".join(
+        f"<tr><td>{escape(f.kind)}</td><td>{escape(f.dataset)}</td><td>{escape(f.variant)} · {escape(f.weight_shape)}"
+        f"</td><td>{escape(f.case)}{'' if f.seed is None else f' s{f.seed}'}</td><td>{escape(f.metric)}</td>"
+        f'<td class="num">{"–" if pd.isna(f.baseline) else f"{f.baseline:.4f}"}</td>'
+        f'<td class="num">{"–" if pd.isna(f.current) else f"{f.current:.4f}"}</td>'
+        f'<td class="{"failed" if f.regressed else "ok"}">{"regressed" if f.regressed else "ok"}</td></tr>'
+        for f in verdict.findings)
+    return (f'<p class="{cls}"><strong>{head}</strong>: run {escape(verdict.run_id)} against baseline '
+            f"{escape(verdict.baseline_run_id)}</p><table><thead><tr><th>kind</th><th>dataset</th><th>method</th>"
+            f"<th>case</th><th>metric</th><th>baseline</th><th>current</th><th>verdict</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
+def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], out_dir: Path,
+                verdict: Verdict | None = None) -> str:
+    """The whole page as a string; every link is relative to out_dir."""
+    out_dir = Path(out_dir).resolve()
+    summary = "".join(
+        f"<li><code>{escape(r.run_id)}</code>: {escape(', '.join(sorted(r.per_case['dataset'].astype(str).unique())))}"
+        f", {len(r.per_case)} case runs, {int((r.per_case['status'] == 'ok').sum())} ok, "
+        f"created {escape(r.created_at.isoformat())}, code {escape(str(r.info.get('code_version', '–')))}</li>"
+        for r in runs)
+    figures = "".join(f'<figure><img src="{_href(p, out_dir)}" alt="{escape(name)}">'
+                      f"<figcaption>{escape(name)}</figcaption></figure>" for name, p in plots.items())
+    body = [f"<h1>c123 benchmark report</h1><ul>{summary}</ul>"]
+    if verdict is not None:
+        body.append(f'<section id="verdict"><h2>Regression</h2>{verdict_html(verdict)}</section>')
+    body += ['<section id="tables"><h2>Tables</h2>' + "".join(table_html(t) for t in tables) + "</section>",
+             f'<section id="plots"><h2>Plots</h2>{figures}</section>',
+             f'<section id="cases"><h2>Cases</h2>{grid_html(runs, out_dir)}</section>']
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>c123 report</title><style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,78 @@
+"""The paper's published numbers (Table 1, Table 2 averages) and the protocol behind them, as data."""
+
+from dataclasses import dataclass
+
+METRICS = ("clip_similarity", "psnr", "lpips")
+"""Table 1 metrics, in the paper's column order."""
+
+HIGHER_IS_BETTER = {"clip_similarity": True, "psnr": True, "lpips": False}
+
+METRIC_LABELS = {"clip_similarity": "CLIP-sim ↑", "psnr": "PSNR ↑", "lpips": "LPIPS ↓"}
+
+DATASETS = {"realfusion15": "RealFusion15", "c10": "C10"}
+"""Dataset keys (lower case, as in per_case.parquet) -> the paper's names, in the paper's order."""
+
+METHODS = ("RealFusion", "Make-it-3D", "Zero-1-to-3", "Magic123", "Consistent123")
+
+# Paper Table 1: TABLE1[dataset][method] = (CLIP-sim, PSNR, LPIPS).
+TABLE1 = {
+    "realfusion15": {
+        "RealFusion": (0.735, 20.216, 0.197),
+        "Make-it-3D": (0.839, 20.010, 0.119),
+        "Zero-1-to-3": (0.759, 25.386, 0.068),
+        "Magic123": (0.747, 25.637, 0.062),
+        "Consistent123": (0.844, 25.682, 0.056),
+    },
+    "c10": {
+        "RealFusion": (0.680, 22.355, 0.140),
+        "Make-it-3D": (0.824, 19.412, 0.120),
+        "Zero-1-to-3": (0.700, 18.292, 0.229),
+        "Magic123": (0.751, 15.538, 0.197),
+        "Consistent123": (0.770, 25.327, 0.054),
+    },
+}
+
+DISCOUNTED = {("Make-it-3D", "clip_similarity"): "Make-it-3D trains on CLIP similarity, so the paper discounts "
+                                                  "its CLIP-sim value."}
+"""(method, metric) cells the paper marks with * and leaves out of the comparison."""
+
+C10_CATEGORIES = ("ball", "biont", "furniture", "cartoon", "fruit", "statue", "food", "vehicle", "costume", "scene")
+"""Paper Table 2 row order."""
+
+WEIGHT_SHAPES = ("log", "linear", "exp")
+"""Paper Table 2 column order of the dynamic-prior shapes."""
+
+# Paper Table 2 averages over the C10 categories: TABLE2_AVERAGES[shape] = (CLIP-sim, PSNR, LPIPS).
+TABLE2_AVERAGES = {
+    "log": (0.76, 24.59, 0.07),
+    "linear": (0.76, 24.96, 0.07),
+    "exp": (0.79, 25.30, 0.06),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a metric was measured: CLIP model and orbit views, evaluation resolution, LPIPS net, background."""
+
+    clip_model: str
+    num_views: int | str
+    resolution: int | str
+    lpips_net: str
+    background: str
+
+
+UNPUBLISHED = "unpublished"
+
+PAPER_PROTOCOL = Protocol(clip_model=UNPUBLISHED, num_views=UNPUBLISHED, resolution=UNPUBLISHED,
+                          lpips_net="alex", background="white")
+"""What the paper states: LPIPS (AlexNet) at the reference view on white; CLIP model, views and size are not given."""
+
+REFERENCE_PROTOCOL = Protocol(clip_model="laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", num_views=100,
+                              resolution=512, lpips_net="alex", background="white")
+"""The closest public protocol, against which our rows are footnoted: Magic123's evaluation (100 views,
+ViT-bigG-14); 512 px is the paper preset's evaluation size (TrainConfig.eval_size), not a published figure."""
+
+
+def same_clip_model(model: str) -> bool:
+    """True when `model` is a ViT-bigG-14 CLIP like the reference (hub ids and local dirs differ in spelling)."""
+    return "vit-bigg-14" in str(model).lower().replace("_", "-")

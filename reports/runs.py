@@ -1,0 +1,99 @@
+"""Loading benchmark run folders (run.json, per_case/per_view Parquet, per-case result.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from c123.errors import C123Error
+
+METHOD_KEY = ["run_id", "variant", "weight_shape", "preset"]
+"""Columns that make one 'reproduced' method row: the same variant in two runs stays two rows."""
+
+
+@dataclass
+class Run:
+    """One benchmark run folder, loaded."""
+
+    path: Path
+    run_id: str
+    info: dict
+    per_case: pd.DataFrame
+    per_view: pd.DataFrame
+    created_at: pd.Timestamp
+
+    def case_dir(self, case_dir: str) -> Path:
+        """Absolute folder of one case output, from per_case's case_dir (relative to the run)."""
+        return self.path / case_dir
+
+    def result(self, case_dir: str) -> dict | None:
+        """The case's result.json, or None when the case never wrote one (failed early)."""
+        if not isinstance(case_dir, str):
+            return None
+        path = self.case_dir(case_dir) / "result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load RUN/run.json (optional), RUN/per_case.parquet and RUN/per_view.parquet (optional)."""
+    path = Path(run_dir).resolve()
+    per_case_path = path / "per_case.parquet"
+    if not per_case_path.is_file():
+        raise C123Error(f"no per_case.parquet in {path}: pass a finished benchmark run folder")
+    info_path = path / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    per_case = pd.read_parquet(per_case_path)
+    per_case["dataset"] = per_case["dataset"].astype(str).str.lower()  # 'C10' and 'c10' are one dataset
+    per_view_path = path / "per_view.parquet"
+    per_view = pd.read_parquet(per_view_path) if per_view_path.is_file() else pd.DataFrame()
+    run_id = str(info.get("run_id") or (per_case["run_id"].iloc[0] if len(per_case) else path.name))
+    # Nightly trends need an order; a run.json without created_at falls back to the Parquet's mtime.
+    created = info.get("created_at")
+    created_at = pd.Timestamp(created) if created else pd.Timestamp(per_case_path.stat().st_mtime, unit="s")
+    if created_at.tzinfo is None:
+        created_at = created_at.tz_localize("UTC")
+    return Run(path=path, run_id=run_id, info=info, per_case=per_case, per_view=per_view, created_at=created_at)
+
+
+def load_runs(run_dirs) -> list[Run]:
+    """Load several runs, in the order given."""
+    return [load_run(d) for d in run_dirs]
+
+
+def all_cases(runs: list[Run]) -> pd.DataFrame:
+    """per_case rows of all runs, with a `label` column naming the method row they belong to."""
+    frames = [r.per_case for r in runs if len(r.per_case)]
+    if not frames:
+        return pd.DataFrame(columns=[*METHOD_KEY, "label", "dataset", "case", "status"])
+    df = pd.concat(frames, ignore_index=True)
+    df["label"] = method_labels(df)
+    return df
+
+
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """'variant · shape · preset', plus the run id when the frame holds more than one run."""
+    label = df["variant"].astype(str) + " · " + df["weight_shape"].astype(str) + " · " + df["preset"].astype(str)
+    if df["run_id"].nunique() > 1:
+        label = label + " · " + df["run_id"].astype(str)
+    return label
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write via a temp file in the same folder and os.replace, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,271 @@
+"""Paper-style tables from per_case rows: Table 1 (methods x datasets) and Table 2 (weight-shape ablation)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from reports import published as pub
+
+DASH = "–"
+"""What a missing value prints as (never 0)."""
+
+DECIMALS = 3
+REFERENCE_NOTE = ("Reported rows: paper Table 1. The paper does not publish its CLIP model, number of views or "
+                  "resolution; reproduced rows are checked against the closest public protocol "
+                  "(Magic123: ViT-bigG-14, 100 views) at 512 px.")
+
+
+@dataclass
+class Cell:
+    """One table cell: its text, whether it is the best in its comparison, and a footnote mark."""
+
+    text: str = DASH
+    bold: bool = False
+    mark: str = ""
+
+
+@dataclass
+class Column:
+    """A column: its group (dataset or weight shape) and its name (metric)."""
+
+    group: str
+    name: str
+
+
+@dataclass
+class Row:
+    """A method (or category) row; `tag` is 'reported' or 'reproduced' in Table 1."""
+
+    label: str
+    tag: str
+    cells: list[Cell]
+    marks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    """A renderable table; footnotes are (mark, text) pairs, notes are unmarked lines under it."""
+
+    title: str
+    head: tuple[str, str]
+    columns: list[Column]
+    rows: list[Row]
+    footnotes: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt(value: float, std: float = math.nan) -> str:
+    """'0.770', '0.770 ± 0.012', or the dash for NaN."""
+    if value is None or pd.isna(value):
+        return DASH
+    return f"{value:.{DECIMALS}f}" + ("" if pd.isna(std) else f" ± {std:.{DECIMALS}f}")
+
+
+def _bold_best(candidates: list[tuple[Cell, float]], metric: str, at_least: int = 1) -> None:
+    """Bold every cell whose rounded value is the best of the candidates (ties all bold), if enough have values."""
+    values = [(c, round(v, DECIMALS)) for c, v in candidates if not pd.isna(v)]
+    if len(values) < at_least:
+        return
+    best = (max if pub.HIGHER_IS_BETTER[metric] else min)(v for _, v in values)
+    for cell, v in values:
+        cell.bold = v == best
+
+
+def _ok_values(group: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric over succeeded cases; NaN (metric failed) is left out of the mean, never read as 0."""
+    return group.loc[group["status"] == "ok", metric].astype("float64").dropna()
+
+
+def _ok_count(group: pd.DataFrame) -> str:
+    """'n ok / n cases' (failed cases count in the denominator), or the dash when there are no cases."""
+    return f"{int((group['status'] == 'ok').sum())} / {len(group)}" if len(group) else DASH
+
+
+def _protocol_deviation(group: pd.DataFrame) -> str:
+    """What in these rows' protocol differs from the reference protocol; '' when nothing does."""
+    ref = pub.REFERENCE_PROTOCOL
+
+    def seen(col: str) -> list[str]:
+        return sorted({str(v) for v in group[col].dropna()}) if col in group else []
+
+    parts = []
+    clip = [m for m in seen("clip_model") if not pub.same_clip_model(m)]
+    if clip:
+        parts.append(f"CLIP model {', '.join(clip)} (reference ViT-bigG-14)")
+    views = [v for v in seen("num_views") if v != str(ref.num_views)]
+    if views:
+        parts.append(f"{', '.join(views)} views (reference {ref.num_views})")
+    res = [v for v in seen("resolution") if v != str(ref.resolution)]
+    if res:
+        parts.append(f"resolution {', '.join(res)} px (reference {ref.resolution})")
+    nets = [v for v in seen("lpips_net") if v != ref.lpips_net]
+    if nets:
+        parts.append(f"LPIPS net {', '.join(nets)} (reference {ref.lpips_net})")
+    bgs = [v for v in seen("background") if v != ref.background]
+    if bgs:
+        parts.append(f"background {', '.join(bgs)} (reference {ref.background})")
+    return "; ".join(parts)
+
+
+def dataset_order(datasets) -> list[str]:
+    """The paper's datasets first, in its order, then any others alphabetically."""
+    present = set(datasets)
+    return [d for d in pub.DATASETS if d in present] + sorted(present - set(pub.DATASETS))
+
+
+def table1(cases: pd.DataFrame) -> Table:
+    """Table 1: published baselines ('reported') and our runs ('reproduced'), per dataset mean ± std."""
+    datasets = dataset_order(cases["dataset"].unique()) if len(cases) else list(pub.DATASETS)
+    columns = [Column(pub.DATASETS.get(d, d), name) for d in datasets
+               for name in [*(pub.METRIC_LABELS[m] for m in pub.METRICS), "ok / cases"]]
+    rows, values = [], []  # values[i][(dataset, metric)] = number behind rows[i]'s cell
+    for method in pub.METHODS:
+        cells, vals = [], {}
+        for d in datasets:
+            reported = pub.TABLE1.get(d, {}).get(method)
+            for i, m in enumerate(pub.METRICS):
+                v = reported[i] if reported else math.nan
+                discounted = (method, m) in pub.DISCOUNTED
+                cells.append(Cell(fmt(v), mark="*" if discounted and reported else ""))
+                vals[(d, m)] = math.nan if discounted else v
+            cells.append(Cell())
+        if any(c.text != DASH for c in cells):
+            rows.append(Row(method, "reported", cells))
+            values.append(vals)
+    notes: dict[str, str] = {}
+    for label, group in cases.groupby("label", sort=False):
+        cells, vals = [], {}
+        for d in datasets:
+            sub = group[group["dataset"] == d]
+            for m in pub.METRICS:
+                ok = _ok_values(sub, m)
+                mean = ok.mean() if len(ok) else math.nan
+                cells.append(Cell(fmt(mean, ok.std(ddof=1) if len(ok) > 1 else math.nan)))
+                vals[(d, m)] = mean
+            cells.append(Cell(_ok_count(sub)))
+        deviation = _protocol_deviation(group)
+        marks = [notes.setdefault(deviation, chr(ord("a") + len(notes)))] if deviation else []
+        rows.append(Row(str(label), "reproduced", cells, marks))
+        values.append(vals)
+    for j, d in enumerate(datasets):
+        for k, m in enumerate(pub.METRICS):
+            _bold_best([(row.cells[4 * j + k], vals[(d, m)]) for row, vals in zip(rows, values)], m)
+    footnotes = [(mark, f"Protocol differs: {text}.") for text, mark in notes.items()]
+    if any(c.mark == "*" for r in rows for c in r.cells):
+        footnotes.append(("*", next(iter(pub.DISCOUNTED.values()))))
+    return Table("Table 1: single-image reconstruction, mean ± std over succeeded cases", ("Method", "Source"),
+                 columns, rows, footnotes, [REFERENCE_NOTE])
+
+
+def table2(cases: pd.DataFrame) -> list[Table]:
+    """Table 2 per run and preset: C10 categories x weight shapes (consistent123), ours and the paper's averages."""
+    c10 = cases[(cases["dataset"] == "c10") & (cases["variant"] == "consistent123")] if len(cases) else cases
+    tables, several = [], c10["run_id"].nunique() > 1
+    for (run_id, preset), group in c10.groupby(["run_id", "preset"], sort=False):
+        group = group.assign(category=group["category"].fillna("unknown").astype(str))
+        extra = sorted(set(group["category"]) - set(pub.C10_CATEGORIES))
+        columns = [Column(shape, name) for shape in pub.WEIGHT_SHAPES
+                   for name in [*(pub.METRIC_LABELS[m] for m in pub.METRICS), "ok / cases"]]
+        rows, means = [], {m: {s: [] for s in pub.WEIGHT_SHAPES} for m in pub.METRICS}
+        for category in [*pub.C10_CATEGORIES, *extra]:
+            cells, candidates = [], {m: [] for m in pub.METRICS}
+            for shape in pub.WEIGHT_SHAPES:
+                sub = group[(group["category"] == category) & (group["weight_shape"] == shape)]
+                for m in pub.METRICS:
+                    ok = _ok_values(sub, m)
+                    mean = ok.mean() if len(ok) else math.nan
+                    cells.append(Cell(fmt(mean)))
+                    candidates[m].append((cells[-1], mean))
+                    means[m][shape].append(mean)
+                cells.append(Cell(_ok_count(sub)))
+            for m in pub.METRICS:
+                _bold_best(candidates[m], m, at_least=2)  # a lone shape is not "best"
+            rows.append(Row(category, "", cells))
+        # Our average, like the paper's, is over categories (a category with several seeds counts once).
+        avg = []
+        for shape in pub.WEIGHT_SHAPES:
+            sub = group[group["weight_shape"] == shape]
+            avg += [Cell(fmt(pd.Series(means[m][shape], dtype="float64").mean())) for m in pub.METRICS]
+            avg.append(Cell(_ok_count(sub)))
+        paper = [Cell(f"{pub.TABLE2_AVERAGES[s][i]:.2f}" if i is not None else DASH)
+                 for s in pub.WEIGHT_SHAPES for i in [0, 1, 2, None]]
+        rows += [Row("average (reproduced)", "", avg), Row("average (reported)", "", paper)]
+        title = f"Table 2: C10 per category, consistent123 weight shapes, preset {preset}"
+        tables.append(Table(title + (f", run {run_id}" if several else ""),
+                            ("Category", ""), columns, rows,
+                            notes=["Means over succeeded cases; best shape per category in bold."]))
+    return tables
+
+
+def _md(text: str) -> str:
+    """Escape what Markdown would read as emphasis or a column break."""
+    return text.replace("|", "\\|").replace("*", "\\*")
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub-flavoured Markdown: the dataset/shape goes into each column header (no spans in Markdown)."""
+    show_tag = bool(table.head[1])
+    head = [table.head[0], *([table.head[1]] if show_tag else []), *(f"{c.group} {c.name}" for c in table.columns)]
+    lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * (1 + show_tag) + "---:|" * len(table.columns)]
+    for row in table.rows:
+        label = _md(row.label) + "".join(f" [{m}]" for m in row.marks)
+        cells = [(f"**{_md(c.text)}**" if c.bold else _md(c.text)) + _md(c.mark) for c in row.cells]
+        lines.append("| " + " | ".join([label, *([row.tag] if show_tag else []), *cells]) + " |")
+    lines.append("")
+    lines += [f"{_md(m) if m == '*' else '[' + m + ']'} {text}  " for m, text in table.footnotes]
+    lines += [f"{note}  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
+        "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$"}
+
+
+def _tex(text: str) -> str:
+    """Escape LaTeX specials and map the Unicode symbols we print to math."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs tabular inside a table float, dataset/shape groups as multicolumn headers."""
+    show_tag = bool(table.head[1])
+    lead = 1 + show_tag
+    groups: list[tuple[str, int]] = []
+    for c in table.columns:
+        if groups and groups[-1][0] == c.group:
+            groups[-1] = (c.group, groups[-1][1] + 1)
+        else:
+            groups.append((c.group, 1))
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{" + "l" * lead + "r" * len(table.columns) + "}", r"\toprule",
+             " & " * (lead - 1) + " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(g)}}}" for g, n in groups)
+             + r" \\"]
+    start = lead + 1
+    rules = []
+    for _, n in groups:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    head = [table.head[0], *([table.head[1]] if show_tag else []), *(c.name for c in table.columns)]
+    lines += [" & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
+    for row in table.rows:
+        label = _tex(row.label) + "".join(rf"\textsuperscript{{{m}}}" for m in row.marks)
+        cells = [(rf"\textbf{{{_tex(c.text)}}}" if c.bold else _tex(c.text)) + (r"$^*$" if c.mark == "*" else "")
+                 for c in row.cells]
+        lines.append(" & ".join([label, *([row.tag] if show_tag else []), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(table.title)}.}}", r"\end{table}"]
+    notes = [(rf"\textsuperscript{{{m}}}" if m != "*" else "$^*$") + " " + _tex(t) for m, t in table.footnotes]
+    notes += [_tex(n) for n in table.notes]
+    if notes:
+        lines.insert(-1, r"\par\footnotesize " + r" \\ ".join(notes))
+    return "\n".join(lines) + "\n"
+
+
+def build_tables(cases: pd.DataFrame) -> list[Table]:
+    """Table 1, then one Table 2 per run and preset that has C10 consistent123 rows."""
+    return [table1(cases), *table2(cases)]

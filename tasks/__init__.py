@@ -1,0 +1,1 @@
+"""Thin Prefect tasks and Ray actors over the c123 method."""

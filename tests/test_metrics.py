@@ -1,0 +1,105 @@
+"""Metrics: PSNR by hand, LPIPS equal to the lpips package, CLIP similarity properties, Chamfer values."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from c123.errors import WeightsMissingError
+from c123.metrics import (ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
+                          psnr)
+
+
+def test_composite_white_arrays_tensors_and_uint8():
+    rgba = np.array([[[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.5]]])
+    expected = np.array([[[1, 0, 0], [1, 1, 1], [0.5, 0.5, 1.0]]])
+    assert np.allclose(composite_white(rgba), expected)
+    assert torch.allclose(composite_white(torch.tensor(rgba)), torch.tensor(expected))
+    assert np.allclose(composite_white((rgba * 255).astype(np.uint8)), expected, atol=1 / 255)
+
+
+def test_psnr_matches_a_hand_computation():
+    target = np.zeros((2, 2, 3))
+    pred = target.copy()
+    pred[0, 0, 0] = 0.1                     # mse = 0.01 / 12
+    assert psnr(pred, target) == pytest.approx(10 * math.log10(12 / 0.01))
+    assert psnr(torch.tensor(pred), torch.tensor(target)) == pytest.approx(30.7918, abs=1e-4)
+    assert psnr(target, target) == math.inf
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(pred, np.zeros((2, 3, 3)))
+    pred[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        psnr(pred, target)
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
+def test_lpips_equals_the_lpips_package_with_the_same_random_backbone():
+    import lpips
+
+    rng = np.random.default_rng(0)
+    a = rng.random((64, 64, 3), dtype=np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal((64, 64, 3)), 0, 1).astype(np.float32)
+    torch.manual_seed(0)
+    ours = LpipsMetric("alex", "cpu", random_backbone=True)
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    to_torch = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None] * 2 - 1
+    expected = reference(to_torch(a), to_torch(b)).item()
+    assert expected > 0
+    assert ours(a, b) == pytest.approx(expected, rel=1e-5)
+    assert ours(a, a) == pytest.approx(0, abs=1e-7)
+    assert ours.name == "alex-random"
+    with pytest.raises(ValueError, match="NaN"):
+        ours(a, np.full_like(a, np.nan))
+
+
+def test_lpips_without_cached_backbone_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(WeightsMissingError, match=r"alexnet-owt-7be5be79\.pth.*TORCH_HOME"):
+        LpipsMetric("alex")
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.fixture(scope="module")
+def clip_similarity(tmp_path_factory):
+    from c123.priors.tiny import write_tiny_models
+
+    return ClipSimilarity(write_tiny_models(tmp_path_factory.mktemp("tiny"))["clip"], "cpu", batch_size=2)
+
+
+def test_clip_similarity_identical_images_and_symmetry(clip_similarity):
+    rng = np.random.default_rng(0)
+    ref, other = rng.random((2, 48, 48, 3))
+    views = np.stack([ref, other, rng.random((48, 48, 3))])
+    mean, per_view = clip_similarity(ref, views)
+    assert per_view.shape == (3,) and mean == pytest.approx(per_view.mean())
+    assert per_view[0] == pytest.approx(1.0, abs=1e-5)
+    forward = clip_similarity(ref, other[None])[1][0]
+    backward = clip_similarity(other, ref[None])[1][0]
+    assert forward == pytest.approx(backward, abs=1e-6) and forward < 1 - 1e-4
+    with pytest.raises(ValueError, match="NaN"):
+        clip_similarity(ref, np.full((1, 48, 48, 3), np.nan))
+
+
+def test_clip_similarity_missing_model_is_a_weights_error(tmp_path):
+    with pytest.raises(WeightsMissingError, match="CLIP"):
+        ClipSimilarity(str(tmp_path / "missing-clip"), "cpu")
+
+
+def test_chamfer_identical_and_shifted_sets():
+    grid = np.stack(np.meshgrid(*[np.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    assert chamfer_distance(grid, grid) == 0
+    # a shift of 0.1 (< half the spacing) keeps every nearest neighbour: 0.1^2 each way
+    assert chamfer_distance(grid, grid + [0.1, 0, 0]) == pytest.approx(0.02)
+    assert chamfer_distance(torch.tensor(grid), torch.tensor(grid[:1])) == pytest.approx(
+        np.mean((grid ** 2).sum(1)))            # one point at the origin: its own 0 + mean |x|^2
+    with pytest.raises(ValueError, match="non-empty"):
+        chamfer_distance(grid, np.zeros((0, 3)))
+
+
+def test_metric_protocol_defaults():
+    p = MetricProtocol(clip_model="openai/clip-vit-base-patch16", num_views=8, resolution=512)
+    assert (p.background, p.lpips_net) == ("white", "alex")

@@ -1,0 +1,57 @@
+"""The HTML report opens from disk in headless Chromium: no console errors, tables, videos, a screenshot."""
+
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from browser import assert_report_renders, needs_chromium
+from fixtures_runs import make_run
+from reports.build import build_report
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    base = make_run(root, "nightly-1", created_at="2026-11-19T02:00:00Z")
+    run = make_run(root, "nightly-2", created_at="2026-11-20T02:00:00Z", failed={"43"}, seeds=(0, 1))
+    return build_report([base, run], run / "report", baseline=base).index_html
+
+
+def test_links_are_relative_and_resolve(report):
+    page = report.read_text()
+    links = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert links and not [u for u in links if "://" in u or u.startswith("/")]
+    assert all((report.parent / unquote(u)).is_file() for u in links)
+    assert page.count("<video") >= 3 and 'type="video/mp4"' in page and "rgb.gif" in page
+
+
+def test_report_moves_with_its_runs(report, tmp_path):
+    """Relative links: copying the runs folder elsewhere keeps the page whole."""
+    moved = tmp_path / "copy"
+    shutil.copytree(report.parents[2], moved)
+    page = moved / report.relative_to(report.parents[2])
+    assert all((page.parent / unquote(u)).is_file() for u in re.findall(r'src="([^"]+)"', page.read_text()))
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_report_renders_in_chromium(report, tmp_path):
+    shot = tmp_path / "report.png"
+    dom = assert_report_renders(report, shot)
+    assert dom["videos"] == 7  # 4 cases in nightly-1 + the 3 ok cases (lowest seed) of nightly-2
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_checker_catches_console_errors_and_broken_images(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>t</title></head><body>'
+                    "<table><caption>Table 1</caption><tr><td><strong>1</strong></td></tr></table>"
+                    '<img src="missing.png"><script>console.error("boom")</script></body></html>')
+    with pytest.raises(AssertionError, match="console errors") as failure:
+        assert_report_renders(page, tmp_path / "bad.png")
+    assert "console: boom" in str(failure.value) and "ERR_FILE_NOT_FOUND" in str(failure.value)

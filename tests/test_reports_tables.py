@@ -1,0 +1,86 @@
+"""Golden tests of the report tables: exact Markdown from a hand-made per_case.parquet."""
+
+import math
+import subprocess
+import sys
+
+from fixtures_runs import case_row, write_per_case
+from reports import tables
+from reports.runs import all_cases, load_runs
+
+BIG_G = {"clip_model": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "num_views": 100, "resolution": 512}
+
+# c10 consistent123: A ok, B ok but its LPIPS failed (NaN), C failed; realfusion15: D failed.
+# c10 3d-only: A ok, measured with a smaller CLIP, 8 views, 64 px (footnoted).
+EXPECTED = """\
+**Table 1: single-image reconstruction, mean ± std over succeeded cases**
+
+| Method | Source | RealFusion15 CLIP-sim ↑ | RealFusion15 PSNR ↑ | RealFusion15 LPIPS ↓ | RealFusion15 ok / cases | C10 CLIP-sim ↑ | C10 PSNR ↑ | C10 LPIPS ↓ | C10 ok / cases |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| RealFusion | reported | 0.735 | 20.216 | 0.197 | – | 0.680 | 22.355 | 0.140 | – |
+| Make-it-3D | reported | 0.839\\* | 20.010 | 0.119 | – | 0.824\\* | 19.412 | 0.120 | – |
+| Zero-1-to-3 | reported | 0.759 | 25.386 | 0.068 | – | 0.700 | 18.292 | 0.229 | – |
+| Magic123 | reported | 0.747 | 25.637 | 0.062 | – | 0.751 | 15.538 | 0.197 | – |
+| Consistent123 | reported | **0.844** | **25.682** | **0.056** | – | 0.770 | **25.327** | 0.054 | – |
+| consistent123 · exp · tiny | reproduced | – | – | – | 0 / 1 | **0.790 ± 0.014** | 25.000 ± 1.414 | **0.050** | 2 / 3 |
+| 3d-only · exp · tiny [a] | reproduced | – | – | – | – | 0.700 | 20.000 | 0.100 | 1 / 1 |
+
+[a] Protocol differs: CLIP model openai/clip-vit-base-patch16 (reference ViT-bigG-14); 8 views (reference 100); resolution 64 px (reference 512).  
+\\* Make-it-3D trains on CLIP similarity, so the paper discounts its CLIP-sim value.  
+Reported rows: paper Table 1. The paper does not publish its CLIP model, number of views or resolution; reproduced rows are checked against the closest public protocol (Magic123: ViT-bigG-14, 100 views) at 512 px.
+"""
+
+
+def _cases(tmp_path):
+    rows = [
+        case_row("r1", "A", "fruit", clip=0.80, psnr=26.0, lpips=0.05) | BIG_G,
+        case_row("r1", "B", "ball", clip=0.78, psnr=24.0, lpips=math.nan) | BIG_G | {"metric_status": "lpips: x"},
+        case_row("r1", "C", "food", status="failed") | BIG_G,
+        case_row("r1", "D", None, dataset="realfusion15", status="failed") | BIG_G,
+        case_row("r1", "A", "fruit", variant="3d-only", clip=0.70, psnr=20.0, lpips=0.10),
+    ]
+    write_per_case(tmp_path / "per_case.parquet", rows)
+    return all_cases(load_runs([tmp_path]))
+
+
+def test_table1_markdown_is_exactly_the_golden_string(tmp_path):
+    assert tables.to_markdown(tables.table1(_cases(tmp_path))) == EXPECTED
+
+
+def test_nan_and_failures_never_print_as_zero(tmp_path):
+    md = tables.to_markdown(tables.table1(_cases(tmp_path)))
+    ours = [line for line in md.splitlines() if "reproduced" in line]
+    cells = {cell.strip() for line in ours for cell in line.split("|")}
+    assert not cells & {"0", "0.000", "nan", "NaN", "<NA>"}
+    assert "0 / 1" in ours[0]  # the failed RealFusion15 case is counted, its metrics are dashes
+
+
+def test_latex_bolds_the_best_and_escapes(tmp_path):
+    tex = tables.to_latex(tables.table1(_cases(tmp_path)))
+    assert r"\textbf{0.790 $\pm$ 0.014}" in tex and r"0.824$^*$" in tex
+    assert r"\multicolumn{4}{c}{C10}" in tex and "3d-only $\\cdot$ exp $\\cdot$ tiny\\textsuperscript{a}" in tex
+    assert (r"consistent123 $\cdot$ exp $\cdot$ tiny & reproduced & -- & -- & -- & 0 / 1 & "
+            r"\textbf{0.790 $\pm$ 0.014} & 25.000 $\pm$ 1.414 & \textbf{0.050} & 2 / 3 \\") in tex
+
+
+def test_table2_per_category_shapes_and_paper_averages(tmp_path):
+    rows = [case_row("r1", "07", "fruit", shape=s, clip=c, psnr=p, lpips=l)
+            for s, c, p, l in [("exp", 0.80, 25.0, 0.05), ("linear", 0.78, 24.0, 0.06), ("log", 0.76, 23.0, 0.07)]]
+    rows.append(case_row("r1", "12", "ball", shape="exp", status="failed"))
+    write_per_case(tmp_path / "per_case.parquet", rows)
+    (t2,) = tables.table2(all_cases(load_runs([tmp_path])))
+    md = tables.to_markdown(t2).splitlines()
+    fruit = next(line for line in md if line.startswith("| fruit"))
+    assert fruit == ("| fruit | 0.760 | 23.000 | 0.070 | 1 / 1 | 0.780 | 24.000 | 0.060 | 1 / 1 "
+                     "| **0.800** | **25.000** | **0.050** | 1 / 1 |")
+    ball = next(line for line in md if line.startswith("| ball"))
+    assert ball == "| ball | – | – | – | – | – | – | – | – | – | – | – | 0 / 1 |"
+    assert ("| average (reported) | 0.76 | 24.59 | 0.07 | – | 0.76 | 24.96 | 0.07 | – "
+            "| 0.79 | 25.30 | 0.06 | – |") in md
+    assert "| average (reproduced) | 0.760 | 23.000 | 0.070 | 1 / 1 | 0.780 | 24.000 | 0.060 | 1 / 1 " \
+           "| 0.800 | 25.000 | 0.050 | 1 / 2 |" in md
+
+
+def test_reports_import_neither_prefect_nor_ray():
+    code = "import sys, reports.build; assert not {'prefect', 'ray'} & set(sys.modules), 'prefect/ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
