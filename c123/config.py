@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -266,22 +267,26 @@ def fast() -> ReconstructConfig:
     return cfg
 
 
-def tiny(models_dir: str = "~/.cache/c123/tiny-models") -> ReconstructConfig:
-    """CPU in minutes with the tiny random models of `c123 models tiny DIR` (written on first use)."""
+def tiny(models_dir: str | None = None) -> ReconstructConfig:
+    """CPU in minutes with the tiny random models of `c123 models tiny DIR` (written on first use).
+
+    The models live in `models_dir`, else $C123_TINY_MODELS, else ~/.cache/c123/tiny-models.
+    """
+    models_dir = models_dir or os.environ.get("C123_TINY_MODELS", "~/.cache/c123/tiny-models")
     cfg = ReconstructConfig(preset="tiny")
-    cfg.nerf = NerfConfig(num_levels=8, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
-                          num_layers=2, num_samples=32, num_importance=0)
+    cfg.nerf = NerfConfig(num_levels=6, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
+                          num_layers=2, num_samples=24, num_importance=0)
     cfg.dmtet = DMTetConfig(tet_resolution=16, render_size=64)
     cfg.prior.zero123_model = f"{models_dir}/zero123"
     cfg.prior.sd_model = f"{models_dir}/stable-diffusion"
     cfg.prior.clip_model = f"{models_dir}/clip"
     cfg.prior.zero123_size = 32
     cfg.prior.sd_size = 32
-    cfg.prior.clip_size = 32
+    cfg.prior.clip_size = 16
     cfg.train = TrainConfig(nerf_iters=60, dmtet_iters=20, nerf_size=32, ref_scale=1.5,
                             checkpoint_every=20, eval_views=8, eval_size=64, video_frames=8,
                             texture_size=128)
-    cfg.schedule.check_start, cfg.schedule.check_end, cfg.schedule.check_interval = 20, 50, 3
+    cfg.schedule.check_start, cfg.schedule.check_end, cfg.schedule.check_interval = 20, 50, 5
     cfg.schedule.fixed_switch_step = 20
     return cfg
 

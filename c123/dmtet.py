@@ -132,19 +132,19 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Mesh:
-    """A triangle mesh with unit vertex normals (tensors on one device)."""
+    """A triangle mesh with unit vertex normals (computed when not given); GeometryError when it has no faces."""
 
     verts: torch.Tensor
     faces: torch.Tensor
-    normals: torch.Tensor
+    normals: torch.Tensor | None = None
 
-    @classmethod
-    def build(cls, verts: torch.Tensor, faces: torch.Tensor) -> Mesh:
-        """Mesh with computed normals; GeometryError when it has no faces."""
-        if faces.shape[0] == 0 or verts.shape[0] == 0:
+    def __post_init__(self):
+        if self.faces.shape[0] == 0 or self.verts.shape[0] == 0:
             raise GeometryError("the mesh is empty (no surface crosses the level set): lower the density "
                                 "threshold or check that the field has an object inside the bound")
-        return cls(verts, faces.long(), vertex_normals(verts, faces.long()))
+        self.faces = self.faces.long()
+        if self.normals is None:
+            self.normals = vertex_normals(self.verts, self.faces)
 
 
 class DMTet(nn.Module):
@@ -183,7 +183,7 @@ class DMTet(nn.Module):
     def get_mesh(self) -> Mesh:
         """The current surface (GeometryError if empty)."""
         verts, faces = marching_tets(self.vertices(), self.sdf, self.tets)
-        return Mesh.build(verts, faces)
+        return Mesh(verts, faces)
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         """Albedo [N,3] in [0,1] at surface points [N,3]."""

@@ -62,8 +62,8 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, clip_pos: torch.Tensor, f
     idx = torch.arange(batch * height * width, device=color.device).reshape(batch, height, width)
     for first, step, axis in ((idx[:, :, :-1], 1, 0), (idx[:, :-1, :], width, 1)):
         a = first.reshape(-1)
+        a = a[tri[a] != tri[a + step]]
         b = a + step
-        a, b = a[tri[a] != tri[b]], b[tri[a] != tri[b]]
         # the occluder is the pixel whose triangle is present and nearer
         a_front = (tri[b] < 0) | ((tri[a] >= 0) & (z[a] <= z[b]))
         p, q = torch.where(a_front, a, b), torch.where(a_front, b, a)

@@ -64,6 +64,11 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
     """Load what `cfg` needs (and is not already in `priors`) through the offline-safe weights path."""
     from c123.priors.weights import resolve
 
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-shard bars would drown the run's own progress
+    diffusers.utils.logging.disable_progress_bar()
     priors = priors or Priors()
     need = needed_priors(cfg)
     if cfg.preset == "tiny":
@@ -144,6 +149,12 @@ def novel_view_style(cfg: ReconstructConfig, gen: torch.Generator, cams: Cameras
     bg = (torch.tensor(u[2:5], device=device) if cfg.train.novel_background == "random"
           else torch.ones(3, device=device))
     return dict(shading=shading, ambient=lo + (hi - lo) * u[1], light_dir=light, bg_color=bg)
+
+
+def needs_normals(cfg: ReconstructConfig, style: dict) -> bool:
+    """Normals cost a double backward through the field: compute them only when shading or a loss uses them."""
+    shaded = style["shading"] == "textureless" or (style["shading"] == "lambertian" and style["ambient"] < 1.0)
+    return shaded or cfg.loss.orientation > 0 or cfg.loss.normal_smooth_2d > 0
 
 
 def prior_loss(priors: Priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: float,
@@ -286,7 +297,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
             cams = sample_novel_cameras(cfg.camera, 1, step / max(nerf_iters, 1), gen).to(device)
             style = novel_view_style(cfg, gen, cams, device)
             size = cfg.train.nerf_size
-            out_ = render_nerf(field_, cams, size, size, need_normals=True,
+            out_ = render_nerf(field_, cams, size, size, need_normals=needs_normals(cfg, style),
                                num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance, **style)
             loss = prior_loss(priors, out_.rgb.permute(0, 3, 1, 2), cams, w3d, w2d,
                               cfg.prior.t_range_nerf, step / total_iters)
@@ -303,7 +314,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
             elif step >= cfg.schedule.check_end:
                 detector.force(step)
             switch = detector.switch_iteration
-        report({"stage": "nerf", "step": step + 1, "total": total_iters, "loss": float(loss), "w3d": w3d,
+        report({"stage": "nerf", "step": step + 1, "total": total_iters, "loss": loss.item(), "w3d": w3d,
                 "w2d": w2d, "S": detector.scores[-1] if detector.scores else None, "switch": switch})
         every = cfg.train.checkpoint_every
         if step + 1 == nerf_iters or (every and (step + 1) % every == 0):
@@ -355,7 +366,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
             loss.backward()
             opt.step()
             ema.update_parameters(both)
-            report({"stage": "dmtet", "step": step + 1, "total": total_iters, "loss": float(loss),
+            report({"stage": "dmtet", "step": step + 1, "total": total_iters, "loss": loss.item(),
                     "w3d": w3d, "w2d": w2d, "switch": switch})
             every = cfg.train.checkpoint_every
             if step + 1 == total_iters or (every and (step + 1) % every == 0):
@@ -369,7 +380,6 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
         verts, faces = final_mesh.verts, final_mesh.faces
     else:
         albedo = lambda pts: field_(pts)[1]
-        verts, faces = mesh_from_nerf(field_, resolution=128, threshold=cfg.dmtet.init_density_threshold)
 
     # ---- Export: mesh, orbit views for the metrics, turntable video -----------------------------
     tic = time.perf_counter()
@@ -403,6 +413,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
                "video_rgb": "video/rgb.mp4", "gif_rgb": "video/rgb.gif", "video_normal": "video/normal.mp4"}
     if cfg.train.export_mesh:
         with torch.no_grad():
+            if mesh_render is None:
+                verts, faces = mesh_from_nerf(field_, resolution=128, threshold=cfg.dmtet.init_density_threshold)
             export_textured_mesh(verts.detach(), faces, albedo, out / "mesh", cfg.train.texture_size, name="mesh")
         outputs.update(mesh_obj="mesh/mesh.obj", mesh_glb="mesh/mesh.glb")
     seconds["export"] = time.perf_counter() - tic

@@ -83,8 +83,9 @@ def _blocks_sdf(x):
 def _blocks_albedo(x):
     nearest = torch.stack([sdf(x) for sdf, _ in _BLOCKS], -1).argmin(-1)
     colours = x.new_tensor([c for _, c in _BLOCKS])[nearest]
-    # a gentle gradient along x keeps the two sides of each block distinguishable too
-    return (colours * (0.8 + 0.2 * torch.tanh(x[:, :1] / 0.2))).clamp(0, 1)
+    # a gradient along x and a paler front (+z) keep the sides of each block distinguishable too
+    colours = colours * (0.8 + 0.2 * torch.tanh(x[:, :1] / 0.2))
+    return (colours + (1 - colours) * 0.25 * (1 + torch.tanh(x[:, 2:] / 0.05))).clamp(0, 1)
 
 
 @dataclass

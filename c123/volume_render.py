@@ -35,6 +35,40 @@ class RenderOutput:
     rays_d: torch.Tensor
 
 
+class OccupancyGrid:
+    """Coarse bitfield of the cells whose density may be above a threshold; samples elsewhere are skipped.
+
+    Each update evaluates the density at one random point per cell, keeps a decaying maximum per cell, and
+    marks a cell occupied when it exceeds the threshold; the mask is dilated by one cell so thin features
+    between the probe points are not lost. Before the first update every cell is occupied, so a field that
+    starts as a fog (as exp densities do) is trained everywhere until the fog clears.
+    """
+
+    def __init__(self, bound: float, resolution: int = 32, threshold: float = 0.5, decay: float = 0.95,
+                 device=None):
+        self.bound, self.resolution, self.threshold, self.decay = bound, resolution, threshold, decay
+        self.density = torch.zeros(resolution, resolution, resolution, device=device)
+        self.mask = torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def update(self, field, generator: torch.Generator | None = None) -> None:
+        """Re-probe the field's density in every cell and refresh the mask."""
+        r = self.resolution
+        axis = torch.arange(r, device=self.density.device, dtype=torch.float32)
+        cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        jitter = torch.rand(cells.shape, generator=generator).to(cells)
+        x = ((cells + jitter) / r * 2 - 1) * self.bound
+        sigma = torch.cat([field.density(x[i:i + CHUNK_RAYS * 8]) for i in range(0, x.shape[0], CHUNK_RAYS * 8)])
+        self.density = torch.maximum(self.density * self.decay, sigma.reshape(r, r, r).float())
+        occupied = self.density > self.threshold
+        self.mask = F.max_pool3d(occupied[None, None].float(), 3, 1, 1)[0, 0] > 0
+
+    def occupied(self, x: torch.Tensor) -> torch.Tensor:
+        """bool[N]: whether points x[N,3] lie in occupied cells."""
+        idx = ((x + self.bound) / (2 * self.bound) * self.resolution).long().clamp(0, self.resolution - 1)
+        return self.mask[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
 def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Entry and exit distances [R] of rays through the box [-bound, bound]^3 (near == far where they miss)."""
     inv = 1.0 / torch.where(rays_d.abs() < 1e-9, torch.full_like(rays_d, 1e-9), rays_d)
@@ -68,11 +102,14 @@ def _composite(sigma: torch.Tensor, z: torch.Tensor, far: torch.Tensor) -> torch
     return alpha * trans
 
 
-def _eval(field, x: torch.Tensor, with_normal: bool):
-    if with_normal:
-        return field.forward_with_normal(x)
-    sigma, albedo = field(x)
-    return sigma, albedo, None
+def _eval(field, x: torch.Tensor, with_normal: bool, occupancy: OccupancyGrid | None):
+    if occupancy is None:
+        return field.forward_with_normal(x) if with_normal else (*field(x), None)
+    # evaluate only the occupied samples; the rest are empty space (zero density, no colour)
+    keep = occupancy.occupied(x).nonzero().squeeze(1)
+    outs = field.forward_with_normal(x[keep]) if with_normal else (*field(x[keep]), None)
+    n = x.shape[0]
+    return tuple(None if v is None else v.new_zeros(n, *v.shape[1:]).index_put((keep,), v) for v in outs)
 
 
 def _shade(albedo, normal, shading, light_dir, ambient):
@@ -87,13 +124,13 @@ def _shade(albedo, normal, shading, light_dir, ambient):
 def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: str = "albedo",
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
-                perturb: bool = True, bound: float | None = None,
+                perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Render rays [R,3] (unit directions) in chunks: dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
     weights[R,S], sample_normals[R,S,3] (when normals are computed).
 
     light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float or
-    [R]; bg_color: [3] or [R,3] (default white).
+    [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells.
     """
     if shading not in SHADINGS:
         raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
@@ -110,7 +147,8 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     for s in range(0, R, CHUNK_RAYS):
         e = min(R, s + CHUNK_RAYS)
         chunk, ok = _render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
-                                  num_samples, num_importance, with_normal, perturb, bound, generator)
+                                  num_samples, num_importance, with_normal, perturb, bound, occupancy,
+                                  generator)
         chunks.append(chunk)
         finite.append(ok)
     out = {k: torch.cat([c[k] for c in chunks]) if chunks[0][k] is not None else None for k in chunks[0]}
@@ -123,7 +161,7 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
 
 
 def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                  with_normal, perturb, bound, generator):
+                  with_normal, perturb, bound, occupancy, generator):
     near, far = near_far_box(rays_o, rays_d, bound)
     steps = torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype)
     if perturb:
@@ -135,7 +173,7 @@ def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_sample
 
     def evaluate(zs):
         x = (rays_o[:, None, :] + zs[..., None] * rays_d[:, None, :]).clamp(-bound, bound)
-        sigma, albedo, normal = _eval(field, x.reshape(-1, 3), with_normal)
+        sigma, albedo, normal = _eval(field, x.reshape(-1, 3), with_normal, occupancy)
         n = zs.shape
         return sigma.reshape(n), albedo.reshape(*n, 3), None if normal is None else normal.reshape(*n, 3)
 
@@ -165,7 +203,8 @@ def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_sample
 def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
-                perturb: bool = True, generator: torch.Generator | None = None) -> RenderOutput:
+                perturb: bool = True, occupancy: OccupancyGrid | None = None,
+                generator: torch.Generator | None = None) -> RenderOutput:
     """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
@@ -183,7 +222,7 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
     out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
                       ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
                       num_importance=num_importance, need_normals=need_normals, perturb=perturb,
-                      generator=generator)
+                      occupancy=occupancy, generator=generator)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],
                         out["sample_normals"], rays_d.reshape(-1, 3))

@@ -1,1 +1,1 @@
-"""Prefect flows and deployments of the benchmark."""
+"""The `benchmark` Prefect flow, its deployments, the serving entry and `c123 evaluate`."""

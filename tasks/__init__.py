@@ -1,1 +1,1 @@
-"""Thin Prefect tasks and Ray actors over the c123 method."""
+"""Thin Prefect tasks and the Ray actor over c123 (the benchmark pipeline's workers)."""

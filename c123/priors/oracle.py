@@ -40,7 +40,8 @@ class OraclePrior:
         """The true object on white, seen from the camera rebuilt from Zero-1-to-3's camera vector."""
         vec = camera_vector(cams, self.ref).double()
         seen = cameras_from_zero123_vector(vec, self.ref, cams.fovy.double())
-        rgba = self.scene.render(seen.to(torch.device("cpu")), height, width)["rgba"].float()
+        # one ray per pixel: the target is asked for every step, and 4x supersampling would dominate the run
+        rgba = self.scene.render(seen.to(torch.device("cpu")), height, width, supersample=1)["rgba"].float()
         rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
         return rgb.permute(0, 3, 1, 2)
 

@@ -1,0 +1,86 @@
+"""Orchestration overhead of the benchmark flow: flow wall time vs the per-case compute time on the actors.
+
+    .venv/bin/python benchmarks/bench_orchestration.py [--dataset realfusion15] [--actors 2] [--set k=v ...]
+
+Runs the `benchmark` flow (tiny preset, cut to a few dozen iterations by default so the whole dataset takes
+minutes on CPU) into a fresh run folder on a fresh local Ray cluster, then prints
+- compute: the sum over cases of the seconds each case spent in its actor (loading the input, the priors
+  on an actor's first case, the reconstruction), and ideal = compute / actors (perfect packing);
+- flow wall: from the flow's first line to its summary (Ray start, actors, dispatch, metrics, Parquet,
+  report), and the process wall including Prefect's temporary API start;
+- overhead = flow wall / ideal - 1 (target < 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_SET = ["train.nerf_iters=24", "train.dmtet_iters=8", "schedule.check_start=6", "schedule.check_end=18",
+             "schedule.check_interval=3", "schedule.fixed_switch_step=12", "train.checkpoint_every=8",
+             "train.eval_views=8", "train.video_frames=8", "train.eval_size=64"]
+
+
+def packing_bound(seconds: list[float], actors: int) -> float:
+    """Makespan of the longest-processing-time-first schedule (within 4/3 of optimal; exact for equal jobs)."""
+    loads = [0.0] * max(actors, 1)
+    for s in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += s
+    return max(max(loads), sum(seconds) / max(actors, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="realfusion15")
+    p.add_argument("--cases", type=int, default=15, help="first N cases (default 15)")
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=None,
+                   help="config overrides (default: a cut-down tiny preset, see BENCH_SET)")
+    p.add_argument("--out", help="run folder (default: a fresh temporary folder)")
+    args = p.parse_args(argv)
+
+    scratch = Path(tempfile.mkdtemp(prefix="c123-bench-orch-"))
+    os.environ.setdefault("PREFECT_HOME", str(scratch / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("C123_RAY_LOG_TO_DRIVER", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    t_process = time.perf_counter()
+    from datasets.registry import load_dataset
+    from flows.benchmark import benchmark
+
+    cases = [c.id for c in load_dataset(args.dataset).cases][: args.cases]
+    out = args.out or str(scratch / "run")
+    summary = benchmark(dataset=args.dataset, preset="tiny", cases=cases, out=out,
+                        overrides=BENCH_SET if args.overrides is None else args.overrides, num_actors=args.actors)
+    process_wall = time.perf_counter() - t_process
+
+    import pandas as pd
+
+    per_case = pd.read_parquet(summary["per_case"])
+    compute, wall, n = summary["compute_seconds"], summary["wall_seconds"], summary["actors"]
+    ideal = compute / max(n, 1)
+    print(f"dataset {args.dataset}: {summary['cases']} cases ({summary['ok']} ok, {summary['failed']} failed) "
+          f"on {n} CPU actors")
+    print(f"reconstruction stages (sum nerf+dmtet+export): {per_case['seconds_total'].sum():.1f} s")
+    print(f"per-case compute in actors (sum):               {compute:.1f} s  -> ideal wall {ideal:.1f} s")
+    print(f"flow wall:                                      {wall:.1f} s")
+    print(f"process wall (incl. Prefect API start):         {process_wall:.1f} s")
+    print(f"orchestration overhead (flow wall / ideal - 1): {100 * (wall / ideal - 1):.1f} %")
+    packed = packing_bound(summary["case_seconds"], n)
+    print(f"packing bound (best schedule of these whole cases on {n} actors): {packed:.1f} s -> overhead beyond "
+          f"it {100 * (wall / packed - 1):.1f} %")
+    t = summary["timings"]
+    print("flow phases (s from flow start): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"run folder: {summary['run_dir']}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

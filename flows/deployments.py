@@ -1,0 +1,81 @@
+"""Deployments of the `benchmark` flow, and `serve()` to run them from this process.
+
+- `benchmark/evaluate-c10`, `benchmark/evaluate-realfusion15`: on-demand evaluations (parameters as the
+  flow's; `prefect deployment run benchmark/evaluate-c10 --param preset=tiny --param cases='["07"]'`).
+- `benchmark/nightly-regression`: cron (default "0 2 * * *", UTC), at most one run at a time (a run due
+  while one is going is cancelled, not queued); judged against the newest earlier nightly run
+  (baseline='latest'); a regression fails the flow run and publishes the verdict as a markdown artifact.
+
+Serve against the server PREFECT_API_URL names: `python -m flows.deployments` (see flows/serve.py and
+scripts/serve.sh for a local server plus the deployments in one command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "c10", nightly_preset: str = "fast",
+                      nightly_overrides: list[str] | None = None, preset: str = "paper") -> list:
+    """The three RunnerDeployments of the `benchmark` flow."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.benchmark import benchmark
+
+    common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["c123", "benchmark"])
+    return [
+        benchmark.to_deployment(name="evaluate-c10", parameters={"dataset": "c10", "preset": preset},
+                                description="Benchmark C10 (10 public cases)", **common),
+        benchmark.to_deployment(name="evaluate-realfusion15", parameters={"dataset": "realfusion15", "preset": preset},
+                                description="Benchmark RealFusion15", **common),
+        benchmark.to_deployment(
+            name="nightly-regression", cron=nightly_cron,
+            concurrency_limit=ConcurrencyLimitConfig(limit=1,
+                                                     collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            parameters={"dataset": nightly_dataset, "preset": nightly_preset, "baseline": "latest",
+                        "fail_on_regression": True, "overrides": list(nightly_overrides or [])},
+            description="Nightly benchmark judged against the previous nightly run; fails on a regression",
+            **{**common, "tags": ["c123", "benchmark", "nightly"]}),
+    ]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", default=os.environ.get("C123_RUNS", "runs"),
+                   help="folder that receives run folders of runs without an explicit `out` (default ./runs)")
+    p.add_argument("--preset", default="paper", help="default preset of the evaluate-* deployments")
+    p.add_argument("--nightly-cron", default=NIGHTLY_CRON, help=f"cron of nightly-regression (default '{NIGHTLY_CRON}')")
+    p.add_argument("--nightly-dataset", default="c10")
+    p.add_argument("--nightly-preset", default="fast")
+    p.add_argument("--nightly-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides of the nightly run")
+    p.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1: a run uses the machine)")
+
+
+def serve_deployments(args: argparse.Namespace) -> None:
+    """Register the deployments with the API in PREFECT_API_URL and execute their runs until interrupted."""
+    from prefect import serve
+
+    os.environ["C123_RUNS"] = str(Path(args.runs).expanduser().resolve())
+    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1")
+    deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
+                                    args.preset)
+    serve(*deployments, limit=args.limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.deployments",
+                                description="Serve the benchmark deployments (PREFECT_API_URL names the server).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    serve_deployments(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Ray actors that run complete reconstructions, and the pool that feeds them and survives their deaths.
+
+`ReconstructionActor` loads the priors once per distinct prior config (Zero-1-to-3, Stable Diffusion,
+CLIP) and keeps them for every case it is given. One actor per GPU (`num_gpus=1`) when the cluster has
+GPUs, else CPU actors (1 CPU each by default).
+
+`ActorPool.run(jobs)` yields `(job, outcome)` as cases finish. A case whose actor dies (process crash,
+`ray.kill`, out-of-memory kill) gets a fresh actor and is retried, up to `max_retries` times; so is a case
+that raised an unexpected exception. A `C123Error` (bad input, missing weights) is not retried: the case
+is recorded as failed with its one-line message. Reconstructions resume from their own checkpoints, so a
+retry continues where the dead actor stopped.
+
+A job is a plain dict (see `make_job`); an outcome is
+`{"status": "ok"|"failed", "error": str|None, "result": result.json dict|None, "seconds": float,
+"attempts": int, "actor": str}`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tasks.ray_cluster import quiet_env
+
+quiet_env()
+import ray  # noqa: E402  (after the environment Ray reads at import)
+
+from c123.errors import C123Error  # noqa: E402
+from tasks import cache  # noqa: E402
+
+WorkFn = Callable[[dict, "PriorsCache", Callable[[dict], None]], dict]
+
+_LISTENERS: list[Callable[[dict], None]] = []
+
+
+def add_progress_listener(fn: Callable[[dict], None]) -> None:
+    """Receive the pool's progress snapshots (in this process), e.g. for a live display."""
+    _LISTENERS.append(fn)
+
+
+def remove_progress_listener(fn: Callable[[dict], None]) -> None:
+    if fn in _LISTENERS:
+        _LISTENERS.remove(fn)
+
+
+def emit_progress(snapshot: dict) -> None:
+    for fn in list(_LISTENERS):
+        try:
+            fn(snapshot)
+        except Exception:  # a display must never break the run
+            pass
+
+
+# ---- the work a job does -----------------------------------------------------------------------
+def make_job(index: int, case, variant: str, seed: int, config: dict, out_dir: str | Path, key: str,
+             dataset: str = "") -> dict:
+    """A job for the pool: one (case, variant, seed) with its resolved config and output folder."""
+    return {"index": index, "case": case, "case_id": case.id, "variant": variant, "seed": seed,
+            "config": config, "out_dir": str(out_dir), "key": key, "dataset": dataset}
+
+
+class PriorsCache:
+    """Loaded priors per prior config (the models and how SDS uses them) and device, kept for the actor's life."""
+
+    def __init__(self):
+        self._loaded: dict[str, object] = {}
+
+    def get(self, cfg):
+        """The `c123.reconstruct.Priors` for `cfg`, loading what is missing (once)."""
+        import json
+
+        from c123.provenance import resolve_device
+        from c123.reconstruct import load_priors
+
+        device = resolve_device(cfg.train.device)
+        key = json.dumps({"prior": cfg.to_dict()["prior"], "preset": cfg.preset, "device": str(device)},
+                         sort_keys=True, default=str)
+        self._loaded[key] = load_priors(cfg, device, self._loaded.get(key))
+        return self._loaded[key]
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+def reconstruct_case(job: dict, priors: PriorsCache, progress: Callable[[dict], None]) -> dict:
+    """The default work: load the case's input and run the full reconstruction into job['out_dir']."""
+    from c123.config import from_dict
+    from c123.reconstruct import reconstruct
+
+    cfg = from_dict(job["config"])
+    inp = job["case"].load()
+    return reconstruct(inp, cfg, job["out_dir"], priors=priors.get(cfg), progress=progress)
+
+
+def resolve_work_fn(spec: str | Callable | None) -> WorkFn:
+    """None -> `reconstruct_case`; 'module:function' -> that function (instrumented runs, fault tests)."""
+    if spec is None:
+        return reconstruct_case
+    if callable(spec):
+        return spec
+    module, _, name = str(spec).partition(":")
+    if not name:
+        raise C123Error(f"work function '{spec}' is not module:function")
+    return getattr(importlib.import_module(module), name)
+
+
+def error_line(err: BaseException) -> str:
+    """One line naming the error type, its message and (for unexpected errors) where it was raised."""
+    msg = " ".join(str(err).split()) or repr(err)
+    if isinstance(err, C123Error):
+        return f"{type(err).__name__}: {msg}"
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(err).__name__}: {msg}{where}"
+
+
+# ---- the actor ---------------------------------------------------------------------------------
+@ray.remote(concurrency_groups={"status": 1}, max_restarts=0)
+class ReconstructionActor:
+    """Holds the loaded priors; `run(job)` does one complete reconstruction and returns its outcome."""
+
+    def __init__(self, work_fn: str | None = None, num_threads: int | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if num_threads:
+            import torch
+            torch.set_num_threads(int(num_threads))
+        self.work = resolve_work_fn(work_fn)
+        self.priors = PriorsCache()
+        self.lock = threading.Lock()
+        self.state: dict = {"case": None, "pid": os.getpid()}
+        self.cases_done = 0
+
+    def run(self, job: dict) -> dict:
+        """Reconstruct one job; never raises for a failed case (the outcome says why)."""
+        started = time.perf_counter()
+        with self.lock:
+            self.state = {"case": job["case_id"], "variant": job["variant"], "seed": job["seed"],
+                          "stage": "load", "step": 0, "total": 0, "pid": os.getpid()}
+
+        def progress(info: dict) -> None:
+            with self.lock:
+                self.state.update(stage=info.get("stage"), step=info.get("step", 0), total=info.get("total", 0))
+
+        outcome = {"status": "ok", "error": None, "retryable": False, "result": None, "pid": os.getpid()}
+        try:
+            outcome["result"] = self.work(job, self.priors, progress)
+            cache.mark_done(job["out_dir"], job["key"])
+        except C123Error as err:
+            outcome.update(status="failed", error=error_line(err))
+        except Exception as err:  # noqa: BLE001 - recorded, retried by the pool
+            outcome.update(status="failed", error=error_line(err), retryable=True,
+                           traceback=traceback.format_exc(limit=20))
+        outcome["seconds"] = time.perf_counter() - started
+        with self.lock:
+            self.state = {"case": None, "pid": os.getpid()}
+        self.cases_done += 1
+        return outcome
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> dict:
+        """What the actor is doing now (answered while `run` is busy)."""
+        with self.lock:
+            return dict(self.state)
+
+    @ray.method(concurrency_group="status")
+    def pid(self) -> int:
+        return os.getpid()
+
+
+# ---- the pool ----------------------------------------------------------------------------------
+def actor_resources(num_gpus_available: float, num_cpus_per_actor: float = 1.0) -> dict:
+    """Ray options of one actor: a whole GPU when the cluster has GPUs, else `num_cpus_per_actor` CPUs."""
+    if num_gpus_available >= 1:
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_gpus": 0, "num_cpus": num_cpus_per_actor}
+
+
+def default_num_actors(num_cpus: float, num_gpus: float, num_cpus_per_actor: float = 1.0) -> int:
+    """One actor per GPU, else one per `num_cpus_per_actor` CPUs (at least one)."""
+    if num_gpus >= 1:
+        return int(num_gpus)
+    return max(1, int(num_cpus // max(num_cpus_per_actor, 1e-9)))
+
+
+class ActorPool:
+    """A fixed number of ReconstructionActors fed from a job queue; dead actors are replaced."""
+
+    def __init__(self, num_actors: int, *, resources: dict | None = None, work_fn: str | None = None,
+                 max_retries: int = 2, poll_seconds: float = 1.0, logger=None):
+        self.num_actors = max(1, int(num_actors))
+        self.resources = resources or {"num_cpus": 1, "num_gpus": 0}
+        self.work_fn = work_fn
+        self.max_retries = max_retries
+        self.poll_seconds = poll_seconds
+        self.log = logger
+        self.actors: list = []
+        self.replaced = 0
+
+    def _new_actor(self):
+        threads = None if self.resources.get("num_gpus") else max(1, int(self.resources.get("num_cpus", 1)))
+        return ReconstructionActor.options(**self.resources).remote(self.work_fn, threads)
+
+    def start(self) -> "ActorPool":
+        self.actors = [self._new_actor() for _ in range(self.num_actors)]
+        return self
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+
+    def __enter__(self) -> "ActorPool":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def _replace(self, slot: int) -> None:
+        try:
+            ray.kill(self.actors[slot], no_restart=True)
+        except Exception:
+            pass
+        self.actors[slot] = self._new_actor()
+        self.replaced += 1
+
+    def _info(self, msg: str) -> None:
+        if self.log is not None:
+            self.log.warning(msg)
+
+    def run(self, jobs: list[dict]) -> Iterator[tuple[dict, dict]]:
+        """Yield (job, outcome) for every job, in completion order."""
+        if not self.actors:
+            self.start()
+        queue = deque(jobs)
+        attempts: dict[int, int] = {}
+        running: dict = {}  # ObjectRef -> (slot, job, started)
+        idle = list(range(len(self.actors)))
+        done = failed = 0
+        total = len(jobs)
+        last_emit = 0.0
+        while queue or running:
+            while idle and queue:
+                slot, job = idle.pop(0), queue.popleft()
+                attempts[job["index"]] = attempts.get(job["index"], 0) + 1
+                running[self.actors[slot].run.remote(job)] = (slot, job, time.time())
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_seconds)
+            for ref in ready:
+                slot, job, started = running.pop(ref)
+                attempt = attempts[job["index"]]
+                try:
+                    outcome = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.ObjectLostError) as err:
+                    # RayActorError covers ActorDiedError and ActorUnschedulableError/unavailable actors
+                    reason = " ".join(str(err).split())[:300]
+                    outcome = {"status": "failed", "retryable": True, "result": None,
+                               "error": f"{type(err).__name__}: the actor running this case died ({reason})",
+                               "seconds": time.time() - started}
+                    self._info(f"actor {slot} died on {job['case_id']} ({job['variant']}, seed {job['seed']}), "
+                               f"attempt {attempt}: replacing it")
+                    self._replace(slot)
+                except ray.exceptions.RayTaskError as err:
+                    outcome = {"status": "failed", "retryable": True, "result": None,
+                               "error": error_line(err.cause if getattr(err, "cause", None) else err),
+                               "seconds": time.time() - started}
+                idle.append(slot)
+                if outcome["status"] != "ok" and outcome.get("retryable") and attempt <= self.max_retries:
+                    self._info(f"retrying {job['case_id']} ({job['variant']}, seed {job['seed']}) after: "
+                               f"{outcome['error']}")
+                    queue.appendleft(job)
+                    continue
+                outcome["attempts"] = attempt
+                done += 1
+                failed += outcome["status"] != "ok"
+                yield job, outcome
+            if time.time() - last_emit >= self.poll_seconds or ready:
+                last_emit = time.time()
+                emit_progress({"total": total, "done": done, "failed": failed, "replaced": self.replaced,
+                               "actors": self._statuses(running)})
+        emit_progress({"total": total, "done": done, "failed": failed, "replaced": self.replaced, "actors": []})
+
+    def _statuses(self, running: dict) -> list[dict]:
+        if not _LISTENERS:
+            return []
+        busy = {slot: job for slot, job, _ in running.values()}
+        refs = {slot: self.actors[slot].status.remote() for slot in busy}
+        out = []
+        for slot, ref in refs.items():
+            try:
+                state = ray.get(ref, timeout=2)
+            except Exception:
+                state = {}
+            out.append({"slot": slot, "case": busy[slot]["case_id"], "variant": busy[slot]["variant"],
+                        "seed": busy[slot]["seed"], **{k: state.get(k) for k in ("stage", "step", "total")}})
+        return sorted(out, key=lambda s: s["slot"])

@@ -1,0 +1,153 @@
+"""Start or join the Ray cluster the benchmark's actors live on, loopback-only and without outside calls.
+
+- Default: a private local cluster (`address="local"`) bound to 127.0.0.1, no dashboard, usage stats off.
+- `RAY_ADDRESS` (or `address=`) joins an existing cluster instead.
+- Ray's minimal dashboard process reads `~/ray_bootstrap_config.yaml` and, when it is missing, probes the
+  cloud metadata address 169.254.169.254. The Ray processes are therefore started with HOME pointing at a
+  project folder holding that file (`{}`); the driver's HOME is restored right after `ray.init`, and the
+  workers get the real HOME back through the job's runtime env (model caches, `~` in model paths).
+- Ray 2.60 enables token authentication for new local clusters; the token lives in that folder too and
+  RAY_AUTH_TOKEN_PATH points at it, so later drivers (a served flow run) can join with RAY_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+RAY_HOME_ENV = "C123_RAY_HOME"
+"""Folder used as HOME of the Ray processes (default ~/.cache/c123/ray-home)."""
+
+_LOCK = threading.Lock()
+_STARTED_HERE = False
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ClusterInfo:
+    """What `ensure_ray` found: `started` when this very call connected (started a local cluster or joined
+    one), so the caller owns `shutdown_ray()` (which stops a local cluster, or only disconnects)."""
+
+    address: str
+    started: bool
+    num_cpus: float
+    num_gpus: float
+
+
+def ray_home() -> Path:
+    """The HOME of the Ray processes: holds ray_bootstrap_config.yaml and .ray/auth_token."""
+    home = Path(os.environ.get(RAY_HOME_ENV) or Path("~/.cache/c123/ray-home").expanduser())
+    home.mkdir(parents=True, exist_ok=True)
+    boot = home / "ray_bootstrap_config.yaml"
+    if not boot.is_file():
+        _write(boot, "{}\n")
+    return home
+
+
+def quiet_env() -> None:
+    """Process-wide settings every Ray driver here needs (set before `import ray`)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+
+
+def local_auth_env() -> None:
+    """Token auth for a local cluster: our own token file, unless the user set RAY_AUTH_TOKEN(_PATH).
+
+    RAY_AUTH_TOKEN_PATH stays set in this process, so subprocesses (a served flow run) can join."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    token = ray_home() / ".ray" / "auth_token"
+    if not token.is_file():
+        from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+        token.parent.mkdir(parents=True, exist_ok=True)
+        _write(token, generate_new_authentication_token(), mode=0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+
+
+def worker_env() -> dict[str, str]:
+    """Environment the Ray workers get back: the real HOME, offline model loading, the repo importable."""
+    env = {"HOME": os.environ.get("HOME", str(Path.home())),
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE",
+                                            "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    for key in ("C123_TINY_MODELS", "C123_DATA", "C123_CACHE", "TORCH_HOME", "HF_HOME", "HF_HUB_CACHE",
+                "OMP_NUM_THREADS"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+               log_to_driver: bool | None = None) -> ClusterInfo:
+    """Reuse the connected cluster, join `address`/RAY_ADDRESS, or start a private loopback cluster.
+
+    log_to_driver (default: $C123_RAY_LOG_TO_DRIVER != '0') forwards the actors' output to this process.
+    """
+    global _STARTED_HERE
+    quiet_env()
+    import ray
+
+    if log_to_driver is None:
+        log_to_driver = os.environ.get("C123_RAY_LOG_TO_DRIVER", "1") != "0"
+    started = False
+    with _LOCK:
+        if not ray.is_initialized():
+            started = True
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
+            kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver,
+                          runtime_env={"env_vars": worker_env()})
+            if address == "local":
+                import ray._private.ray_constants as ray_constants
+
+                local_auth_env()
+                from ray._raylet import Config
+                Config.initialize("")  # Ray read RAY_AUTH_MODE when imported; make it see the mode set now
+                # Loopback only: Ray's get_node_ip_address() answers 127.0.0.1 with "clusters" disabled (for
+                # this process via the constant, for the Ray processes via the variable they inherit), and
+                # HOME holds ray_bootstrap_config.yaml (no cloud-metadata probe); both restored after init.
+                enable_cluster, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+                saved = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+                os.environ.update(HOME=str(ray_home()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+                try:
+                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                             _node_ip_address="127.0.0.1", **kwargs)
+                finally:
+                    ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                _STARTED_HERE = True
+            else:
+                ray.init(address=address, **kwargs)
+                _STARTED_HERE = False
+        res = ray.cluster_resources()
+        return ClusterInfo(address=ray.get_runtime_context().gcs_address, started=started,
+                           num_cpus=float(res.get("CPU", 0)), num_gpus=float(res.get("GPU", 0)))
+
+
+def shutdown_ray() -> None:
+    """Disconnect; a local cluster this process started stops too."""
+    global _STARTED_HERE
+    import ray
+
+    with _LOCK:
+        if ray.is_initialized():
+            ray.shutdown()
+            _STARTED_HERE = False
+
+
+def started_here() -> bool:
+    """Whether this process started the cluster it is connected to (and so owns its shutdown)."""
+    return _STARTED_HERE
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -1,0 +1,39 @@
+"""Work functions the pipeline's fault tests inject into Ray actors ('tests.pipeline_faults:NAME').
+
+No side effects on import: the actors import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# ---- work functions injected into actors (as "tests.pipeline_faults:NAME") ------------
+KILL_MARKER = "KILL_ACTOR"
+"""A file of this name in a case's output folder makes `die_once_mid_case` kill its actor once."""
+
+
+def die_once_mid_case(job, priors, progress):
+    """The real reconstruction, but the actor process dies (os._exit) in the NeRF stage after the first
+    checkpoint when the case folder holds KILL_ACTOR (removed first, so the retry completes)."""
+    from tasks.actors import reconstruct_case
+
+    marker = Path(job["out_dir"]) / KILL_MARKER
+
+    def hook(info):
+        progress(info)
+        if info.get("stage") == "nerf" and (info.get("step") or 0) >= 6 and marker.exists():
+            marker.unlink()
+            os._exit(1)
+
+    return reconstruct_case(job, priors, hook)
+
+
+def always_die(job, priors, progress):
+    """An actor that dies on every case."""
+    os._exit(3)
+
+
+def raise_runtime_error(job, priors, progress):
+    """An unexpected (retryable) exception on every case."""
+    raise RuntimeError("boom in the work function")

@@ -1,0 +1,219 @@
+"""NeRF field and volume renderer: fitting ground truth, conventions, shading, depth, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import c123.volume_render as vr
+from c123.cameras import orbit_cameras, reference_camera
+from c123.config import CameraConfig, NerfConfig
+from c123.errors import GeometryError
+from c123.nerf import NeRFField
+from c123.synthetic import get_scene
+from c123.volume_render import OccupancyGrid, render_nerf, render_rays
+from helpers_fit import convention_holds, fit_nerf_to_scene, heldout_psnr
+from test_cameras import mirrored_orbit_cameras
+
+SMALL = NerfConfig(num_levels=4, log2_hashmap_size=12, base_resolution=8, finest_resolution=64, hidden_dim=16,
+                   num_layers=2, num_samples=24, num_importance=8)
+
+
+class SphereField(torch.nn.Module):
+    """An opaque ball of radius 0.3 with albedo given by position and analytic normals (test oracle)."""
+
+    bound = 1.0
+
+    def forward(self, x):
+        sigma = 2000.0 * torch.sigmoid((0.3 - x.norm(dim=-1)) / 0.002)
+        return sigma, (x + 1) / 2
+
+    def forward_with_normal(self, x):
+        return (*self(x), F.normalize(x, dim=-1))
+
+
+# --- fitting ground truth ---
+
+@pytest.fixture(scope="module")
+def fitted():
+    scene = get_scene("toy")
+    fit = fit_nerf_to_scene(scene, views=16, size=64, iters=300, seed=0)
+    return scene, fit
+
+
+def test_nerf_fits_16_ground_truth_views_to_25db_on_8_heldout_views(fitted):
+    scene, fit = fitted
+    value = heldout_psnr(fit, scene, size=64, views=8)
+    print(f"\nNeRF fit: held-out PSNR {value:.2f} dB after {fit.iters} iterations in {fit.seconds:.1f} s "
+          f"(last batch {fit.train_psnr:.2f} dB)")
+    assert value >= 25.0
+
+
+def test_fitted_nerf_follows_the_camera_convention_and_a_mirrored_azimuth_fails(fitted):
+    _, fit = fitted
+
+    def nerf_rgba(cams):
+        with torch.no_grad():
+            out = render_nerf(fit.field, cams, 48, 48, num_samples=fit.cfg.num_samples,
+                              num_importance=fit.cfg.num_importance, perturb=False, occupancy=fit.occupancy,
+                              bg_color=torch.zeros(3))   # on black, rgb is the premultiplied colour
+        alpha = out.opacity.clamp(min=1e-6)
+        return torch.cat([out.rgb / alpha, out.opacity], -1)
+
+    assert convention_holds(nerf_rgba)
+    assert not convention_holds(nerf_rgba, mirrored_orbit_cameras)
+
+
+# --- the field ---
+
+def test_density_is_exp_of_raw_plus_gaussian_blob_and_albedo_is_sigmoid():
+    field = NeRFField(SMALL)
+    last = field.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-1.0, 0.0, 2.0, -2.0]))
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.9, 0.9, 0.9]])
+    sigma, albedo = field(x)
+    blob = 10.0 * torch.exp(-(x ** 2).sum(-1) / (2 * 0.2 ** 2))
+    assert torch.allclose(sigma, torch.exp(-1.0 + blob), rtol=1e-5)
+    assert torch.allclose(albedo, torch.sigmoid(torch.tensor([0.0, 2.0, -2.0])).expand(3, 3))
+    assert torch.allclose(field.density(x), sigma)
+
+
+def test_normal_is_minus_the_normalised_density_gradient():
+    torch.manual_seed(0)
+    field = NeRFField(SMALL)
+    with torch.no_grad():
+        field.encoder.embeddings.uniform_(-0.5, 0.5)
+    x = torch.rand(64, 3, dtype=torch.float32) * 0.8 - 0.4
+    n = field.normal(x)
+    eps = 1e-3
+    grad = torch.stack([(field.density(x + e) - field.density(x - e)) / (2 * eps) for e in torch.eye(3) * eps], -1)
+    cos = (n * -F.normalize(grad, dim=-1)).sum(-1)
+    assert torch.allclose(n.norm(dim=-1), torch.ones(64), atol=1e-5)
+    assert (cos > 0.99).float().mean() > 0.9   # finite differences straddle grid cells now and then
+
+
+def test_blob_normals_point_outwards_and_keep_a_graph_only_when_training():
+    field = NeRFField(SMALL)
+    with torch.no_grad():
+        field.mlp[-1].weight.zero_()
+    x = torch.tensor([[0.1, 0.0, 0.0], [0.0, -0.2, 0.0], [0.05, 0.05, 0.1]])
+    n = field.normal(x)
+    assert torch.allclose(n, F.normalize(x, dim=-1), atol=1e-4) and n.requires_grad
+    with torch.no_grad():
+        assert not field.normal(x).requires_grad
+    field.normal(x).sum().backward()   # normal losses reach the parameters (second-order autograd)
+    assert field.encoder.embeddings.grad is not None
+
+
+def test_grid_and_other_parameters_partition_the_parameters():
+    field = NeRFField(SMALL)
+    grid, other = field.grid_parameters(), field.other_parameters()
+    assert {id(p) for p in grid} | {id(p) for p in other} == {id(p) for p in field.parameters()}
+    assert not {id(p) for p in grid} & {id(p) for p in other}
+    assert grid == [field.encoder.embeddings]
+
+
+# --- the renderer ---
+
+def test_render_nerf_returns_images_and_per_sample_tensors_for_regularisers():
+    field = NeRFField(SMALL)
+    cams = orbit_cameras(torch.tensor([90.0, 70.0]), torch.tensor([0.0, 40.0]), 3.2, 20.0)
+    out = render_nerf(field, cams, 12, 10, shading="lambertian", ambient=torch.tensor([0.2, 0.5]),
+                      num_samples=16, num_importance=8)
+    assert out.rgb.shape == out.normal.shape == (2, 12, 10, 3)
+    assert out.opacity.shape == out.depth.shape == (2, 12, 10, 1)
+    assert out.weights.shape == (240, 24) and out.sample_normals.shape == (240, 24, 3)
+    assert out.rays_d.shape == (240, 3)
+    out.rgb.mean().backward()
+    assert field.encoder.embeddings.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in field.other_parameters())
+    assert render_nerf(field, cams, 4, 4, num_samples=8).sample_normals is None
+
+
+def test_opaque_sphere_depth_opacity_and_normals_are_exact():
+    cams = reference_camera(CameraConfig())
+    out = render_nerf(SphereField(), cams, 32, 32, num_samples=64, num_importance=64, perturb=False,
+                      need_normals=True)
+    centre = out.depth[0, 15:17, 15:17, 0]
+    assert torch.allclose(centre, torch.full_like(centre, 3.2 - 0.3), atol=0.01)
+    assert out.opacity[0, 16, 16, 0] > 0.999 and out.opacity[0, 0, 0, 0] < 1e-6
+    assert out.depth[0, 0, 0, 0] == 0.0   # empty pixels have zero depth
+    assert torch.allclose(out.normal[0, 16, 16], torch.tensor([0.0, 0.0, 1.0]), atol=0.1)
+    hit = out.opacity[0, ..., 0] > 0.999
+    radius_px = torch.sqrt(hit.sum() / torch.pi)   # 0.3 / (3.2 tan 10deg) * 16 px, a little more in perspective
+    assert 8.0 < radius_px < 9.5
+
+
+def test_shading_modes_and_background_blending():
+    cams = reference_camera(CameraConfig())
+    field = SphereField()
+    kw = dict(num_samples=48, num_importance=32, perturb=False)
+    albedo = render_nerf(field, cams, 16, 16, shading="albedo", **kw)
+    lit_full_ambient = render_nerf(field, cams, 16, 16, shading="lambertian", ambient=1.0, **kw)
+    assert torch.allclose(albedo.rgb, lit_full_ambient.rgb, atol=1e-5)
+    white = render_nerf(field, cams, 16, 16, shading="textureless", ambient=1.0, **kw)
+    assert torch.allclose(white.rgb, torch.ones_like(white.rgb), atol=1e-4)
+    # light from the camera, no ambient: the sphere's centre (n . l = 1) is fully lit, its rim dark
+    dark = render_nerf(field, cams, 16, 16, shading="textureless", ambient=0.0,
+                       bg_color=torch.zeros(3), **kw).rgb[0, ..., 0]
+    assert dark[8, 8] > 0.95 and dark[8, 8] > dark[8, 5] > dark[8, 4] > 0.0
+    side = render_nerf(field, cams, 16, 16, shading="textureless", ambient=0.0, bg_color=torch.zeros(3),
+                       light_dir=torch.tensor([[1.0, 0.0, 0.0]]), **kw).rgb[0, ..., 0]
+    assert side[8, 11] > 0.5 and side[8, 4] < 0.05   # lit from +x: the right-hand side (x > 0) is bright
+    normal = render_nerf(field, cams, 16, 16, shading="normal", bg_color=torch.zeros(3), **kw)
+    assert torch.allclose(normal.rgb[0, 7:9, 7:9].mean((0, 1)), torch.tensor([0.5, 0.5, 1.0]), atol=0.02)
+    bg = torch.tensor([[0.2, 0.4, 0.6]])
+    blended = render_nerf(field, cams, 16, 16, bg_color=bg, **kw)
+    assert torch.allclose(blended.rgb[0, 0, 0], bg[0], atol=1e-5)
+    assert torch.allclose(blended.rgb, albedo.rgb - (1 - albedo.opacity) * (1 - bg), atol=1e-5)
+
+
+def test_chunked_render_matches_unchunked(monkeypatch):
+    field = NeRFField(SMALL)
+    cams = orbit_cameras(90.0, 30.0, 3.2, 20.0)
+    one = render_nerf(field, cams, 10, 10, num_samples=16, num_importance=8, perturb=False)
+    monkeypatch.setattr(vr, "CHUNK_RAYS", 7)
+    many = render_nerf(field, cams, 10, 10, num_samples=16, num_importance=8, perturb=False)
+    assert torch.allclose(one.rgb, many.rgb, atol=1e-6) and torch.allclose(one.depth, many.depth, atol=1e-5)
+
+
+def test_occupancy_grid_skips_empty_space_without_changing_the_image():
+    field = SphereField()
+    field.density = lambda x: field(x)[0]
+    grid = OccupancyGrid(1.0, resolution=16)
+    assert grid.mask.all()   # everything is occupied until the first update
+    grid.update(field, torch.Generator().manual_seed(0))
+    assert 0.005 < grid.mask.float().mean() < 0.1
+    cams = orbit_cameras(80.0, 20.0, 3.2, 20.0)
+    kw = dict(num_samples=48, num_importance=32, perturb=False)
+    full = render_nerf(field, cams, 24, 24, **kw)
+    skipped = render_nerf(field, cams, 24, 24, occupancy=grid, **kw)
+    assert torch.allclose(full.rgb, skipped.rgb, atol=1e-4) and torch.allclose(full.depth, skipped.depth, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_density_raises_geometry_error(bad):
+    class Broken(SphereField):
+        def forward(self, x):
+            sigma, albedo = super().forward(x)
+            return torch.where(x[:, 0] > 0.1, torch.full_like(sigma, bad), sigma), albedo
+
+    with pytest.raises(GeometryError, match="non-finite") as info:
+        render_nerf(Broken(), reference_camera(CameraConfig()), 8, 8, num_samples=16)
+    assert "\n" not in str(info.value)
+
+
+def test_diverged_nerf_weights_raise_geometry_error_not_silent_nans():
+    field = NeRFField(SMALL)
+    with torch.no_grad():
+        field.mlp[-1].bias.fill_(float("nan"))
+    with pytest.raises(GeometryError):
+        render_rays(field, torch.tensor([[0.0, 0.0, 3.2]]), torch.tensor([[0.0, 0.0, -1.0]]), num_samples=8)
+
+
+def test_unknown_shading_is_rejected():
+    with pytest.raises(ValueError, match="shading"):
+        render_nerf(SphereField(), reference_camera(CameraConfig()), 4, 4, shading="phong")

@@ -1,0 +1,105 @@
+"""Triggered as a user would: a real `prefect server start` on loopback, the deployments served from a
+subprocess, and `prefect deployment run benchmark/evaluate-c10 --watch` with a small case subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline_support import DATA, FAST, REPO, SESSION, free_port, needs_data, ray_cluster
+
+pytestmark = [needs_data, pytest.mark.timeout(900)]
+
+
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(api_url, env, runs_dir): a Prefect server and the served deployments, stopped afterwards."""
+    from flows.serve import start_server, stop_server
+
+    cluster = ray_cluster()  # the served runs join this cluster instead of starting their own
+    home = SESSION / "prefect-server"
+    port = free_port()
+    server = start_server("127.0.0.1", port, home)
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "RAY_ADDRESS": cluster.address,
+           "PREFECT_LOGGING_LEVEL": "INFO"}
+    runs = tmp_path_factory.mktemp("served-runs")
+    log = open(runs / "serve.log", "wb")
+    serve = subprocess.Popen([sys.executable, "-m", "flows.deployments", "--runs", str(runs), "--preset", "tiny"],
+                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while _get(f"{api}/deployments/name/benchmark/nightly-regression") is None:
+            assert serve.poll() is None, (runs / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "deployments not registered"
+            time.sleep(1)
+        yield api, env, runs
+    finally:
+        _stop(serve)
+        stop_server(server)
+
+
+def test_deployments_are_registered_with_schedule_and_no_overlap(served):
+    api, env, runs = served
+    names = {d: _get(f"{api}/deployments/name/benchmark/{d}") for d in
+             ("evaluate-c10", "evaluate-realfusion15", "nightly-regression")}
+    assert all(names.values())
+    nightly = names["nightly-regression"]
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert nightly["parameters"]["fail_on_regression"] is True and nightly["parameters"]["baseline"] == "latest"
+    assert names["evaluate-c10"]["parameters"]["dataset"] == "c10"
+    assert not names["evaluate-c10"]["schedules"]
+
+
+def test_prefect_deployment_run_evaluate_c10(served, tmp_path):
+    import pandas as pd
+
+    api, env, runs = served
+    out = tmp_path / "run"
+    params = {"preset": "tiny", "cases": ["07"], "overrides": FAST, "out": str(out), "num_actors": 1,
+              "data_root": str(DATA)}
+    prefect = Path(sys.executable).with_name("prefect")
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(prefect), "deployment", "run", "benchmark/evaluate-c10", "--params", json.dumps(params),
+                           "--watch", "--watch-timeout", "600"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=700)
+    print(f"deployment run: {time.perf_counter() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (runs / "serve.log").read_text()[-3000:]
+    assert "Completed" in proc.stdout
+    per_case = pd.read_parquet(out / "per_case.parquet")
+    assert list(per_case["case"]) == ["07"] and (per_case["status"] == "ok").all()
+    assert per_case["psnr"].notna().all()
+    assert (out / "per_view.parquet").is_file() and (out / "report" / "index.html").is_file()
+    assert json.loads((out / "run.json").read_text())["dataset"] == "c10"

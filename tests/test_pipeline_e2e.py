@@ -1,0 +1,177 @@
+"""The benchmark flow end to end on CPU: real Prefect API (temporary local server), real local Ray cluster,
+real tiny-preset reconstructions on the shared RealFusion15 and C10 folders; then a cached rerun."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_support import DATA, FAST, needs_data, ray_cluster
+
+pytestmark = [needs_data, pytest.mark.timeout(900)]
+
+SUBSETS = {"realfusion15": ["banana", "cactus"], "c10": ["07", "SpongeBob"]}
+
+
+def _mtimes(run: Path) -> dict[str, float]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("cases/**/*")
+            if p.is_file() and p.name in ("result.json", "metrics.json", "mesh.obj", "cache_key")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each dataset subset run twice into the same folder; returns {dataset: (run_dir, first, second, s1, s2, m1, m2)}."""
+    from flows.benchmark import benchmark
+
+    ray_cluster()
+    out = {}
+    for dataset, cases in SUBSETS.items():
+        run = tmp_path_factory.mktemp(f"run-{dataset}")
+        t0 = time.perf_counter()
+        first = benchmark(dataset=dataset, preset="tiny", cases=cases, out=str(run), overrides=FAST,
+                          data_root=str(DATA), num_actors=2)
+        t1 = time.perf_counter()
+        m1 = _mtimes(run)
+        second = benchmark(dataset=dataset, preset="tiny", cases=cases, out=str(run), overrides=FAST,
+                           data_root=str(DATA), num_actors=2)
+        t2 = time.perf_counter()
+        out[dataset] = (run, first, second, t1 - t0, t2 - t1, m1, _mtimes(run))
+        print(f"{dataset}: first run {t1 - t0:.1f} s, cached rerun {t2 - t1:.1f} s")
+    return out
+
+
+@pytest.mark.parametrize("dataset", list(SUBSETS))
+def test_flow_writes_case_folders_parquet_and_report(runs, dataset):
+    import pandas as pd
+
+    run, first, _, *_ = runs[dataset]
+    assert first["ok"] == len(SUBSETS[dataset]) and first["failed"] == 0 and first["computed"] == 2
+    info = json.loads((run / "run.json").read_text())
+    for key in ("run_id", "dataset", "preset", "variants", "seeds", "code_version", "protocol", "created_at", "config"):
+        assert key in info
+    assert info["dataset"] == dataset and info["preset"] == "tiny" and info["seeds"] == [0]
+    assert info["config"]["consistent123"]["config"]["train"]["nerf_iters"] == 8
+
+    per_case = pd.read_parquet(run / "per_case.parquet")
+    assert sorted(per_case["case"]) == sorted(SUBSETS[dataset])
+    assert (per_case["status"] == "ok").all() and per_case["error"].isna().all()
+    for col in ("clip_similarity", "psnr", "lpips", "seconds_total"):
+        assert per_case[col].notna().all() and (per_case[col] != 0).all(), col
+    assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].isna().all().all()  # not a synthetic dataset
+    assert (per_case["metric_status"] == "ok").all()
+    assert (per_case["num_views"] == 4).all() and (per_case["resolution"] == 32).all()
+    assert (per_case["lpips_net"] == "alex-random").all()  # no AlexNet weights offline: the tiny fallback
+    assert set(per_case["device"]) == {"cpu"} and per_case["switch_iteration"].notna().all()
+    for row in per_case.itertuples():
+        case_dir = run / row.case_dir
+        assert row.case_dir == f"cases/consistent123/{row.case}/seed0"
+        for rel in ("result.json", "reference.png", "views/ref_render.png", "views/view_003.png",
+                    "mesh/mesh.obj", "mesh/mesh.glb", "video/rgb.mp4", "cache_key"):
+            assert (case_dir / rel).is_file(), rel
+        assert (case_dir / "cache_key").read_text().strip() == row.cache_key
+
+    per_view = pd.read_parquet(run / "per_view.parquet")
+    assert len(per_view) == 4 * len(SUBSETS[dataset])
+    assert sorted(per_view["azimuth"].unique().tolist()) == [0.0, 90.0, 180.0, 270.0]
+    merged = per_view.groupby("case")["clip_similarity"].mean()
+    for row in per_case.itertuples():
+        assert math.isclose(merged[row.case], row.clip_similarity, rel_tol=1e-6)
+    assert (run / "report" / "index.html").is_file() and (run / "report" / "tables.md").is_file()
+
+
+@pytest.mark.parametrize("dataset", list(SUBSETS))
+def test_rerun_of_the_same_run_folder_computes_nothing(runs, dataset):
+    import pandas as pd
+
+    run, first, second, t_first, t_second, m1, m2 = runs[dataset]
+    assert second["computed"] == 0 and second["cached"] == len(SUBSETS[dataset]) and second["failed"] == 0
+    assert second["run_id"] == first["run_id"]
+    assert m1 == m2, "a cached rerun rewrote case outputs"
+    assert t_second < 0.5 * t_first, (t_first, t_second)
+    per_case = pd.read_parquet(run / "per_case.parquet")
+    assert (per_case["status"] == "ok").all() and per_case["psnr"].notna().all()
+
+
+def test_changed_config_recomputes_only_that_variant(runs):
+    """Another seed in the same run folder is computed; the finished seed-0 cases are reused."""
+    from flows.benchmark import benchmark
+
+    run, *_ = runs["c10"]
+    summary = benchmark(dataset="c10", preset="tiny", cases=["07"], seeds=[0, 1], out=str(run), overrides=FAST,
+                        data_root=str(DATA), num_actors=2)
+    assert summary["cached"] == 1 and summary["computed"] == 1 and summary["failed"] == 0
+    assert (run / "cases/consistent123/07/seed1/result.json").is_file()
+
+
+def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
+    """Novel-view PSNR/LPIPS and Chamfer against a synthetic scene, on a real output folder."""
+    from tasks.metrics import compute_case_metrics, load_metric_models
+
+    run, first, *_ = runs["c10"]
+    case_dir = run / "cases/consistent123/07/seed0"
+    result = json.loads((case_dir / "result.json").read_text())
+    models = load_metric_models(result["config"]["prior"]["clip_model"], "alex", "cpu", allow_random_lpips=True)
+    values = compute_case_metrics(case_dir, result, models, scene="toy")
+    for key in ("novel_psnr", "novel_lpips", "chamfer", "psnr", "lpips", "clip_similarity"):
+        assert math.isfinite(values[key]) and values[key] != 0, key
+    assert values["metric_status"] == "ok"
+
+    # a metric that cannot be computed is NaN with its reason, never 0
+    (tmp_path / "views").mkdir()
+    values = compute_case_metrics(tmp_path, {"views": [{"file": "views/view_000.png", "azimuth": 0, "polar": 90}]},
+                                  models, scene="toy")
+    assert all(math.isnan(values[k]) for k in ("clip_similarity", "psnr", "lpips", "chamfer"))
+    assert "chamfer:" in values["metric_status"] and "reference:" in values["metric_status"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["realfusion15", "c10", "synthetic"])
+def test_whole_dataset_tiny(dataset, tmp_path):
+    """Every case of a dataset with the tiny preset (as shipped, no cut-down overrides)."""
+    import pandas as pd
+
+    from flows.benchmark import benchmark
+
+    ray_cluster()
+    summary = benchmark(dataset=dataset, preset="tiny", out=str(tmp_path / "run"), data_root=str(DATA))
+    per_case = pd.read_parquet(summary["per_case"])
+    assert summary["failed"] == 0, summary["errors"]
+    assert per_case[["clip_similarity", "psnr", "lpips"]].notna().all().all()
+    if dataset == "synthetic":
+        assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].notna().all().all()
+
+
+def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verdict(runs, tmp_path):
+    """The nightly path: a baseline with better PSNR -> verdict regressed -> Failed flow run + artifact."""
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.benchmark import benchmark
+    from tasks.results import PER_CASE_SCHEMA, write_parquet
+
+    run, first, *_ = runs["c10"]
+    base = tmp_path / "baseline"
+    base.mkdir()
+    per_case = pd.read_parquet(run / "per_case.parquet")
+    per_case = per_case[per_case["seed"] == 0].assign(psnr=lambda d: d["psnr"] + 5.0, run_id="baseline-run")
+    write_parquet(per_case, base / "per_case.parquet", PER_CASE_SCHEMA)
+    (base / "run.json").write_text(json.dumps({"run_id": "baseline-run", "dataset": "c10", "preset": "tiny",
+                                               "created_at": "2026-01-01T00:00:00+00:00"}))
+    state = benchmark(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(run), overrides=FAST,
+                      data_root=str(DATA), baseline=str(base), fail_on_regression=True, return_state=True)
+    assert state.is_failed()
+    assert (run / "report" / "verdict.json").is_file()
+    assert json.loads((run / "report" / "verdict.json").read_text())["regressed"] is True
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["regression-verdict"])))
+        assert any(a.flow_run_id == state.state_details.flow_run_id and "REGRESSED" in a.data for a in arts)
+
+    # the same comparison without fail_on_regression (c123 evaluate --baseline) completes and reports it
+    summary = benchmark(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(run), overrides=FAST,
+                        data_root=str(DATA), baseline=str(base))
+    assert summary["regressed"] is True and summary["computed"] == 0

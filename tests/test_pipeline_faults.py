@@ -1,0 +1,95 @@
+"""Faults: a corrupt input becomes a failed row while the others finish; an actor killed mid-case is
+replaced and the case resumes from its checkpoint; nothing finished before is lost on a rerun."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipeline_support import FAST, copy_dataset, needs_data, ray_cluster
+
+pytestmark = [needs_data, pytest.mark.timeout(900)]
+
+CASES = ["07", "12", "SpongeBob"]
+CORRUPT, KILLED, PLAIN = CASES
+KILL = "tests.pipeline_faults:die_once_mid_case"
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory):
+    """A C10 copy whose '07' image is garbage; the actor running '12' dies once mid-case."""
+    import pandas as pd
+
+    from flows.benchmark import benchmark
+    from pipeline_faults import KILL_MARKER
+
+    ray_cluster()
+    data = copy_dataset("c10", tmp_path_factory.mktemp("c10-corrupt") / "c10")
+    (data / f"{CORRUPT}_rgba.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not an image" * 50)
+    run = tmp_path_factory.mktemp("faulty-run")
+    killed_dir = run / "cases" / "consistent123" / KILLED / "seed0"
+    killed_dir.mkdir(parents=True)
+    (killed_dir / KILL_MARKER).write_text("die once\n")
+    summary = benchmark(dataset=str(data), preset="tiny", cases=CASES, out=str(run), overrides=FAST,
+                        num_actors=2, work_fn=KILL)
+    per_case = pd.read_parquet(run / "per_case.parquet").set_index("case")
+    return data, run, summary, per_case
+
+
+def test_corrupt_input_is_a_failed_row_with_a_clear_error(faulty_run):
+    data, run, summary, per_case = faulty_run
+    row = per_case.loc[CORRUPT]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("InputError: ") and f"{CORRUPT}_rgba.png" in row["error"]
+    assert "\n" not in row["error"]
+    assert all(math.isnan(row[m]) for m in ("clip_similarity", "psnr", "lpips", "seconds_total"))
+    assert row["metric_status"] == "not computed: case failed"
+    assert summary["failed"] == 1 and summary["ok"] == 2
+    assert (per_case.drop(index=CORRUPT)["status"] == "ok").all()
+    assert per_case.drop(index=CORRUPT)["psnr"].notna().all()
+
+
+def test_killed_actor_is_replaced_and_the_case_resumes(faulty_run):
+    data, run, summary, per_case = faulty_run
+    assert summary["actors_replaced"] >= 1
+    assert per_case.loc[KILLED, "status"] == "ok"
+    case_dir = run / per_case.loc[KILLED, "case_dir"]
+    result = json.loads((case_dir / "result.json").read_text())
+    assert result["resumed_from"] == 4  # the checkpoint written before the actor died was used
+    assert not (case_dir / "KILL_ACTOR").exists()
+
+
+def test_rerun_keeps_finished_cases_and_retries_the_failed_one(faulty_run):
+    from flows.benchmark import benchmark
+
+    data, run, summary, per_case = faulty_run
+    stamp = {c: (run / per_case.loc[c, "case_dir"] / "result.json").stat().st_mtime_ns for c in (KILLED, PLAIN)}
+    again = benchmark(dataset=str(data), preset="tiny", cases=CASES, out=str(run), overrides=FAST, num_actors=2)
+    assert again["cached"] == 2 and again["computed"] == 1 and again["failed"] == 1
+    assert {c: (run / per_case.loc[c, "case_dir"] / "result.json").stat().st_mtime_ns for c in stamp} == stamp
+
+
+def test_pool_gives_up_after_the_retries_and_records_the_error(tmp_path):
+    """An actor that dies on every attempt: 1 + max_retries attempts, then a failed outcome naming the death."""
+    from tasks.actors import ActorPool, make_job
+
+    ray_cluster()
+
+    class _Case:
+        id = "x"
+
+    jobs = [make_job(0, _Case(), "consistent123", 0, {}, tmp_path / "x", "k")]
+    with ActorPool(1, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="tests.pipeline_faults:always_die",
+                   max_retries=1) as pool:
+        (job, outcome), = list(pool.run(jobs))
+        assert pool.replaced == 2
+    assert outcome["status"] == "failed" and outcome["attempts"] == 2
+    assert "died" in outcome["error"] and "\n" not in outcome["error"]
+
+    with ActorPool(1, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="tests.pipeline_faults:raise_runtime_error",
+                   max_retries=2) as pool:
+        (job, outcome), = list(pool.run(jobs))
+        assert pool.replaced == 0
+    assert outcome["attempts"] == 3 and outcome["error"].startswith("RuntimeError: boom in the work function")

@@ -1,0 +1,115 @@
+"""`c123 reconstruct` as a user runs it: the tiny preset end to end, resume after a kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from datasets.registry import default_data_root
+
+DATA = default_data_root() / "realfusion15"
+CASE = "cactus"
+PROMPT = "a green cactus in a brown pot"
+
+
+def c123(*args, env=None, **kw) -> subprocess.Popen:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "c123.cli", *map(str, args)], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run_c123(*args, env=None, timeout=600) -> tuple[int, str]:
+    proc = c123(*args, env=env)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny preset on a real RealFusion15 input, killed once mid-NeRF-stage and then rerun to the end."""
+    root = tmp_path_factory.mktemp("tiny")
+    env = {"C123_TINY_MODELS": str(root / "models")}
+    out = root / "out"
+    args = ["reconstruct", DATA / f"{CASE}_rgba.png", "--depth", DATA / f"{CASE}_depth.png", "--prompt", PROMPT,
+            "--preset", "tiny", "--seed", "3", "--out", out, "--set", "train.checkpoint_every=10"]
+    first = c123(*args, env=env, start_new_session=True)
+    ckpt = out / "checkpoints" / "nerf.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    started = time.perf_counter()
+    code, log = run_c123(*args, env=env)
+    assert code == 0, log
+    return out, log, time.perf_counter() - started
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run):
+    out, log, _ = tiny_run
+    result = json.loads((out / "result.json").read_text())
+    assert "resumed from step" in log
+    assert result["resumed_from"] is not None and result["resumed_from"] >= 10
+
+
+def test_tiny_preset_runs_the_full_two_stage_method(tiny_run):
+    out, _, seconds = tiny_run
+    result = json.loads((out / "result.json").read_text())
+    cfg = result["config"]
+    print(f"tiny run (resumed part) took {seconds:.0f} s; switch at {result['switch_iteration']}")
+    assert set(result["model_ids"]) == {"zero123", "stable_diffusion", "clip"}
+    detector = result["detector"]
+    assert len(detector["S"]) >= cfg["schedule"]["rate_window"] + 1
+    assert cfg["schedule"]["check_start"] <= result["switch_iteration"] <= cfg["schedule"]["check_end"]
+    w2d = result["weights"]["w2d"]
+    assert w2d[0] == 0.0 and 0.5 < w2d[-1] < 0.64  # exponential dynamic prior, r -> 1 at the end
+    assert result["seed"] == 3 and result["code_version"] and result["config_hash"]
+    assert set(result["stage_seconds"]) == {"nerf", "dmtet", "export"}
+    views = sorted((out / "views").glob("view_*.png"))
+    assert len(views) == cfg["train"]["eval_views"]
+    assert np.asarray(Image.open(views[0])).shape == (64, 64, 4)
+    for name in ("reference.png", "views/ref_render.png", "video/rgb.mp4", "video/rgb.gif", "video/normal.mp4",
+                 "mesh/mesh.obj", "mesh/mesh.mtl", "mesh/mesh.png"):
+        assert (out / name).stat().st_size > 0, name
+    glb = trimesh.load(out / "mesh" / "mesh.glb", force="mesh")
+    assert len(glb.faces) > 0 and glb.visual.material is not None
+
+
+def test_unreadable_image_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    code, out = run_c123("reconstruct", bad, "--prompt", "x", "--preset", "tiny", "--out", tmp_path / "o")
+    assert code == 2 and out.strip().count("\n") == 0 and "broken.png" in out, out
+
+
+def test_image_without_alpha_or_mask_is_a_one_line_error(tmp_path):
+    rgb = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(rgb)
+    code, out = run_c123("reconstruct", rgb, "--prompt", "x", "--preset", "tiny", "--out", tmp_path / "o")
+    assert code == 2 and out.strip().count("\n") == 0 and "photo.jpg" in out and "--mask" in out, out
+
+
+def test_empty_prompt_is_refused_when_stable_diffusion_is_needed(tmp_path):
+    code, out = run_c123("reconstruct", DATA / f"{CASE}_rgba.png", "--prompt", "  ", "--preset", "tiny",
+                         "--out", tmp_path / "o")
+    assert code == 2 and out.strip().count("\n") == 0 and "--prompt" in out, out
+
+
+def test_missing_weights_name_the_model_and_the_download_command(tmp_path):
+    started = time.perf_counter()
+    code, out = run_c123("reconstruct", DATA / f"{CASE}_rgba.png", "--prompt", PROMPT, "--preset", "paper",
+                         "--out", tmp_path / "o", env={"HF_HOME": str(tmp_path / "hf")})
+    assert code == 2 and out.strip().count("\n") == 0, out
+    assert "bennyguo/zero123-xl-diffusers" in out and "hf download" in out, out
+    assert time.perf_counter() - started < 60  # no hub retries (the import of torch dominates)
