@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_orchestration.py [--dataset realfusion15] [--actors 2] [--set k=v ...]
 
-Runs the `benchmark` flow (tiny preset, cut to a few dozen iterations by default so the whole dataset takes
-minutes on CPU) into a fresh run folder on a fresh local Ray cluster, then prints
+Runs the `benchmark` flow (the tiny preset as shipped; `--quick` cuts it to a few dozen iterations) into a
+fresh run folder on a fresh local Ray cluster, then prints
 - compute: the sum over cases of the seconds each case spent in its actor (loading the input, the priors
   on an actor's first case, the reconstruction), and ideal = compute / actors (perfect packing);
 - flow wall: from the flow's first line to its summary (Ray start, actors, dispatch, metrics, Parquet,
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="realfusion15")
     p.add_argument("--cases", type=int, default=15, help="first N cases (default 15)")
     p.add_argument("--actors", type=int, default=2)
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=None,
-                   help="config overrides (default: a cut-down tiny preset, see BENCH_SET)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                   help="config overrides of the tiny preset")
+    p.add_argument("--quick", action="store_true", help="cut the tiny preset down (BENCH_SET) for a fast check")
     p.add_argument("--out", help="run folder (default: a fresh temporary folder)")
     args = p.parse_args(argv)
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c.id for c in load_dataset(args.dataset).cases][: args.cases]
     out = args.out or str(scratch / "run")
     summary = benchmark(dataset=args.dataset, preset="tiny", cases=cases, out=out,
-                        overrides=BENCH_SET if args.overrides is None else args.overrides, num_actors=args.actors)
+                        overrides=(BENCH_SET if args.quick else []) + args.overrides, num_actors=args.actors)
     process_wall = time.perf_counter() - t_process
 
     import pandas as pd

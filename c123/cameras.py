@@ -122,8 +122,9 @@ def generate_rays(cams: Cameras, height: int, width: int) -> tuple[torch.Tensor,
     rows = torch.arange(height, dtype=dtype, device=device) + 0.5
     cols = torch.arange(width, dtype=dtype, device=device) + 0.5
     y, x = torch.meshgrid(rows, cols, indexing="ij")
-    # row 0 is the top of the image, i.e. camera +y
-    d_cam = torch.stack([(x - 0.5 * width) / f, -(y - 0.5 * height) / f, -torch.ones_like(x / f)], -1)
+    u = (x - 0.5 * width) / f
+    v = -(y - 0.5 * height) / f   # row 0 is the top of the image, i.e. camera +y
+    d_cam = torch.stack([u, v, -torch.ones_like(u)], -1)
     rays_d = torch.einsum("bij,bhwj->bhwi", cams.c2w[:, :3, :3], d_cam)
     rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
     rays_o = cams.position[:, None, None, :].expand_as(rays_d)

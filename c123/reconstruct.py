@@ -144,17 +144,13 @@ def novel_view_style(cfg: ReconstructConfig, gen: torch.Generator, cams: Cameras
     u = torch.rand(5, generator=gen).tolist()
     shading = "lambertian" if u[0] < cfg.train.lambertian_prob else "textureless"
     lo, hi = cfg.train.ambient_range
+    if shading == "lambertian" and lo >= 1.0:
+        shading = "albedo"  # full ambient light is plain albedo, and needs no normals
     eye = cams.c2w[:, :3, 3].to(device)
     light = F.normalize(eye + torch.randn(eye.shape, generator=gen).to(device), dim=-1)
     bg = (torch.tensor(u[2:5], device=device) if cfg.train.novel_background == "random"
           else torch.ones(3, device=device))
     return dict(shading=shading, ambient=lo + (hi - lo) * u[1], light_dir=light, bg_color=bg)
-
-
-def needs_normals(cfg: ReconstructConfig, style: dict) -> bool:
-    """Normals cost a double backward through the field: compute them only when shading or a loss uses them."""
-    shaded = style["shading"] == "textureless" or (style["shading"] == "lambertian" and style["ambient"] < 1.0)
-    return shaded or cfg.loss.orientation > 0 or cfg.loss.normal_smooth_2d > 0
 
 
 def prior_loss(priors: Priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: float,
@@ -297,7 +293,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
             cams = sample_novel_cameras(cfg.camera, 1, step / max(nerf_iters, 1), gen).to(device)
             style = novel_view_style(cfg, gen, cams, device)
             size = cfg.train.nerf_size
-            out_ = render_nerf(field_, cams, size, size, need_normals=needs_normals(cfg, style),
+            normals_used = cfg.loss.orientation > 0 or cfg.loss.normal_smooth_2d > 0
+            out_ = render_nerf(field_, cams, size, size, need_normals=normals_used,
                                num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance, **style)
             loss = prior_loss(priors, out_.rgb.permute(0, 3, 1, 2), cams, w3d, w2d,
                               cfg.prior.t_range_nerf, step / total_iters)

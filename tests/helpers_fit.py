@@ -55,7 +55,7 @@ def heldout_cameras(views: int = 8) -> Cameras:
     return orbit_cameras(polar, azimuth, 3.2, 20.0)
 
 
-def fit_nerf_to_scene(scene: SyntheticScene, views: int = 16, size: int = 64, iters: int = 300, seed: int = 0,
+def fit_nerf_to_scene(scene: SyntheticScene, views: int = 16, size: int = 64, iters: int = 250, seed: int = 0,
                       cfg: NerfConfig = FIT_CONFIG, batch_rays: int = 1024, lr: float = 1e-2) -> FitResult:
     """Fit a NeRFField to `views` ground-truth renders (size x size, on white) with Adam on random ray batches."""
     torch.manual_seed(seed)

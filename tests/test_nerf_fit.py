@@ -38,7 +38,7 @@ class SphereField(torch.nn.Module):
 @pytest.fixture(scope="module")
 def fitted():
     scene = get_scene("toy")
-    fit = fit_nerf_to_scene(scene, views=16, size=64, iters=300, seed=0)
+    fit = fit_nerf_to_scene(scene, views=16, size=64, iters=250, seed=0)
     return scene, fit
 
 

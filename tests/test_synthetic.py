@@ -79,7 +79,8 @@ def test_scenes_are_asymmetric_left_right_and_front_back():
 
     for name in SCENES:
         out = get_scene(name).render(orbit(4), SIZE, SIZE)   # azimuth 0, 90, 180, 270
-        views = [{"alpha": rgba[..., 3], "rgb": rgba[..., :3], "depth": d} for rgba, d in zip(out["rgba"], out["depth"])]
+        views = [{"alpha": rgba[..., 3], "rgb": rgba[..., :3], "depth": d}
+                 for rgba, d in zip(out["rgba"], out["depth"])]
         flip = [{k: v.flip(1) for k, v in view.items()} for view in views]
         front, side_plus, back, side_minus = views
         # silhouettes seen from opposite sides are mirror images, so front/back differ in depth and colour
