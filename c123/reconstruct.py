@@ -33,7 +33,7 @@ from c123.preprocess import ReconstructionInput
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
 from c123.schedules import BoundaryDetector, fixed_switch_step, get_variant, is_check_step, prior_weights
-from c123.volume_render import render_nerf
+from c123.volume_render import OccupancyGrid, render_nerf
 
 ProgressFn = Callable[[dict], None]
 
@@ -275,15 +275,18 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
         return w3d, w2d
 
     # ---- Stage 1 and 2: NeRF under the 3D prior, then the dynamic prior --------------------------
+    occupancy = OccupancyGrid(cfg.nerf.bound, device=device) if cfg.nerf.occupancy_grid else None
     nerf_start = state["step"] if state and state["stage"] == "nerf" else (nerf_iters if state else 0)
     tic = time.perf_counter()
     for step in range(nerf_start, nerf_iters):
         field_.train()
         w3d, w2d = weights_at(step)
+        if occupancy is not None and step % 16 == 0:
+            occupancy.update(field_, gen)
         if step % cfg.train.ref_every == 0:
             bg = torch.rand(3, generator=gen).to(device)
             out_ = render_nerf(field_, ref_cam, ref_size, ref_size, shading="albedo", bg_color=bg,
-                               num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance)
+                               occupancy=occupancy, num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance)
             loss = (cfg.loss.rgb * losses.reference_rgb_loss(out_.rgb[0], ref.rgb, ref.mask, bg)
                     + cfg.loss.mask * losses.reference_mask_loss(out_.opacity[0], ref.mask))
             if depth_weight > 0:
@@ -294,7 +297,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
             style = novel_view_style(cfg, gen, cams, device)
             size = cfg.train.nerf_size
             normals_used = cfg.loss.orientation > 0 or cfg.loss.normal_smooth_2d > 0
-            out_ = render_nerf(field_, cams, size, size, need_normals=normals_used,
+            out_ = render_nerf(field_, cams, size, size, need_normals=normals_used, occupancy=occupancy,
                                num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance, **style)
             loss = prior_loss(priors, out_.rgb.permute(0, 3, 1, 2), cams, w3d, w2d,
                               cfg.prior.t_range_nerf, step / total_iters)
