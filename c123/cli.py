@@ -20,7 +20,8 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 
     from c123.config import apply_overrides, preset
     from c123.preprocess import load_input
-    from c123.reconstruct import reconstruct
+    from c123.provenance import resolve_device
+    from c123.reconstruct import check_prompt, load_priors, reconstruct
 
     cfg = preset(args.preset)
     cfg.seed = args.seed
@@ -28,6 +29,8 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.set or [])
     inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "")
     out = Path(args.out or Path("outputs") / Path(args.image).stem)
+    check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
+    priors = load_priors(cfg, resolve_device(cfg.train.device))
 
     columns = [TextColumn("{task.fields[stage]:>6}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("w3D {task.fields[w3d]:.3f} w2D {task.fields[w2d]:.3f} S {task.fields[s]}"),
@@ -43,7 +46,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
             if info["stage"] == "resume":
                 bar.console.print(f"resumed from step {info['step']}")
 
-        result = reconstruct(inp, cfg, out, progress=progress)
+        result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
     print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'mesh'}, "
           f"{out / 'video'}, {out / 'views'}")
     for warning in result["warnings"]:

@@ -98,6 +98,13 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
     return priors
 
 
+def check_prompt(inp: ReconstructionInput, cfg: ReconstructConfig) -> None:
+    """Stable Diffusion and the CLIP detector need a prompt; only 3d-only runs without one."""
+    if "sd" in needed_priors(cfg) and not inp.prompt.strip():
+        raise InputError(f"empty prompt for {inp.case_id or 'the input'}: Stable Diffusion and the CLIP "
+                         "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
+
+
 # ---- the reference view ------------------------------------------------------------------------
 @dataclass
 class Reference:
@@ -212,9 +219,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     report = progress or (lambda info: None)
     warnings: list[str] = []
     needs = needed_priors(cfg)
-    if "sd" in needs and not inp.prompt.strip():
-        raise InputError(f"empty prompt for {inp.case_id or 'the input'}: Stable Diffusion and the CLIP "
-                         "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
+    check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
 
     # Reference view, at the NeRF reference size; the depth loss needs a depth map

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -99,35 +100,48 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             address = address or os.environ.get("RAY_ADDRESS") or "local"
             kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver,
                           runtime_env={"env_vars": worker_env()})
-            if address == "local":
-                import ray._private.ray_constants as ray_constants
-
+            local = address == "local"
+            loopback = local or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+            if local:
                 local_auth_env()
                 from ray._raylet import Config
                 Config.initialize("")  # Ray read RAY_AUTH_MODE when imported; make it see the mode set now
-                # Loopback only: Ray's get_node_ip_address() answers 127.0.0.1 with "clusters" disabled (for
-                # this process via the constant, for the Ray processes via the variable they inherit), and
-                # HOME holds ray_bootstrap_config.yaml (no cloud-metadata probe); both restored after init.
-                enable_cluster, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
-                saved = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-                os.environ.update(HOME=str(ray_home()), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-                try:
-                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                             _node_ip_address="127.0.0.1", **kwargs)
-                finally:
-                    ray_constants.ENABLE_RAY_CLUSTER = enable_cluster
-                    for k, v in saved.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
-                _STARTED_HERE = True
-            else:
-                ray.init(address=address, **kwargs)
-                _STARTED_HERE = False
+            with _loopback_init(loopback, home=ray_home() if local else None):
+                if local:
+                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+                             **kwargs)
+                else:
+                    ray.init(address=address, **kwargs)
+            _STARTED_HERE = local
         res = ray.cluster_resources()
         return ClusterInfo(address=ray.get_runtime_context().gcs_address, started=started,
                            num_cpus=float(res.get("CPU", 0)), num_gpus=float(res.get("GPU", 0)))
+
+
+@contextlib.contextmanager
+def _loopback_init(loopback: bool, home: Path | None):
+    """During ray.init: with `loopback`, Ray's get_node_ip_address() answers 127.0.0.1 (clusters "disabled":
+    for this process via the constant, for the Ray processes via the variable they inherit), so neither a
+    new cluster nor a join of 127.0.0.1:PORT is turned into the outward address; with `home`, the started
+    Ray processes get it as HOME (ray_bootstrap_config.yaml there: no cloud-metadata probe). Restored after."""
+    import ray._private.ray_constants as ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    if loopback:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if home is not None:
+        os.environ["HOME"] = str(home)
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def shutdown_ray() -> None:

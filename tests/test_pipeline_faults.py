@@ -93,3 +93,21 @@ def test_pool_gives_up_after_the_retries_and_records_the_error(tmp_path):
         (job, outcome), = list(pool.run(jobs))
         assert pool.replaced == 0
     assert outcome["attempts"] == 3 and outcome["error"].startswith("RuntimeError: boom in the work function")
+
+
+def test_ray_cluster_is_loopback_only_and_workers_keep_home():
+    import os
+
+    import ray
+
+    from tasks.ray_cluster import ray_home
+
+    info = ray_cluster()
+    assert info.address.startswith("127.0.0.1:")
+    assert (ray_home() / "ray_bootstrap_config.yaml").read_text() == "{}\n"  # no cloud-metadata probe
+
+    @ray.remote(num_cpus=0)
+    def worker_env():
+        return os.environ.get("HOME"), os.environ.get("RAY_USAGE_STATS_ENABLED")
+
+    assert ray.get(worker_env.remote()) == (os.environ["HOME"], "0")
