@@ -36,10 +36,8 @@ class SphereField(torch.nn.Module):
 # --- fitting ground truth ---
 
 @pytest.fixture(scope="module")
-def fitted():
-    scene = get_scene("toy")
-    fit = fit_nerf_to_scene(scene, views=16, size=64, iters=250, seed=0)
-    return scene, fit
+def fitted(fitted_toy_nerf):
+    return fitted_toy_nerf
 
 
 def test_nerf_fits_16_ground_truth_views_to_25db_on_8_heldout_views(fitted):

@@ -1,0 +1,13 @@
+"""Fixtures shared across test modules."""
+
+import pytest
+
+from c123.synthetic import get_scene
+from helpers_fit import fit_nerf_to_scene
+
+
+@pytest.fixture(scope="session")
+def fitted_toy_nerf():
+    """A NeRF fitted to 16 ground-truth views of the toy scene (64x64, 250 steps): (scene, FitResult)."""
+    scene = get_scene("toy")
+    return scene, fit_nerf_to_scene(scene, views=16, size=64, iters=250, seed=0)
