@@ -10,7 +10,6 @@ Each stage checkpoints into OUT/checkpoints so an interrupted run resumes where 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from c123 import losses
+from c123.atomic import atomic_path, write_atomic
 from c123.cameras import Cameras, orbit, reference_camera, sample_novel_cameras
 from c123.config import ReconstructConfig
 from c123.dmtet import DMTet, mesh_laplacian, mesh_normal_consistency, render_mesh
@@ -184,21 +184,17 @@ def clip_score(field, priors: Priors, prompt: str, cfg: ReconstructConfig, devic
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp)
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:

@@ -106,7 +106,7 @@ def default_run_dir(dataset: str, preset_name: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    from tasks.cache import write_atomic
+    from c123.atomic import write_atomic
 
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from c123.errors import C123Error
 from reports import html, plots, regression, tables
-from reports.runs import all_cases, load_run, load_runs, write_atomic
+from c123.atomic import write_atomic
+from reports.runs import all_cases, load_run, load_runs
 
 
 @dataclass

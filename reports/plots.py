@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from reports import published as pub
-from reports.runs import Run, all_cases, write_atomic
+from c123.atomic import write_atomic
+from reports.runs import Run, all_cases
 
 
 def _save(fig: Figure, path: Path) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from c123.errors import C123Error
-from reports.runs import write_atomic
+from c123.atomic import write_atomic
 
 KEY = ["dataset", "case", "variant", "weight_shape", "seed"]
 GROUP = ["dataset", "variant", "weight_shape"]

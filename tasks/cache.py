@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from c123.config import ReconstructConfig
 from c123.provenance import code_version as _code_version
+from c123.atomic import write_atomic
 
 KEY_FILE = "cache_key"
 """File in a case folder holding the key of the finished result.json beside it."""
@@ -102,22 +101,6 @@ def load_metrics(case_dir: str | Path, key: str) -> dict | None:
 def save_metrics(case_dir: str | Path, key: str, metrics: dict) -> None:
     """Cache metrics (NaN written as null) atomically."""
     write_atomic(Path(case_dir) / METRICS_FILE, json.dumps({"key": key, **_nan_to_none(metrics)}, indent=1))
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Temp file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _nan_to_none(obj):

@@ -13,7 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from c123.config import PriorConfig
 from c123.errors import InputError
 from c123.priors import sds
-from c123.priors.weights import variant
+from c123.priors.weights import load_frozen
 
 VIEWS = ("front", "side", "back")
 FRONT_HALF_ANGLE = 30.0
@@ -46,12 +46,8 @@ class StableDiffusionPrior:
     @classmethod
     def from_pretrained(cls, path: str, cfg: PriorConfig, device) -> StableDiffusionPrior:
         """Load every part from a stable-diffusion-2-1-base folder (see the module docstring)."""
-        device = torch.device(device)
-        dtype = torch.float16 if cfg.dtype == "float16" and device.type == "cuda" else torch.float32
-
         def load(model_cls, sub):
-            model = model_cls.from_pretrained(path, subfolder=sub, variant=variant(path, sub), dtype=dtype)
-            return model.to(device).eval().requires_grad_(False)
+            return load_frozen(model_cls, path, sub, cfg.dtype, device)
 
         unet, vae, text_encoder = (load(UNet2DConditionModel, "unet"), load(AutoencoderKL, "vae"),
                                    load(CLIPTextModel, "text_encoder"))

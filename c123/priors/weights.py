@@ -59,3 +59,13 @@ def variant(path: str, subfolder: str) -> str | None:
     """The weights variant to load: fp16 when a subfolder only holds `*.fp16.safetensors` (some Hub repos)."""
     files = [f.name for f in (Path(path) / subfolder).glob("*.safetensors")]
     return "fp16" if files and all(".fp16." in f for f in files) else None
+
+
+def load_frozen(model_cls, path: str, subfolder: str, cfg_dtype: str, device):
+    """One component of a diffusers folder, in eval mode without gradients; fp16 only when asked and on CUDA."""
+    import torch  # here, so resolving weights (and failing fast when they are missing) stays light
+
+    device = torch.device(device)
+    dtype = torch.float16 if cfg_dtype == "float16" and device.type == "cuda" else torch.float32
+    model = model_cls.from_pretrained(path, subfolder=subfolder, variant=variant(path, subfolder), dtype=dtype)
+    return model.to(device).eval().requires_grad_(False)

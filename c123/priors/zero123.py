@@ -18,7 +18,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from c123.config import PriorConfig
 from c123.priors import sds
 from c123.priors.clip import ClipNormalize
-from c123.priors.weights import variant
+from c123.priors.weights import load_frozen
 
 AZIMUTH_SIGN = 1.0
 """Zero-1-to-3's delta azimuth is +(target - reference) in our convention: in both, a positive delta moves
@@ -73,12 +73,8 @@ class Zero123Prior:
     @classmethod
     def from_pretrained(cls, path: str, cfg: PriorConfig, device) -> Zero123Prior:
         """Load every part from a zero123-xl-diffusers folder (see the module docstring)."""
-        device = torch.device(device)
-        dtype = torch.float16 if cfg.dtype == "float16" and device.type == "cuda" else torch.float32
-
         def load(model_cls, sub):
-            model = model_cls.from_pretrained(path, subfolder=sub, variant=variant(path, sub), dtype=dtype)
-            return model.to(device).eval().requires_grad_(False)
+            return load_frozen(model_cls, path, sub, cfg.dtype, device)
 
         unet = load(UNet2DConditionModel, "unet")
         vae = load(AutoencoderKL, "vae")
