@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import assert_report_renders, needs_chromium
 from pipeline_support import DATA, FAST, needs_data, ray_cluster
 
 pytestmark = [needs_data, pytest.mark.timeout(900)]
@@ -175,3 +176,12 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     summary = benchmark(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(run), overrides=FAST,
                         data_root=str(DATA), baseline=str(base))
     assert summary["regressed"] is True and summary["computed"] == 0
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_html_report_of_the_tiny_c10_run_renders_in_chromium(runs, tmp_path):
+    run = runs["c10"][0]
+    dom = assert_report_renders(run / "report" / "index.html", tmp_path / "c10-report.png")
+    assert (tmp_path / "c10-report.png").stat().st_size > 0
+    print(f"c10 report screenshot: {tmp_path / 'c10-report.png'}; page: {dom}")
