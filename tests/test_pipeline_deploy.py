@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,20 +24,6 @@ def _get(url: str):
             return json.loads(r.read())
     except OSError:
         return None
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +50,7 @@ def served(tmp_path_factory):
             time.sleep(1)
         yield api, env, runs
     finally:
-        _stop(serve)
+        stop_server(serve)
         stop_server(server)
 
 

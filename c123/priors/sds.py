@@ -53,6 +53,15 @@ def to_epsilon(pred: torch.Tensor, noisy: torch.Tensor, alphas_cumprod: torch.Te
     return ab.sqrt() * pred + (1.0 - ab).sqrt() * noisy
 
 
+def guided_grad(pred: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                alphas_cumprod: torch.Tensor, prediction_type: str, scale: float) -> torch.Tensor:
+    """w(t) * (eps_hat - eps) from a UNet output on [cond; uncond] (both halves noised as `noisy`)."""
+    both_t = torch.cat([t, t])
+    eps_cond, eps_uncond = to_epsilon(pred, torch.cat([noisy, noisy]), alphas_cumprod, both_t,
+                                      prediction_type).chunk(2)
+    return w(alphas_cumprod, t).view(-1, 1, 1, 1) * (cfg_combine(eps_uncond, eps_cond, scale) - noise)
+
+
 def encode_latents(vae, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
     """Images [B,3,H,W] in [0,1] -> VAE posterior mean latents (x scaling_factor when `scaled`); keeps grad."""
     dist = vae.encode(images.to(vae.dtype) * 2.0 - 1.0).latent_dist

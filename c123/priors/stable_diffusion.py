@@ -90,10 +90,7 @@ class StableDiffusionPrior:
             context = torch.cat([cond, self.negative_embeds.expand(batch, -1, -1)])
             x_in = torch.cat([noisy, noisy])
             pred = self.unet(x_in.to(self.dtype), torch.cat([t, t]), encoder_hidden_states=context).sample.float()
-            eps_cond, eps_uncond = sds.to_epsilon(pred, x_in, self.alphas_cumprod, torch.cat([t, t]),
-                                                  self.prediction_type).chunk(2)
-            grad = sds.w(self.alphas_cumprod, t).view(-1, 1, 1, 1) * (
-                sds.cfg_combine(eps_uncond, eps_cond, scale) - noise)
+            grad = sds.guided_grad(pred, noisy, noise, t, self.alphas_cumprod, self.prediction_type, scale)
             grad = torch.nan_to_num(grad)
         self.last_t, self.last_grad_norm = t, grad.norm()
         return sds.sds_loss(latents, grad)

@@ -118,11 +118,7 @@ class Zero123Prior:
             x_in = torch.cat([torch.cat([noisy, ref], 1), torch.cat([noisy, torch.zeros_like(ref)], 1)])
             context = torch.cat([emb, torch.zeros_like(emb)])
             pred = self.unet(x_in.to(self.dtype), torch.cat([t, t]), encoder_hidden_states=context).sample.float()
-            eps = sds.to_epsilon(pred, torch.cat([noisy, noisy]), self.alphas_cumprod, torch.cat([t, t]),
-                                 self.prediction_type)
-            eps_cond, eps_uncond = eps.chunk(2)
-            grad = sds.w(self.alphas_cumprod, t).view(-1, 1, 1, 1) * (
-                sds.cfg_combine(eps_uncond, eps_cond, scale) - noise)
+            grad = sds.guided_grad(pred, noisy, noise, t, self.alphas_cumprod, self.prediction_type, scale)
             if self.cfg.angle_scaled_gradient:
                 angle = view_angle(cams, self.ref_cams).to(self.device, torch.float32)
                 grad = grad * (angle / 180.0).view(-1, 1, 1, 1)
