@@ -33,6 +33,20 @@ def packing_bound(seconds: list[float], actors: int) -> float:
     return max(max(loads), sum(seconds) / max(actors, 1))
 
 
+def timeline(spans: list, wall: float) -> list[str]:
+    """Per actor slot: when its first case started, idle gaps between its cases, its last case (which has the
+    idle actors' threads once no case waits), and its idle tail."""
+    lines = []
+    for slot in sorted({s[0] for s in spans}, key=str):
+        mine = sorted((a, b) for sl, a, b in spans if sl == slot)
+        gaps = sum(max(0.0, mine[i + 1][0] - mine[i][1]) for i in range(len(mine) - 1))
+        lines.append(f"actor {slot}: {len(mine)} cases, first start {mine[0][0]:.1f} s, busy "
+                     f"{sum(b - a for a, b in mine):.1f} s, gaps between cases {gaps:.2f} s, "
+                     f"last case {mine[-1][1] - mine[-1][0]:.1f} s, last end {mine[-1][1]:.1f} s, "
+                     f"idle tail {wall - mine[-1][1]:.1f} s")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="realfusion15")
@@ -79,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
           f"it {100 * (wall / packed - 1):.1f} %")
     t = summary["timings"]
     print("flow phases (s from flow start): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    for line in timeline(summary.get("case_spans") or [], wall):
+        print(line)
     print(f"run folder: {summary['run_dir']}")
     return 0 if summary["failed"] == 0 else 1
 

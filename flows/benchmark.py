@@ -13,8 +13,10 @@ gets its own case folder, `cases/<variant>-<shape>/...`.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -222,10 +224,13 @@ def run_benchmark(*, dataset, preset_name, variants=None, cases=None, seeds=None
     loader = ThreadPoolExecutor(max_workers=1)
     models_future = None
 
-    def metric_models():
+    def metric_models(after=None):
+        """The metric models' future; `after` (first call only) runs first in the loader thread."""
         nonlocal models_future
         if models_future is None:
             def load():
+                if after is not None:
+                    after()
                 if preset_name == "tiny":  # the tiny CLIP must exist before the metric loads it
                     from c123.priors.tiny import write_tiny_models
                     write_tiny_models(Path(first[variants[0]].prior.clip_model).expanduser().parent)
@@ -269,13 +274,12 @@ def run_benchmark(*, dataset, preset_name, variants=None, cases=None, seeds=None
             metric_futures[i] = case_metrics_task.submit(str(run_dir / e["case_dir"]), e["outcome"]["result"],
                                                          metric_models().result(), key, e["case"].scene)
 
-    if jobs:
-        metric_models()  # start loading while the actors work
     for i, e in enumerate(entries):
         if e["cached"]:
             submit_metrics(i)
 
-    compute_seconds, replaced, n_actors, job_seconds = 0.0, 0, 0, []
+    compute_seconds, replaced, n_actors, job_seconds, spans, stopper = 0.0, 0, 0, [], [], None
+    t_epoch = time.time() - (time.perf_counter() - t_start)
     if jobs:
         from tasks.actors import ActorPool, actor_resources, default_num_actors
         from tasks.ray_cluster import ensure_ray, shutdown_ray
@@ -292,19 +296,26 @@ def run_benchmark(*, dataset, preset_name, variants=None, cases=None, seeds=None
         try:
             with ActorPool(n_actors, resources=resources, work_fn=work_fn, max_retries=max_retries,
                            logger=log) as pool:
+                # Loaded while the actors compute, not while they start: on a small machine that load would
+                # slow the actors' start, which nothing overlaps
+                metric_models(after=pool.wait_ready)
+                loader.submit(importlib.import_module, "reports.build")
                 for job, outcome in pool.run(jobs):
                     i = job["index"]
                     entries[i]["outcome"] = outcome
                     compute_seconds += float(outcome.get("seconds") or 0.0)
                     job_seconds.append(float(outcome.get("seconds") or 0.0))
+                    if outcome.get("span"):
+                        spans.append((outcome.get("slot"), *(t - t_epoch for t in outcome["span"])))
                     tail = "" if outcome["status"] == "ok" else f": {outcome['error']}"
                     log.info(f"{job['case_id']} ({job['variant']}, seed {job['seed']}) {outcome['status']} in "
                              f"{outcome.get('seconds', 0):.1f} s after {outcome.get('attempts', 1)} attempt(s){tail}")
                     submit_metrics(i)
                 replaced = pool.replaced
         finally:
-            if cluster.started:  # a cluster this flow started stops with it; a joined one stays
-                shutdown_ray()
+            if cluster.started:  # a cluster this flow started stops with it (meanwhile metrics and report run)
+                stopper = threading.Thread(target=shutdown_ray, name="ray-shutdown")
+                stopper.start()
 
     timings["dispatch_end"] = time.perf_counter() - t_start
     failed_metrics = None
@@ -340,13 +351,15 @@ def run_benchmark(*, dataset, preset_name, variants=None, cases=None, seeds=None
     report = report_task(str(run_dir), baseline, thresholds)
     timings["report_end"] = time.perf_counter() - t_start
     n_failed = sum(r["status"] != "ok" for r in case_rows)
+    if stopper is not None:
+        stopper.join()
     wall = time.perf_counter() - t_start
     summary = {
         "run_id": run_id, "run_dir": str(run_dir), "per_case": written["per_case"], "per_view": written["per_view"],
         "report": report["index_html"], "cases": len(case_rows), "ok": len(case_rows) - n_failed,
         "failed": n_failed, "cached": sum(e["cached"] for e in entries), "computed": len(jobs),
         "actors": n_actors, "actors_replaced": replaced, "wall_seconds": wall, "compute_seconds": compute_seconds,
-        "case_seconds": job_seconds, "timings": timings,
+        "case_seconds": job_seconds, "case_spans": spans, "timings": timings,
         "baseline": baseline, "regressed": report["regressed"], "verdict_md": report["verdict_md"],
         "verdict_markdown": report["verdict_markdown"],
         "errors": {f"{r['variant']}/{r['case']}/seed{r['seed']}": r["error"] for r in case_rows if r["error"]},

@@ -136,5 +136,7 @@ def make_plots(runs: list[Run], out_dir: Path, trend_runs: list[Run] | None = No
         if any((r.get("weights") or {}).get("iterations") for r in results.values()):
             made[f"weights {label}"] = weights_plot(results, f"Prior weights: {label}",
                                                     plots_dir / f"weights_{slug(label)}.png")
-    made["trend"] = trend_plot(trend_runs or runs, plots_dir / "trend.png")
+    trend_runs = trend_runs or runs
+    if len(trend_runs) >= 2:  # one run is one point per series: nothing to show a trend of
+        made["trend"] = trend_plot(trend_runs, plots_dir / "trend.png")
     return made

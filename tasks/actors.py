@@ -127,9 +127,11 @@ class ReconstructionActor:
 
     def __init__(self, work_fn: str | None = None, num_threads: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if num_threads:
+        self.base_threads = int(num_threads) if num_threads else None
+        self.want_threads = self.base_threads
+        if self.base_threads:
             import torch
-            torch.set_num_threads(int(num_threads))
+            torch.set_num_threads(self.base_threads)
         self.work = resolve_work_fn(work_fn)
         self.priors = PriorsCache()
         self.lock = threading.Lock()
@@ -138,14 +140,17 @@ class ReconstructionActor:
 
     def run(self, job: dict) -> dict:
         """Reconstruct one job; never raises for a failed case (the outcome says why)."""
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         with self.lock:
             self.state = {"case": job["case_id"], "variant": job["variant"], "seed": job["seed"],
                           "stage": "load", "step": 0, "total": 0, "pid": os.getpid()}
+            self.want_threads = self.base_threads
+        self._apply_threads()
 
         def progress(info: dict) -> None:
             with self.lock:
                 self.state.update(stage=info.get("stage"), step=info.get("step", 0), total=info.get("total", 0))
+            self._apply_threads()
 
         outcome = {"status": "ok", "error": None, "retryable": False, "result": None, "pid": os.getpid()}
         try:
@@ -157,10 +162,28 @@ class ReconstructionActor:
             outcome.update(status="failed", error=error_line(err), retryable=True,
                            traceback=traceback.format_exc(limit=20))
         outcome["seconds"] = time.perf_counter() - started
+        outcome["span"] = (started_at, time.time())  # epoch seconds, for the overhead timeline
         with self.lock:
             self.state = {"case": None, "pid": os.getpid()}
         self.cases_done += 1
         return outcome
+
+    def _apply_threads(self) -> None:
+        """In the thread that computes: take up the thread count `set_threads` asked for (CPU actors only)."""
+        if not self.base_threads:
+            return
+        import torch
+
+        with self.lock:
+            want = self.want_threads
+        if want and torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+    @ray.method(concurrency_group="status")
+    def set_threads(self, n: int) -> None:
+        """Use `n` CPU threads from the current case's next step (the pool's tail rebalancing); reset per case."""
+        with self.lock:
+            self.want_threads = max(1, int(n)) if self.base_threads else None
 
     @ray.method(concurrency_group="status")
     def status(self) -> dict:
@@ -188,6 +211,11 @@ def default_num_actors(num_cpus: float, num_gpus: float, num_cpus_per_actor: flo
     return max(1, int(num_cpus // max(num_cpus_per_actor, 1e-9)))
 
 
+def tail_threads(base: int, running: int, idle: int) -> int:
+    """Threads per running CPU actor once the queue is empty: the idle actors' CPUs shared among the busy ones."""
+    return max(base, base * (running + idle) // max(running, 1))
+
+
 class ActorPool:
     """A fixed number of ReconstructionActors fed from a job queue; dead actors are replaced."""
 
@@ -201,10 +229,22 @@ class ActorPool:
         self.log = logger
         self.actors: list = []
         self.replaced = 0
+        self.base_threads = None if self.resources.get("num_gpus") else max(1, int(self.resources.get("num_cpus", 1)))
+        self._threads: dict[int, int] = {}
 
     def _new_actor(self):
-        threads = None if self.resources.get("num_gpus") else max(1, int(self.resources.get("num_cpus", 1)))
-        return ReconstructionActor.options(**self.resources).remote(self.work_fn, threads)
+        return ReconstructionActor.options(**self.resources).remote(self.work_fn, self.base_threads)
+
+    def _rebalance(self, running: dict, idle: list) -> None:
+        """Once no case waits, CPU actors still computing take over the idle actors' threads (the tail of a run
+        of equal cases is otherwise one actor working while the others wait)."""
+        if not self.base_threads or not running:
+            return
+        n = tail_threads(self.base_threads, len(running), len(idle))
+        for slot, _job, _started in running.values():
+            if self._threads.get(slot, self.base_threads) != n:
+                self.actors[slot].set_threads.remote(n)
+                self._threads[slot] = n
 
     def start(self) -> "ActorPool":
         self.actors = [self._new_actor() for _ in range(self.num_actors)]
@@ -217,6 +257,11 @@ class ActorPool:
             except Exception:
                 pass
         self.actors = []
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every actor has started (or `timeout`); a failed start is left to `run` to handle."""
+        refs = [actor.pid.remote() for actor in self.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
     def __enter__(self) -> "ActorPool":
         return self.start()
@@ -252,6 +297,9 @@ class ActorPool:
                 slot, job = idle.pop(0), queue.popleft()
                 attempts[job["index"]] = attempts.get(job["index"], 0) + 1
                 running[self.actors[slot].run.remote(job)] = (slot, job, time.time())
+                self._threads[slot] = self.base_threads or 0
+            if not queue:
+                self._rebalance(running, idle)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_seconds)
             for ref in ready:
                 slot, job, started = running.pop(ref)
@@ -279,6 +327,7 @@ class ActorPool:
                     queue.appendleft(job)
                     continue
                 outcome["attempts"] = attempt
+                outcome["slot"] = slot
                 done += 1
                 failed += outcome["status"] != "ok"
                 yield job, outcome

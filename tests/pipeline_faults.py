@@ -37,3 +37,25 @@ def always_die(job, priors, progress):
 def raise_runtime_error(job, priors, progress):
     """An unexpected (retryable) exception on every case."""
     raise RuntimeError("boom in the work function")
+
+
+class ProbeCase:
+    """A job's case without a dataset (the actors unpickle it, so it lives in an importable module)."""
+
+    def __init__(self, case_id: str):
+        self.id = case_id
+
+
+def threads_seen(job, priors, progress):
+    """Report the torch thread count a case runs with; the case 'long' keeps stepping (calling `progress`, as
+    a reconstruction does every iteration) until it is given more than one thread, or 60 s pass."""
+    import time
+
+    import torch
+
+    if job["case_id"] == "long":
+        deadline = time.time() + 60
+        while torch.get_num_threads() == 1 and time.time() < deadline:
+            progress({"stage": "nerf", "step": 0, "total": 1})
+            time.sleep(0.05)
+    return {"threads": torch.get_num_threads()}

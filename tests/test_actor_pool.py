@@ -1,0 +1,34 @@
+"""The actor pool's tail: once no case waits, CPU actors still computing take over the idle actors' threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline_support import ray_cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_tail_threads_share_the_idle_actors_cpus_among_the_busy_ones():
+    from tasks.actors import tail_threads
+
+    assert tail_threads(1, running=1, idle=1) == 2
+    assert tail_threads(1, running=2, idle=1) == 1  # 3 CPUs over 2 busy actors: no whole thread to give
+    assert tail_threads(2, running=1, idle=3) == 8
+    assert tail_threads(1, running=3, idle=0) == 1
+
+
+def test_last_running_case_gets_the_idle_actors_thread_and_the_next_case_starts_at_one(tmp_path):
+    from tests.pipeline_faults import ProbeCase as _Case
+    from tasks.actors import ActorPool, make_job
+
+    ray_cluster()
+    jobs = [make_job(i, _Case(c), "consistent123", 0, {}, tmp_path / c, "k") for i, c in
+            enumerate(["long", "short"])]
+    with ActorPool(2, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="tests.pipeline_faults:threads_seen") as pool:
+        outcomes = {job["case_id"]: outcome for job, outcome in pool.run(jobs)}
+        assert all(o["status"] == "ok" for o in outcomes.values()), outcomes
+        seen = {c: o["result"]["threads"] for c, o in outcomes.items()}
+        assert seen == {"short": 1, "long": 2}
+        (job, outcome), = list(pool.run([make_job(2, _Case("after"), "consistent123", 0, {}, tmp_path / "a", "k")]))
+        assert outcome["result"]["threads"] == 1
