@@ -11,9 +11,8 @@ from c123.cameras import orbit_cameras, reference_camera
 from c123.config import CameraConfig, NerfConfig
 from c123.errors import GeometryError
 from c123.nerf import NeRFField
-from c123.synthetic import get_scene
 from c123.volume_render import OccupancyGrid, render_nerf, render_rays
-from helpers_fit import convention_holds, fit_nerf_to_scene, heldout_psnr
+from helpers_fit import convention_holds, heldout_psnr
 from test_cameras import mirrored_orbit_cameras
 
 SMALL = NerfConfig(num_levels=4, log2_hashmap_size=12, base_resolution=8, finest_resolution=64, hidden_dim=16,
