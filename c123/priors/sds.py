@@ -44,6 +44,17 @@ def add_noise(latents: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.
     return ab.sqrt() * latents + (1.0 - ab).sqrt() * noise
 
 
+def diffuse(latents: torch.Tensor, t_range: tuple[float, float], num_train_timesteps: int,
+            alphas_cumprod: torch.Tensor, generator: torch.Generator | None, device):
+    """One SDS draw: (t, noise, z_t) with t uniform in t_range, then the noise, from `generator` in that order;
+    z_t carries no graph (the gradient reaches the latents through `sds_loss` only)."""
+    t = sample_timesteps(latents.shape[0], t_range, num_train_timesteps, generator, device)
+    noise = randn(latents.shape, generator, device)
+    with torch.no_grad():
+        noisy = add_noise(latents, noise, alphas_cumprod, t)
+    return t, noise, noisy
+
+
 def to_epsilon(pred: torch.Tensor, noisy: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor,
                prediction_type: str) -> torch.Tensor:
     """The UNet output as a noise prediction (v-prediction models, e.g. SD 2.1 at 768, are converted)."""

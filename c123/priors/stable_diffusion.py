@@ -82,10 +82,9 @@ class StableDiffusionPrior:
         batch = images.shape[0]
         scale = self.cfg.guidance_scale_2d if guidance_scale is None else guidance_scale
         latents = sds.encode_latents(self.vae, sds.resize(images, self.cfg.sd_size))
-        t = sds.sample_timesteps(batch, t_range, self.num_train_timesteps, generator, self.device)
-        noise = sds.randn(latents.shape, generator, self.device)
+        t, noise, noisy = sds.diffuse(latents, t_range, self.num_train_timesteps, self.alphas_cumprod, generator,
+                                      self.device)
         with torch.no_grad():
-            noisy = sds.add_noise(latents, noise, self.alphas_cumprod, t)
             cond = self.view_embeds[view_index(cams.azimuth).to(self.device)]
             context = torch.cat([cond, self.negative_embeds.expand(batch, -1, -1)])
             x_in = torch.cat([noisy, noisy])

@@ -107,10 +107,9 @@ class Zero123Prior:
         batch = images.shape[0]
         scale = self.cfg.guidance_scale_3d if guidance_scale is None else guidance_scale
         latents = sds.encode_latents(self.vae, sds.resize(images, self.cfg.zero123_size))
-        t = sds.sample_timesteps(batch, t_range, self.num_train_timesteps, generator, self.device)
-        noise = sds.randn(latents.shape, generator, self.device)
+        t, noise, noisy = sds.diffuse(latents, t_range, self.num_train_timesteps, self.alphas_cumprod, generator,
+                                      self.device)
         with torch.no_grad():
-            noisy = sds.add_noise(latents, noise, self.alphas_cumprod, t)
             cam = camera_vector(cams, self.ref_cams).to(self.device, torch.float32)
             emb = self.projection(torch.cat([self.clip_emb.expand(batch, -1), cam], -1).to(self.dtype))[:, None]
             ref = self.ref_latent.expand(batch, -1, -1, -1)
