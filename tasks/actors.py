@@ -183,7 +183,7 @@ class ReconstructionActor:
     def set_threads(self, n: int) -> None:
         """Use `n` CPU threads from the current case's next step (the pool's tail rebalancing); reset per case."""
         with self.lock:
-            self.want_threads = max(1, int(n)) if self.base_threads else None
+            self.want_threads = max(1, int(n))
 
     @ray.method(concurrency_group="status")
     def status(self) -> dict:
@@ -297,7 +297,7 @@ class ActorPool:
                 slot, job = idle.pop(0), queue.popleft()
                 attempts[job["index"]] = attempts.get(job["index"], 0) + 1
                 running[self.actors[slot].run.remote(job)] = (slot, job, time.time())
-                self._threads[slot] = self.base_threads or 0
+                self._threads.pop(slot, None)  # the actor starts each case at its base threads
             if not queue:
                 self._rebalance(running, idle)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_seconds)

@@ -19,16 +19,16 @@ def test_tail_threads_share_the_idle_actors_cpus_among_the_busy_ones():
 
 
 def test_last_running_case_gets_the_idle_actors_thread_and_the_next_case_starts_at_one(tmp_path):
-    from tests.pipeline_faults import ProbeCase as _Case
     from tasks.actors import ActorPool, make_job
+    from tests.pipeline_faults import ProbeCase
 
     ray_cluster()
-    jobs = [make_job(i, _Case(c), "consistent123", 0, {}, tmp_path / c, "k") for i, c in
+    jobs = [make_job(i, ProbeCase(c), "consistent123", 0, {}, tmp_path / c, "k") for i, c in
             enumerate(["long", "short"])]
     with ActorPool(2, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="tests.pipeline_faults:threads_seen") as pool:
         outcomes = {job["case_id"]: outcome for job, outcome in pool.run(jobs)}
         assert all(o["status"] == "ok" for o in outcomes.values()), outcomes
         seen = {c: o["result"]["threads"] for c, o in outcomes.items()}
         assert seen == {"short": 1, "long": 2}
-        (job, outcome), = list(pool.run([make_job(2, _Case("after"), "consistent123", 0, {}, tmp_path / "a", "k")]))
+        (job, outcome), = list(pool.run([make_job(2, ProbeCase("after"), "consistent123", 0, {}, tmp_path / "a", "k")]))
         assert outcome["result"]["threads"] == 1

@@ -74,13 +74,10 @@ def test_rerun_keeps_finished_cases_and_retries_the_failed_one(faulty_run):
 def test_pool_gives_up_after_the_retries_and_records_the_error(tmp_path):
     """An actor that dies on every attempt: 1 + max_retries attempts, then a failed outcome naming the death."""
     from tasks.actors import ActorPool, make_job
+    from tests.pipeline_faults import ProbeCase
 
     ray_cluster()
-
-    class _Case:
-        id = "x"
-
-    jobs = [make_job(0, _Case(), "consistent123", 0, {}, tmp_path / "x", "k")]
+    jobs = [make_job(0, ProbeCase("x"), "consistent123", 0, {}, tmp_path / "x", "k")]
     with ActorPool(1, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="tests.pipeline_faults:always_die",
                    max_retries=1) as pool:
         (job, outcome), = list(pool.run(jobs))
