@@ -18,6 +18,7 @@ A job is a plain dict (see `make_job`); an outcome is
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import threading
 import time
@@ -128,7 +129,9 @@ class ReconstructionActor:
     def __init__(self, work_fn: str | None = None, num_threads: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.base_threads = int(num_threads) if num_threads else None
-        self.want_threads = self.base_threads
+        # thread counts the pool asked for, by dispatch token: a request may arrive before its case starts
+        self.wants: dict[int, int] = {}
+        self.token: int | None = None
         if self.base_threads:
             import torch
             torch.set_num_threads(self.base_threads)
@@ -138,13 +141,16 @@ class ReconstructionActor:
         self.state: dict = {"case": None, "pid": os.getpid()}
         self.cases_done = 0
 
-    def run(self, job: dict) -> dict:
-        """Reconstruct one job; never raises for a failed case (the outcome says why)."""
+    def run(self, job: dict, token: int | None = None) -> dict:
+        """Reconstruct one job; never raises for a failed case (the outcome says why).
+
+        token: the pool's id of this dispatch, which `set_threads` names."""
         started, started_at = time.perf_counter(), time.time()
         with self.lock:
             self.state = {"case": job["case_id"], "variant": job["variant"], "seed": job["seed"],
                           "stage": "load", "step": 0, "total": 0, "pid": os.getpid()}
-            self.want_threads = self.base_threads
+            self.token = token
+            self.wants = {token: self.wants[token]} if token in self.wants else {}
         self._apply_threads()
 
         def progress(info: dict) -> None:
@@ -175,15 +181,16 @@ class ReconstructionActor:
         import torch
 
         with self.lock:
-            want = self.want_threads
-        if want and torch.get_num_threads() != want:
+            want = self.wants.get(self.token, self.base_threads)
+        if torch.get_num_threads() != want:
             torch.set_num_threads(want)
 
     @ray.method(concurrency_group="status")
-    def set_threads(self, n: int) -> None:
-        """Use `n` CPU threads from the current case's next step (the pool's tail rebalancing); reset per case."""
+    def set_threads(self, token: int, n: int) -> None:
+        """Run the case of dispatch `token` with `n` CPU threads from its next step (or from its start, when it
+        has not started yet); other cases keep the base count (the pool's tail rebalancing)."""
         with self.lock:
-            self.want_threads = max(1, int(n))
+            self.wants[token] = max(1, int(n))
 
     @ray.method(concurrency_group="status")
     def status(self) -> dict:
@@ -230,7 +237,9 @@ class ActorPool:
         self.actors: list = []
         self.replaced = 0
         self.base_threads = None if self.resources.get("num_gpus") else max(1, int(self.resources.get("num_cpus", 1)))
-        self._threads: dict[int, int] = {}
+        self._tokens = itertools.count()
+        self._token: dict[int, int] = {}  # slot -> dispatch token of the case it runs
+        self._asked: dict[int, tuple[int, int]] = {}  # slot -> (token, threads) last sent
 
     def _new_actor(self):
         return ReconstructionActor.options(**self.resources).remote(self.work_fn, self.base_threads)
@@ -242,9 +251,10 @@ class ActorPool:
             return
         n = tail_threads(self.base_threads, len(running), len(idle))
         for slot, _job, _started in running.values():
-            if self._threads.get(slot, self.base_threads) != n:
-                self.actors[slot].set_threads.remote(n)
-                self._threads[slot] = n
+            token = self._token[slot]
+            if self._asked.get(slot) != (token, n) and n != self.base_threads:
+                self.actors[slot].set_threads.remote(token, n)
+                self._asked[slot] = (token, n)
 
     def start(self) -> "ActorPool":
         self.actors = [self._new_actor() for _ in range(self.num_actors)]
@@ -296,8 +306,8 @@ class ActorPool:
             while idle and queue:
                 slot, job = idle.pop(0), queue.popleft()
                 attempts[job["index"]] = attempts.get(job["index"], 0) + 1
-                running[self.actors[slot].run.remote(job)] = (slot, job, time.time())
-                self._threads.pop(slot, None)  # the actor starts each case at its base threads
+                self._token[slot] = next(self._tokens)
+                running[self.actors[slot].run.remote(job, self._token[slot])] = (slot, job, time.time())
             if not queue:
                 self._rebalance(running, idle)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_seconds)

@@ -30,5 +30,25 @@ def test_last_running_case_gets_the_idle_actors_thread_and_the_next_case_starts_
         assert all(o["status"] == "ok" for o in outcomes.values()), outcomes
         seen = {c: o["result"]["threads"] for c, o in outcomes.items()}
         assert seen == {"short": 1, "long": 2}
-        (job, outcome), = list(pool.run([make_job(2, ProbeCase("after"), "consistent123", 0, {}, tmp_path / "a", "k")]))
-        assert outcome["result"]["threads"] == 1
+        # two cases on two actors: none idle, so both (also on the actor that had two threads) run at one
+        after = [make_job(2 + i, ProbeCase(c), "consistent123", 0, {}, tmp_path / c, "k") for i, c in
+                 enumerate(["after1", "after2"])]
+        assert sorted(outcome["result"]["threads"] for _job, outcome in pool.run(after)) == [1, 1]
+
+
+def test_thread_request_that_arrives_before_its_case_starts_is_kept_for_that_case_only(tmp_path):
+    """The pool's request names the dispatch; it may reach the actor before `run` does (other method group)."""
+    import ray
+
+    from tasks.actors import ReconstructionActor, make_job
+    from tests.pipeline_faults import ProbeCase
+
+    ray_cluster()
+    actor = ReconstructionActor.options(num_cpus=1).remote("tests.pipeline_faults:threads_seen", 1)
+    try:
+        ray.get(actor.set_threads.remote(7, 2))
+        long = ray.get(actor.run.remote(make_job(0, ProbeCase("long"), "consistent123", 0, {}, tmp_path / "l", "k"), 7))
+        other = ray.get(actor.run.remote(make_job(1, ProbeCase("short"), "consistent123", 0, {}, tmp_path / "s", "k"), 8))
+    finally:
+        ray.kill(actor)
+    assert (long["result"]["threads"], other["result"]["threads"]) == (2, 1)
