@@ -136,22 +136,34 @@ def reference_camera(cfg: CameraConfig, device=None) -> Cameras:
     return orbit_cameras(cfg.ref_polar, cfg.ref_azimuth, cfg.ref_radius, cfg.fovy, device=device)
 
 
-def sample_novel_cameras(cfg: CameraConfig, batch: int, progress: float,
+def progressive_ratio(cfg: CameraConfig, step: int, iters: int) -> float:
+    """Fraction r of the full novel-view ranges at a 1-based NeRF step: min(1, start + rate * step / iters)
+    (nerf/utils.py train_step, progressive_view)."""
+    return min(1.0, cfg.progressive_start + cfg.progressive_rate * step / max(iters, 1))
+
+
+def view_ranges(cfg: CameraConfig, r: float) -> dict[str, tuple[float, float]]:
+    """Polar, azimuth and radius ranges at ratio r: each bound moves linearly from the reference value
+    (r = 0) to the full bound (r = 1), as stable-dreamfusion's progressive view does."""
+    def widen(ref: float, bounds: tuple[float, float]) -> tuple[float, float]:
+        return ref * (1 - r) + bounds[0] * r, ref * (1 - r) + bounds[1] * r
+
+    return {"polar": widen(cfg.ref_polar, cfg.polar_range), "azimuth": widen(cfg.ref_azimuth, cfg.azimuth_range),
+            "radius": widen(cfg.ref_radius, cfg.radius_range)}
+
+
+def sample_novel_cameras(cfg: CameraConfig, batch: int, r: float = 1.0,
                          generator: torch.Generator | None = None, device=None) -> Cameras:
-    """Random novel views; the polar/azimuth ranges widen from the reference view as training progresses."""
-    ramp = min(1.0, max(0.0, progress) / cfg.progressive_until) if cfg.progressive_until > 0 else 1.0
-    frac = cfg.progressive_start + (1.0 - cfg.progressive_start) * ramp
+    """Random novel views, uniform in the ranges at ratio r (`view_ranges`); r = 1: the full ranges."""
+    ranges = view_ranges(cfg, min(max(r, 0.0), 1.0))
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)
 
-    def around(centre: float, lo: float, hi: float) -> torch.Tensor:
-        # as stable-dreamfusion's progressive view: each bound moves linearly from the reference to the full bound
-        return uniform(centre + frac * (lo - centre), centre + frac * (hi - centre))
-
-    polar = around(cfg.ref_polar, *cfg.polar_range)
-    azimuth = around(cfg.ref_azimuth, *cfg.azimuth_range)
-    radius = uniform(*cfg.radius_range)
+    # the draw order (radius, polar, azimuth) is nerf/provider.py rand_poses'
+    radius = uniform(*ranges["radius"])
+    polar = uniform(*ranges["polar"])
+    azimuth = uniform(*ranges["azimuth"])
     cams = orbit_cameras(polar, azimuth, radius, cfg.fovy)
     return cams.to(device=device, dtype=torch.float32)
 
@@ -164,4 +176,4 @@ def orbit(num_views: int, polar: float = 90.0, radius: float = 3.2, fovy: float 
 
 
 __all__ = ["Cameras", "orbit_cameras", "look_at", "focal_length", "intrinsics", "projection_matrix",
-           "generate_rays", "reference_camera", "sample_novel_cameras", "orbit"]
+           "generate_rays", "reference_camera", "progressive_ratio", "view_ranges", "sample_novel_cameras", "orbit"]

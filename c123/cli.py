@@ -40,6 +40,9 @@ def reconstruct_main(args: argparse.Namespace) -> int:
                             stage="load", w3d=1.0, w2d=0.0, s="-")
 
         def progress(info: dict) -> None:
+            if info["stage"] == "notice":
+                bar.console.print(f"notice: {info['message']}")
+                return
             s = info.get("S")
             bar.update(task, completed=info["step"], stage=info["stage"], w3d=info.get("w3d", 1.0),
                        w2d=info.get("w2d", 0.0), s="-" if s is None else f"{s:.4f}")

@@ -19,26 +19,27 @@ from c123.errors import C123Error
 
 @dataclass
 class CameraConfig:
-    """Reference and novel-view camera distributions (degrees, world units)."""
+    """Reference and novel-view camera distributions (degrees, world units); main.py / nerf/provider.py."""
 
     ref_polar: float = 90.0
-    """Polar angle of the reference camera from +y (90 = elevation 0)."""
+    """Polar angle of the reference camera from +y (90 = elevation 0); main.py --default_polar."""
     ref_azimuth: float = 0.0
-    """Azimuth of the reference camera (0 = looking at the object's front, from +z)."""
+    """Azimuth of the reference camera (0 = looking at the object's front, from +z); --default_azimuth."""
     ref_radius: float = 3.2
-    """Distance of the reference camera from the origin."""
+    """Distance of the reference camera from the origin; --default_radius."""
     fovy: float = 20.0
-    """Vertical field of view of every camera."""
+    """Vertical field of view of every camera (fixed when Zero-1-to-3 guides; main.py); --default_fovy."""
     radius_range: tuple[float, float] = (3.0, 3.5)
-    """Novel-view radius range."""
+    """Novel-view radius range (full extent); --radius_range."""
     polar_range: tuple[float, float] = (45.0, 105.0)
-    """Novel-view polar range (full extent, reached after progressive widening)."""
+    """Novel-view polar range (full extent); --theta_range."""
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    """Novel-view azimuth range (full extent)."""
+    """Novel-view azimuth range (full extent); --phi_range."""
     progressive_start: float = 0.2
-    """Fraction of the polar/azimuth ranges used at step 0 ("progressive view")."""
-    progressive_until: float = 0.5
-    """Fraction of the NeRF stage after which the full ranges are used."""
+    """Fraction r of the full ranges at step 0 of the NeRF stage; --progressive_view_init_ratio."""
+    progressive_rate: float = 2.0
+    """r = min(1, start + rate * step / nerf_iters): full ranges at 40% of the NeRF stage (nerf/utils.py
+    train_step); the DMTet stage always samples the full ranges (main.py sets progressive_view off)."""
 
 
 @dataclass
@@ -71,8 +72,14 @@ class NerfConfig:
     """Extra importance samples per ray (0 disables the second pass)."""
     backend: str = "auto"
     """Hash-grid backend: 'auto' (tinycudann if importable and on CUDA), 'torch' or 'tcnn'."""
-    occupancy_grid: bool = False
-    """Skip empty space with a coarse occupancy grid (worth it on GPU)."""
+    occupancy_grid: bool = True
+    """Skip samples outside occupied cells of a density grid, as the official `-O` (cuda_ray) renderer does."""
+    occupancy_resolution: int = 128
+    """Cells per side of the density grid (renderer.py grid_size)."""
+    occupancy_threshold: float = 10.0
+    """A cell is occupied when its density exceeds min(mean density, this) (--density_thresh)."""
+    occupancy_every: int = 16
+    """Refresh the density grid every this many steps (--update_extra_interval)."""
 
 
 @dataclass
@@ -93,26 +100,30 @@ class DMTetConfig:
 
 @dataclass
 class LossConfig:
-    """Reference-view losses and regularisers (METHOD.md section 2)."""
+    """Reference-view losses and regularisers (main.py lambdas in the image+text setup; nerf/utils.py)."""
 
     rgb: float = 1000.0
-    """Weight of the reference-view rgb MSE."""
+    """Weight of the reference-view rgb MSE; --lambda_rgb."""
     mask: float = 500.0
-    """Weight of the reference-view mask MSE."""
+    """Weight of the reference-view mask MSE; --lambda_mask."""
     depth: float = 10.0
-    """Weight of 1 - Pearson(depth) on the mask, ramped by min(1, step/iters); off in DMTet."""
+    """Weight of 1 - Pearson(depth) on the mask, ramped by min(1, step/iters); 0 in DMTet; --lambda_depth."""
     entropy: float = 1.0
-    """Opacity entropy regulariser (NeRF)."""
+    """Binary entropy of the per-sample compositing weights (NeRF), ramped by min(1, entropy_ramp *
+    step/iters); main.py sets lambda_entropy = 1 for image inputs."""
+    entropy_ramp: float = 2.0
+    """Slope of the entropy ramp (nerf/utils.py train_step: min(1, 2 * global_step / iters))."""
     orientation: float = 1.0
-    """Normal orientation regulariser (NeRF)."""
+    """Orientation regulariser, mean over all samples of sg(w) max(0, n.d)^2 (NeRF; renderer.py run_cuda)."""
     normal_smooth_3d: float = 20.0
-    """3D normal smoothness (NeRF)."""
+    """Mean |n(x) - n(x + 0.01 noise)| over the samples (NeRF); main.py sets 20 with a text prompt."""
     normal_smooth_2d: float = 10.0
-    """2D normal-map smoothness (NeRF)."""
+    """2D smoothness of the normal image (n+1)/2 composited with detached density: MSE to its 9-px Gaussian
+    blur plus squared finite differences (NeRF); --lambda_2d_normal_smooth."""
     mesh_normal_consistency: float = 100.0
-    """Mesh normal consistency (DMTet)."""
+    """Mesh normal consistency (DMTet); --lambda_mesh_normal."""
     mesh_laplacian: float = 100.0
-    """Mesh Laplacian smoothness (DMTet)."""
+    """Mesh Laplacian smoothness (DMTet); --lambda_mesh_laplacian."""
 
 
 @dataclass
@@ -151,56 +162,76 @@ class PriorConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Boundary detector and dynamic prior (METHOD.md sections 4-5)."""
+    """Boundary detector and dynamic prior (paper sections 3.2-3.3; nerf/utils.py train_step)."""
 
     variant: str = "consistent123"
     """consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d."""
     weight_shape: str = "exp"
-    """Dynamic prior shape: exp | linear | log."""
+    """Dynamic prior shape: exp | linear | log (--weight_method)."""
     fixed_switch_step: int = 2000
-    """Switch step for the 'fixed-switch' and '3d-then-2d' variants."""
+    """Switch step of the 'fixed-switch' variant (--fix3D_iters)."""
     check_start: int = 2000
-    """First NeRF iteration at which the detector may check."""
+    """First NeRF iteration at which the detector scores views (--least_3Donly)."""
     check_end: int = 3500
-    """NeRF iteration at which the switch is forced."""
+    """NeRF iteration at which the switch is forced when the detector has not decided (--most_3Donly)."""
     check_interval: int = 21
-    """Iterations between checks (21 in the code, 20 in the paper)."""
+    """Score every check_interval iterations (global step % 21 == 0; --render_interval 21, the paper says 20)."""
     num_views: int = 8
-    """Detector views at elevation 0, evenly spaced in azimuth."""
+    """Detector views at elevation 0, evenly spaced in azimuth (--dataset_size_valid)."""
+    render_size: int = 800
+    """The detector's views are rendered at this size (the validation loader's --H/--W) before being
+    resized to prior.clip_size (--h/--w) for CLIP."""
     rate_window: int = 5
-    """L: number of rates averaged."""
+    """L: number of rates averaged (--last_N)."""
     threshold: float = 0.00025
-    """delta: switch when R^k falls below it."""
+    """delta: switch when R^k falls below it (--threshold)."""
     min_weight: float = 1e-5
-    """Floor of the dynamic weights (the 1e-5 of eq. 8)."""
+    """Floor of the dynamic weights (the 1e-5 of eq. 8; Trainer start_sd_weight/end_zero_weight)."""
 
 
 @dataclass
 class TrainConfig:
-    """Iterations, resolutions, optimiser."""
+    """Iterations, resolutions, optimiser, reference view (main.py, nerf/utils.py)."""
 
     nerf_iters: int = 5000
-    """NeRF-stage iterations."""
+    """NeRF-stage iterations (--iters of the first run)."""
     dmtet_iters: int = 5000
-    """DMTet-stage iterations."""
+    """DMTet-stage iterations (--dmtet_iters / --iters of the second run)."""
     ref_every: int = 4
-    """Every ref_every-th iteration is a reference-view step."""
+    """Iterations whose 1-based step is a multiple of this are reference-view steps (--known_view_interval)."""
     nerf_size: int = 128
-    """NeRF novel-view render size."""
+    """NeRF novel-view render size (--h/--w)."""
     ref_scale: float = 1.5
-    """Reference view renders at ref_scale x nerf_size."""
+    """Reference view renders at ref_scale x nerf_size in the NeRF stage (--known_view_scale; 1 in DMTet)."""
+    ref_background: str = "noise"
+    """Reference-view background: 'noise' (a random colour per pixel, as the official) or 'flat' (one colour)."""
+    ref_jitter: float = 2e-3
+    """Std of the random offset added to every reference ray's origin and direction (--known_view_noise_scale)."""
+    ref_mask_threshold: float | None = 0.5
+    """Reference mask = alpha > threshold (binary, as the official); None: the soft alpha."""
+    ref_shading: str = "lambertian"
+    """Reference render shading: 'lambertian' at ambient 1 (the official: colour = albedo, and normals exist so
+    the normal regularisers also act on reference steps) or 'albedo' (no normals on reference steps)."""
     optimizer: str = "adan"
-    """adan (the code) or adam (what the paper states)."""
+    """adan (the code, main.py) or adam (what the paper states)."""
     lr: float = 5e-3
-    """Learning rate (Adan default; use 1e-3 with Adam)."""
+    """Learning rate (main.py: Adan at 5 x --lr 1e-3; use 1e-3 with Adam)."""
     grid_lr_scale: float = 10.0
-    """Hash-grid learning-rate multiplier."""
+    """Hash-grid learning-rate multiplier (network_grid.py get_params)."""
+    adan_eps: float = 1e-8
+    """Adan epsilon (main.py)."""
+    weight_decay: float = 2e-5
+    """Adan weight decay, applied as the official's proximal step (main.py; no_prox=False)."""
+    max_grad_norm: float = 5.0
+    """Adan clips the global gradient norm to this (main.py); 0 disables."""
     ema_decay: float = 0.95
-    """EMA of the parameters used for evaluation renders."""
+    """EMA decay of the NeRF parameters; effective decay min(ema_decay, (1 + n) / (10 + n)) (torch_ema)."""
+    ema_every: int = 100
+    """The EMA is updated at the end of each epoch of this many iterations (--dataset_size_train)."""
     lambertian_prob: float = 0.8
-    """Novel views: lambertian with this probability, else textureless."""
+    """Novel views: lambertian with this probability, else textureless (train_step: textureless if rand > 0.8)."""
     ambient_range: tuple[float, float] = (0.1, 1.0)
-    """Ambient ratio range for shaded novel views."""
+    """Ambient ratio range for shaded novel views (0.1 + 0.9 * random())."""
     novel_background: str = "random"
     """Novel-view background: 'random' flat colour (the method) or 'white' (oracle verification)."""
     checkpoint_every: int = 500
@@ -275,7 +306,7 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     models_dir = models_dir or os.environ.get("C123_TINY_MODELS", "~/.cache/c123/tiny-models")
     cfg = ReconstructConfig(preset="tiny")
     cfg.nerf = NerfConfig(num_levels=6, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
-                          num_layers=2, num_samples=24, num_importance=0)
+                          num_layers=2, num_samples=24, num_importance=0, occupancy_resolution=32)
     cfg.dmtet = DMTetConfig(tet_resolution=16, render_size=64)
     cfg.prior.zero123_model = f"{models_dir}/zero123"
     cfg.prior.sd_model = f"{models_dir}/stable-diffusion"
@@ -284,9 +315,11 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.prior.sd_size = 32
     cfg.prior.clip_size = 16
     cfg.train = TrainConfig(nerf_iters=60, dmtet_iters=20, nerf_size=32, ref_scale=1.5,
-                            checkpoint_every=20, eval_views=8, eval_size=64, video_frames=8,
+                            checkpoint_every=20, ema_every=10, eval_views=8, eval_size=64, video_frames=8,
                             texture_size=128)
-    cfg.schedule.check_start, cfg.schedule.check_end, cfg.schedule.check_interval = 20, 50, 5
+    # scores at 21, 24, ..., 48; decisions from step 36 (after 5 rates), on novel-view steps only
+    cfg.schedule.check_start, cfg.schedule.check_end, cfg.schedule.check_interval = 20, 50, 3
+    cfg.schedule.render_size = 32
     cfg.schedule.fixed_switch_step = 20
     return cfg
 

@@ -238,7 +238,7 @@ def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *
     else:
         raise ValueError(f"unknown shading '{shading}': use albedo, lambertian, textureless or normal")
     bg = torch.ones(3, dtype=dtype, device=device) if bg_color is None else bg_color.to(device=device, dtype=dtype)
-    bg = bg.reshape(-1, 1, 1, 3)
+    bg = bg if bg.dim() == 4 else bg.reshape(-1, 1, 1, 3)  # per pixel [B,H,W,3] or per camera
     rgb = color * mask + bg * (1.0 - mask)
     smooth = raster.antialias(torch.cat([rgb, mask, normal], -1), rast, clip, faces)
     depth = (pos - origin).norm(dim=-1, keepdim=True) * mask

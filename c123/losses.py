@@ -1,21 +1,29 @@
-"""Reference-view losses and the regularisers of METHOD.md section 2, as small tensor functions."""
+"""Reference-view losses and the regularisers, as small tensor functions (nerf/utils.py train_step and
+nerf/renderer.py run_cuda of the authors' code)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 
-def reference_rgb_loss(pred_rgb: torch.Tensor, ref_rgb: torch.Tensor, ref_mask: torch.Tensor,
+def reference_mask(alpha: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """The reference mask [H,W,1]: alpha > threshold as 0/1 (the official), or the soft alpha when None."""
+    return alpha if threshold is None else (alpha > threshold).to(alpha.dtype)
+
+
+def reference_rgb_loss(pred_rgb: torch.Tensor, ref_white: torch.Tensor, mask: torch.Tensor,
                        bg_color: torch.Tensor) -> torch.Tensor:
-    """MSE between the render and the reference composited on the same background ([H,W,3] tensors)."""
-    target = ref_rgb * ref_mask + bg_color * (1.0 - ref_mask)
+    """MSE between the render [H,W,3] and the reference on white composited over the render's background
+    by the mask (bg_color [3] or per pixel [H,W,3])."""
+    target = ref_white * mask + bg_color * (1.0 - mask)
     return F.mse_loss(pred_rgb, target)
 
 
-def reference_mask_loss(pred_opacity: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
+def reference_mask_loss(pred_opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """MSE between rendered opacity and the reference mask ([H,W,1])."""
-    return F.mse_loss(pred_opacity, ref_mask)
+    return F.mse_loss(pred_opacity, mask)
 
 
 def pearson_depth_loss(pred_depth: torch.Tensor, ref_depth: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
@@ -29,37 +37,42 @@ def pearson_depth_loss(pred_depth: torch.Tensor, ref_depth: torch.Tensor, ref_ma
     return 1.0 - corr
 
 
-def entropy_loss(opacity: torch.Tensor) -> torch.Tensor:
-    """Binary entropy of the opacity: pushes each pixel to fully empty or fully solid."""
-    a = opacity.clamp(1e-5, 1.0 - 1e-5)
-    return (-a * torch.log2(a) - (1.0 - a) * torch.log2(1.0 - a)).mean()
+def _mean_over(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the samples that exist (`valid` [R,S]; None: all); the official has only marched samples."""
+    if valid is None:
+        return values.mean()
+    valid = valid.to(values.dtype)
+    while valid.dim() < values.dim():
+        valid = valid[..., None]
+    count = valid.expand_as(values).sum().clamp(min=1.0)
+    return (values * valid).sum() / count
 
 
-def orientation_loss(weights: torch.Tensor, sample_normals: torch.Tensor, rays_d: torch.Tensor) -> torch.Tensor:
-    """Penalise visible normals facing away from the camera (Ref-NeRF): sum_i w_i max(0, n_i . d)^2."""
+def entropy_loss(weights: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary entropy of the per-sample compositing weights [R,S] (clamped to [1e-5, 1 - 1e-5]), mean over
+    samples: pushes each sample to fully empty or fully solid."""
+    a = weights.clamp(1e-5, 1.0 - 1e-5)
+    return _mean_over(-a * torch.log2(a) - (1.0 - a) * torch.log2(1.0 - a), valid)
+
+
+def orientation_loss(weights: torch.Tensor, sample_normals: torch.Tensor, rays_d: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Visible normals facing away from the camera (Ref-NeRF): mean over samples of sg(w) max(0, n.d)^2."""
     facing = (sample_normals * rays_d[:, None, :]).sum(-1).clamp(min=0.0)
-    return (weights.detach() * facing ** 2).sum(-1).mean()
+    return _mean_over(weights.detach() * facing ** 2, valid)
 
 
-def normal_smoothness_3d(normal_fn, points: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
-    """|n(x) - n(x + noise)| at surface points: nearby normals should agree."""
-    if points.numel() == 0:
-        return torch.zeros((), device=points.device)
-    return (normal_fn(points) - normal_fn(points + torch.randn_like(points) * eps)).abs().mean()
+def normal_smoothness_3d(normals: torch.Tensor, perturbed: torch.Tensor,
+                         valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |n(x) - n(x + 0.01 noise)| over samples and components: nearby normals should agree."""
+    return _mean_over((normals - perturbed).abs(), valid)
 
 
 def normal_smoothness_2d(normal_image: torch.Tensor) -> torch.Tensor:
-    """Squared finite differences of a rendered normal map [B,H,W,3] along both image axes."""
+    """Smoothness of a normal image [B,H,W,3] in [0,1]: MSE to its own 9-px Gaussian blur (detached) plus
+    squared finite differences along both image axes (the official adds both at the same weight)."""
+    chw = normal_image.permute(0, 3, 1, 2)
+    blurred = gaussian_blur(chw.detach(), kernel_size=9)
     dy = normal_image[:, 1:, :, :] - normal_image[:, :-1, :, :]
     dx = normal_image[:, :, 1:, :] - normal_image[:, :, :-1, :]
-    return dy.square().mean() + dx.square().mean()
-
-
-def surface_points(rays_o: torch.Tensor, rays_d: torch.Tensor, depth: torch.Tensor, opacity: torch.Tensor,
-                   max_points: int = 4096) -> torch.Tensor:
-    """Expected surface points x = o + depth * d of rays that hit something (for 3D smoothness)."""
-    hit = opacity.reshape(-1) > 0.5
-    pts = (rays_o.reshape(-1, 3) + depth.reshape(-1, 1) * rays_d.reshape(-1, 3))[hit]
-    if pts.shape[0] > max_points:
-        pts = pts[torch.randperm(pts.shape[0], device=pts.device)[:max_points]]
-    return pts.detach()
+    return F.mse_loss(chw, blurred) + dy.square().mean() + dx.square().mean()

@@ -1,7 +1,10 @@
-"""When to switch from the 3D prior to the dynamic prior, and how the two are weighted (METHOD.md 4-5).
+"""When to switch from the 3D prior to the dynamic prior, and how the two are weighted (paper 3.2-3.3).
 
 Everything here is a small pure function or a tiny state machine over numbers, so the formulas can be
 pinned by unit tests on hand-made sequences. Variants of the paper's ablations are data (`Variant`).
+
+Steps are the official 1-based global steps (nerf/utils.py increments `global_step` before `train_step`):
+the NeRF stage runs steps 1..nerf_iters, the DMTet stage nerf_iters+1..nerf_iters+dmtet_iters.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from c123.errors import C123Error
 
 # ---- dynamic prior weight shapes (paper eq. 8 and 9): f(r) grows from 0 at the switch -------------
 def exp_shape(r: float) -> float:
-    """1 - e^-r (the paper's default)."""
+    """1 - e^-r (the paper's default; Trainer.adjust_loss_weights 'exponential')."""
     return 1.0 - math.exp(-r)
 
 
@@ -52,17 +55,24 @@ class Variant:
 
     name: str
     switch: str
-    """'detector' (CLIP boundary detector), 'never', or 'step' (a fixed step, 0 for dynamic-only)."""
+    """'detector' (CLIP boundary detector), 'never', or a key of SWITCH_AT (a step known in advance)."""
     after: str
     """'dynamic' (w3D decays, w2D grows) or '2d-only' (w3D = 0, w2D = 1)."""
 
 
+SWITCH_AT: dict[str, Callable[[ScheduleConfig, int], int]] = {
+    "start": lambda cfg, nerf_iters: 0,                          # all_weight: dynamic from step 1
+    "fixed": lambda cfg, nerf_iters: cfg.fixed_switch_step,      # --fix3D_iters
+    "nerf_end": lambda cfg, nerf_iters: nerf_iters,              # -only3D_only2D: the stage boundary
+}
+"""Switch steps known in advance, by the variant's `switch` key (given the config and the NeRF iterations)."""
+
 VARIANTS: dict[str, Variant] = {
     "consistent123": Variant("consistent123", switch="detector", after="dynamic"),
     "3d-only": Variant("3d-only", switch="never", after="dynamic"),
-    "dynamic-only": Variant("dynamic-only", switch="step", after="dynamic"),
-    "fixed-switch": Variant("fixed-switch", switch="step", after="dynamic"),
-    "3d-then-2d": Variant("3d-then-2d", switch="step", after="2d-only"),
+    "dynamic-only": Variant("dynamic-only", switch="start", after="dynamic"),
+    "fixed-switch": Variant("fixed-switch", switch="fixed", after="dynamic"),
+    "3d-then-2d": Variant("3d-then-2d", switch="nerf_end", after="2d-only"),
 }
 
 
@@ -73,19 +83,22 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
-def fixed_switch_step(cfg: ScheduleConfig) -> int | None:
+def planned_switch(cfg: ScheduleConfig, nerf_iters: int) -> int | None:
     """The switch step a variant fixes in advance (None when the detector decides or it never switches)."""
     variant = get_variant(cfg.variant)
-    if variant.switch != "step":
-        return None
-    return 0 if variant.name == "dynamic-only" else cfg.fixed_switch_step
+    at = SWITCH_AT.get(variant.switch)
+    return None if at is None else at(cfg, nerf_iters)
 
 
 def prior_weights(step: int, switch: int | None, total: int, cfg: ScheduleConfig) -> tuple[float, float]:
-    """(w3D, w2D) at a global step (NeRF then DMTet), given the switch step or None before it happens."""
+    """(w3D, w2D) at a 1-based global step, given the switch step (None before it happens).
+
+    Up to and including the switch step only the 3D prior acts (the official decides at a step whose loss
+    is already 3D-only); after it the variant's `after` rule applies.
+    """
     if cfg.weight_shape not in SHAPES:
         raise C123Error(f"unknown weight shape '{cfg.weight_shape}': use one of {', '.join(SHAPES)}")
-    if switch is None or step < switch:
+    if switch is None or step <= switch:
         return 1.0, 0.0
     if get_variant(cfg.variant).after == "2d-only":
         return 0.0, 1.0
@@ -93,7 +106,7 @@ def prior_weights(step: int, switch: int | None, total: int, cfg: ScheduleConfig
     return dynamic_weights(r, SHAPES[cfg.weight_shape], cfg.min_weight)
 
 
-# ---- CLIP boundary detector (section 4) -----------------------------------------------------------
+# ---- CLIP boundary detector (paper 3.2) -----------------------------------------------------------
 def change_rates(scores: list[float]) -> list[float]:
     """r_k = (S^k - S^{k-1}) / S^{k-1} for consecutive scores."""
     return [(b - a) / a if a != 0 else math.inf for a, b in zip(scores, scores[1:])]
@@ -107,14 +120,21 @@ def rate_statistic(scores: list[float], window: int) -> float | None:
     return abs(sum(rates[-window:]) / window)
 
 
-def is_check_step(step: int, cfg: ScheduleConfig) -> bool:
-    """Checks run every `check_interval` steps inside [check_start, check_end]."""
-    return cfg.check_start <= step <= cfg.check_end and (step - cfg.check_start) % cfg.check_interval == 0
+def is_score_step(step: int, cfg: ScheduleConfig) -> bool:
+    """S^k is measured at steps that are multiples of check_interval inside [check_start, check_end]."""
+    return cfg.check_start <= step <= cfg.check_end and step % cfg.check_interval == 0
+
+
+def may_decide(step: int, cfg: ScheduleConfig, reference_step: bool) -> bool:
+    """The detector may switch at a score step past check_start + interval * window, never on a
+    reference-view step (the official decides inside the novel-view branch of train_step)."""
+    earliest = cfg.check_start + cfg.check_interval * cfg.rate_window   # Trainer.only3D_least_iters
+    return not reference_step and is_score_step(step, cfg) and step > earliest
 
 
 @dataclass
 class BoundaryDetector:
-    """Accumulates S^k at check steps and says when structure has converged (or the switch is forced)."""
+    """The series of S^k and R^k measured at score steps, and the switch they led to."""
 
     cfg: ScheduleConfig
     iterations: list[int] = field(default_factory=list)
@@ -123,24 +143,28 @@ class BoundaryDetector:
     switch_iteration: int | None = None
     forced: bool = False
 
-    def update(self, step: int, score: float) -> bool:
-        """Record S^k measured at `step`; True when the switch happens at this step."""
-        if self.switch_iteration is not None:
-            return False
+    def record(self, step: int, score: float) -> None:
+        """Add S^k measured at `step` and the R^k it gives."""
         self.iterations.append(step)
         self.scores.append(float(score))
-        stat = rate_statistic(self.scores, self.cfg.rate_window)
-        self.stats.append(stat)
-        if stat is not None and stat < self.cfg.threshold:
+        self.stats.append(rate_statistic(self.scores, self.cfg.rate_window))
+
+    def converged(self) -> bool:
+        """The latest R^k is below the threshold."""
+        return bool(self.stats) and self.stats[-1] is not None and self.stats[-1] < self.cfg.threshold
+
+    def step(self, step: int, reference_step: bool, score: Callable[[], float]) -> int | None:
+        """One training step of the detector: score, maybe decide, or force at check_end; the switch or None."""
+        if self.switch_iteration is not None:
+            return self.switch_iteration
+        if is_score_step(step, self.cfg):
+            self.record(step, score())
+        if may_decide(step, self.cfg, reference_step) and self.converged():
             self.switch_iteration = step
         elif step >= self.cfg.check_end:
-            self.switch_iteration, self.forced = step, True
-        return self.switch_iteration is not None
-
-    def force(self, step: int) -> None:
-        """Switch now (the window ended without a check landing on check_end)."""
-        if self.switch_iteration is None:
-            self.switch_iteration, self.forced = step, True
+            # the official falls back to most_3Donly as the convergence step
+            self.switch_iteration, self.forced = self.cfg.check_end, True
+        return self.switch_iteration
 
     def to_dict(self) -> dict:
         return {"iterations": self.iterations, "S": self.scores, "R": self.stats,
@@ -152,12 +176,21 @@ class BoundaryDetector:
                    data["switch_iteration"], data["forced"])
 
 
-def detect_switch(scores: list[float], cfg: ScheduleConfig) -> int | None:
-    """The step at which a detector fed `scores` at consecutive check steps switches (for tests/analysis)."""
+def detect_switch(scores: list[float], cfg: ScheduleConfig, ref_every: int = 0) -> int | None:
+    """The step at which a detector fed `scores` at consecutive score steps switches (tests, analysis).
+
+    ref_every: steps that are multiples of it are reference-view steps (no decision); 0: none are."""
     detector = BoundaryDetector(cfg)
-    step = cfg.check_start
-    for score in scores:
-        if detector.update(step, score):
-            return detector.switch_iteration
-        step += cfg.check_interval
-    return None
+    feed = iter(scores)
+    for step in range(1, cfg.check_end + 1):
+        reference = bool(ref_every) and step % ref_every == 0
+        if is_score_step(step, cfg):
+            score = next(feed, None)
+            if score is None:
+                return None
+        else:
+            score = None
+        switch = detector.step(step, reference, lambda: score)
+        if switch is not None:
+            return switch
+    return detector.switch_iteration

@@ -33,40 +33,56 @@ class RenderOutput:
     weights: torch.Tensor
     sample_normals: torch.Tensor | None
     rays_d: torch.Tensor
+    normal_image: torch.Tensor | None = None
+    """(n + 1) / 2 composited with detached weights [B,H,W,3] (renderer.py run_cuda's normal_image)."""
+    sample_points: torch.Tensor | None = None
+    """Sample positions [R,S,3] (for the 3D normal smoothness)."""
+    sample_valid: torch.Tensor | None = None
+    """bool [R,S]: samples that exist (in occupied cells); None when every sample does."""
 
 
 class OccupancyGrid:
-    """Coarse bitfield of the cells whose density may be above a threshold; samples elsewhere are skipped.
+    """The density grid of the official `-O` (cuda_ray) renderer: samples outside occupied cells are skipped.
 
-    Each update evaluates the density at one random point per cell, keeps a decaying maximum per cell, and
-    marks a cell occupied when it exceeds the threshold; the mask is dilated by one cell so thin features
-    between the probe points are not lost. Before the first update every cell is occupied, so a field that
-    starts as a fog (as exp densities do) is trained everywhere until the fog clears.
+    Each update (nerf/renderer.py update_extra_state) evaluates the density at one jittered point per cell,
+    keeps max(0.95 * old, new) per cell and their mean (`mean_density`), and marks a cell occupied when it
+    exceeds min(mean_density, density_threshold). Before the first update every cell is occupied.
     """
 
-    def __init__(self, bound: float, resolution: int = 32, threshold: float = 0.5, decay: float = 0.95,
+    def __init__(self, bound: float, resolution: int = 128, density_threshold: float = 10.0, decay: float = 0.95,
                  device=None):
-        self.bound, self.resolution, self.threshold, self.decay = bound, resolution, threshold, decay
+        self.bound, self.resolution, self.decay = bound, resolution, decay
+        self.density_threshold = density_threshold
         self.density = torch.zeros(resolution, resolution, resolution, device=device)
         self.mask = torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device)
+        self.mean_density = 0.0
 
     @torch.no_grad()
     def update(self, field, generator: torch.Generator | None = None) -> None:
-        """Re-probe the field's density in every cell and refresh the mask."""
+        """Re-probe the field's density in every cell and refresh the mean and the mask."""
         r = self.resolution
         axis = torch.arange(r, device=self.density.device, dtype=torch.float32)
         cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        jitter = torch.rand(cells.shape, generator=generator).to(cells)
-        x = ((cells + jitter) / r * 2 - 1) * self.bound
+        half = self.bound / r
+        centres = (2 * cells / max(r - 1, 1) - 1) * (self.bound - half)
+        jitter = (torch.rand(cells.shape, generator=generator, device=generator.device if generator else None)
+                  .to(cells) * 2 - 1) * half
+        x = centres + jitter
         sigma = torch.cat([field.density(x[i:i + CHUNK_RAYS * 8]) for i in range(0, x.shape[0], CHUNK_RAYS * 8)])
         self.density = torch.maximum(self.density * self.decay, sigma.reshape(r, r, r).float())
-        occupied = self.density > self.threshold
-        self.mask = F.max_pool3d(occupied[None, None].float(), 3, 1, 1)[0, 0] > 0
+        self.mean_density = float(self.density.mean())
+        self.mask = self.density > min(self.mean_density, self.density_threshold)
 
     def occupied(self, x: torch.Tensor) -> torch.Tensor:
         """bool[N]: whether points x[N,3] lie in occupied cells."""
         idx = ((x + self.bound) / (2 * self.bound) * self.resolution).long().clamp(0, self.resolution - 1)
         return self.mask[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+    def state_dict(self) -> dict:
+        return {"density": self.density, "mean_density": self.mean_density, "mask": self.mask}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.density, self.mean_density, self.mask = state["density"], float(state["mean_density"]), state["mask"]
 
 
 def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,13 +119,15 @@ def _composite(sigma: torch.Tensor, z: torch.Tensor, far: torch.Tensor) -> torch
 
 
 def _eval(field, x: torch.Tensor, with_normal: bool, occupancy: OccupancyGrid | None):
+    """(sigma, albedo, normal or None, valid or None) at points x[N,3]."""
     if occupancy is None:
-        return field.forward_with_normal(x) if with_normal else (*field(x), None)
+        return (*field.forward_with_normal(x), None) if with_normal else (*field(x), None, None)
     # evaluate only the occupied samples; the rest are empty space (zero density, no colour)
-    keep = occupancy.occupied(x).nonzero().squeeze(1)
+    valid = occupancy.occupied(x)
+    keep = valid.nonzero().squeeze(1)
     outs = field.forward_with_normal(x[keep]) if with_normal else (*field(x[keep]), None)
     n = x.shape[0]
-    return tuple(None if v is None else v.new_zeros(n, *v.shape[1:]).index_put((keep,), v) for v in outs)
+    return (*(None if v is None else v.new_zeros(n, *v.shape[1:]).index_put((keep,), v) for v in outs), valid)
 
 
 def _shade(albedo, normal, shading, light_dir, ambient):
@@ -127,7 +145,8 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
                 perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Render rays [R,3] (unit directions) in chunks: dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
-    weights[R,S], sample_normals[R,S,3] (when normals are computed).
+    weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3] ((n+1)/2 under
+    detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples.
 
     light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float or
     [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells.
@@ -165,38 +184,48 @@ def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_sample
     near, far = near_far_box(rays_o, rays_d, bound)
     steps = torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype)
     if perturb:
-        steps = steps + torch.rand(rays_o.shape[0], num_samples, generator=generator, device=rays_o.device,
-                                   dtype=rays_o.dtype)
+        steps = steps + torch.rand(rays_o.shape[0], num_samples, generator=generator,
+                                   device=generator.device if generator is not None else rays_o.device,
+                                   dtype=rays_o.dtype).to(rays_o.device)
     else:
         steps = (steps + 0.5).expand(rays_o.shape[0], num_samples)
     z = near[:, None] + (far - near)[:, None] * steps / num_samples
 
     def evaluate(zs):
         x = (rays_o[:, None, :] + zs[..., None] * rays_d[:, None, :]).clamp(-bound, bound)
-        sigma, albedo, normal = _eval(field, x.reshape(-1, 3), with_normal, occupancy)
+        sigma, albedo, normal, valid = _eval(field, x.reshape(-1, 3), with_normal, occupancy)
         n = zs.shape
-        return sigma.reshape(n), albedo.reshape(*n, 3), None if normal is None else normal.reshape(*n, 3)
+        return (x, sigma.reshape(n), albedo.reshape(*n, 3), None if normal is None else normal.reshape(*n, 3),
+                None if valid is None else valid.reshape(n))
 
-    sigma, albedo, normal = evaluate(z)
+    x, sigma, albedo, normal, valid = evaluate(z)
     if num_importance > 0:
         with torch.no_grad():
             weights = _composite(sigma, z, far)
             bins = torch.cat([z, far[:, None]], -1)
             z_new = _sample_pdf(bins, weights, num_importance, perturb, generator)
-        s2, a2, n2 = evaluate(z_new)
+        x2, s2, a2, n2, v2 = evaluate(z_new)
         z, order = torch.sort(torch.cat([z, z_new], -1), -1)
-        sigma = torch.cat([sigma, s2], -1).gather(-1, order)
-        albedo = torch.cat([albedo, a2], -2).gather(-2, order[..., None].expand(-1, -1, 3))
-        if normal is not None:
-            normal = torch.cat([normal, n2], -2).gather(-2, order[..., None].expand(-1, -1, 3))
+
+        def merge(a, b):
+            if a is None:
+                return None
+            both = torch.cat([a, b], 1)
+            return both.gather(1, order.reshape(*order.shape, *([1] * (both.dim() - 2))).expand_as(both))
+
+        x, sigma, albedo, normal, valid = (merge(a, b) for a, b in
+                                           ((x, x2), (sigma, s2), (albedo, a2), (normal, n2), (valid, v2)))
     weights = _composite(sigma, z, far)
     color = _shade(albedo, normal, shading, light_dir, ambient)
     opacity = weights.sum(-1, keepdim=True)
     wz = (weights * z).sum(-1, keepdim=True)
     depth = torch.where(opacity > 1e-4, wz / opacity.clamp(min=1e-4), torch.zeros_like(wz))
     normal_map = (weights[..., None] * normal).sum(-2) if normal is not None else torch.zeros_like(rays_o)
+    # the normal regulariser's image sees the geometry only through the normals (detached density)
+    normal_image = (weights.detach()[..., None] * (normal + 1.0) / 2.0).sum(-2) if normal is not None else None
     out = {"rgb": (weights[..., None] * color).sum(-2), "opacity": opacity, "depth": depth,
-           "normal": normal_map, "weights": weights, "sample_normals": normal}
+           "normal": normal_map, "weights": weights, "sample_normals": normal, "normal_image": normal_image,
+           "sample_points": x.detach() if normal is not None else None, "sample_valid": valid}
     return out, torch.isfinite(sigma.detach()).all()
 
 
@@ -204,10 +233,17 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
                 perturb: bool = True, occupancy: OccupancyGrid | None = None,
-                generator: torch.Generator | None = None) -> RenderOutput:
-    """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera."""
+                generator: torch.Generator | None = None,
+                ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None) -> RenderOutput:
+    """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera.
+
+    bg_color: [3], per camera [B,3] or per pixel [B,H,W,3]; ray_jitter: offsets ([3], [3]) added to every
+    ray's origin and direction (the official reference-view camera noise)."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
+    if ray_jitter is not None:
+        rays_o = rays_o + ray_jitter[0].to(rays_o)
+        rays_d = F.normalize(rays_d + ray_jitter[1].to(rays_d), dim=-1)
     per_ray = height * width
 
     def per_camera(v, dim):
@@ -215,6 +251,8 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
         v = torch.as_tensor(v, dtype=rays_o.dtype, device=rays_o.device)
         if v.dim() == 0 or (dim and v.dim() == 1):
             return v
+        if v.numel() == B * per_ray * max(dim, 1):
+            return v.reshape(B * per_ray, *([dim] if dim else []))
         return v.reshape(B, *([dim] if dim else [])).repeat_interleave(per_ray, 0)
 
     light = None if light_dir is None else per_camera(F.normalize(light_dir.to(rays_o), dim=-1), 3)
@@ -224,5 +262,7 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
                       num_importance=num_importance, need_normals=need_normals, perturb=perturb,
                       occupancy=occupancy, generator=generator)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
+    normal_image = None if out["normal_image"] is None else out["normal_image"].reshape(B, height, width, 3)
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],
-                        out["sample_normals"], rays_d.reshape(-1, 3))
+                        out["sample_normals"], rays_d.reshape(-1, 3), normal_image, out["sample_points"],
+                        out["sample_valid"])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from c123.cameras import (Cameras, focal_length, generate_rays, intrinsics, look_at, orbit, orbit_cameras,
-                          projection_matrix, reference_camera, sample_novel_cameras)
+                          projection_matrix, progressive_ratio, reference_camera, sample_novel_cameras,
+                          view_ranges)
 from c123.config import CameraConfig
 from c123.errors import GeometryError
 from c123.synthetic import get_scene
@@ -87,21 +88,31 @@ def test_projection_matrix_maps_near_and_far_planes_to_ndc_minus_one_and_one():
     assert torch.isclose(edge[1] / edge[3], torch.tensor(1.0), atol=1e-5)
 
 
-def test_novel_view_ranges_grow_from_20_percent_around_the_reference_to_the_full_range():
+def test_progressive_view_reaches_the_full_range_at_40_percent_of_the_nerf_stage():
+    # nerf/utils.py train_step: r = min(1, 0.2 + 2 * global_step / iters)
+    cfg = CameraConfig()
+    assert progressive_ratio(cfg, 0, 5000) == pytest.approx(0.2)
+    assert progressive_ratio(cfg, 1000, 5000) == pytest.approx(0.6)
+    assert progressive_ratio(cfg, 2000, 5000) == 1.0 and progressive_ratio(cfg, 4999, 5000) == 1.0
+    ranges = view_ranges(cfg, 0.6)
+    assert ranges["polar"] == pytest.approx((90 * 0.4 + 45 * 0.6, 90 * 0.4 + 105 * 0.6))
+    assert ranges["azimuth"] == pytest.approx((-108.0, 108.0))
+    assert ranges["radius"] == pytest.approx((3.2 * 0.4 + 3.0 * 0.6, 3.2 * 0.4 + 3.5 * 0.6))  # widens too
+
+
+def test_novel_views_are_uniform_inside_the_ranges_of_their_ratio():
     cfg = CameraConfig()
     gen = torch.Generator().manual_seed(0)
-    early = sample_novel_cameras(cfg, 4000, 0.0, gen)
+    early = sample_novel_cameras(cfg, 4000, 0.2, gen)
     assert 81.0 <= early.polar.min() and early.polar.max() <= 93.0          # 20% of 45..105 around 90
     assert -36.0 <= early.azimuth.min() and early.azimuth.max() <= 36.0    # 20% of -180..180 around 0
+    assert 3.16 <= early.radius.min() and early.radius.max() <= 3.26       # 20% of 3.0..3.5 around 3.2
     assert early.polar.max() - early.polar.min() > 11.0
-    middle = sample_novel_cameras(cfg, 4000, 0.125, gen)                   # 60% of the ramp 0..0.5
-    assert 69.0 <= middle.polar.min() and middle.polar.max() <= 99.0 and middle.azimuth.abs().max() <= 108.0
-    for progress in (0.5, 0.9):
-        late = sample_novel_cameras(cfg, 4000, progress, gen)
-        assert 45.0 <= late.polar.min() < 47.0 and 103.0 < late.polar.max() <= 105.0
-        assert late.azimuth.min() < -170 and late.azimuth.max() > 170
-        assert 3.0 <= late.radius.min() and late.radius.max() <= 3.5
-        assert torch.allclose(late.fovy, torch.full((4000,), 20.0))
+    full = sample_novel_cameras(cfg, 4000, 1.0, gen)
+    assert 45.0 <= full.polar.min() < 47.0 and 103.0 < full.polar.max() <= 105.0
+    assert full.azimuth.min() < -170 and full.azimuth.max() > 170
+    assert 3.0 <= full.radius.min() and full.radius.max() <= 3.5
+    assert torch.allclose(full.fovy, torch.full((4000,), 20.0))
     a = sample_novel_cameras(cfg, 8, 0.3, torch.Generator().manual_seed(5))
     b = sample_novel_cameras(cfg, 8, 0.3, torch.Generator().manual_seed(5))
     assert torch.equal(a.c2w, b.c2w)

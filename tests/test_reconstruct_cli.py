@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run):
     result = json.loads((out / "result.json").read_text())
     assert "resumed from step" in log
     assert result["resumed_from"] is not None and result["resumed_from"] >= 10
+
+
+def test_a_rerun_with_another_image_in_the_same_folder_starts_fresh_with_a_notice(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    reused = tmp_path / "reused"
+    shutil.copytree(out, reused)
+    before = (reused / "views" / "view_002.png").read_bytes()
+    env = {"C123_TINY_MODELS": str(out.parent / "models")}
+    code, log = run_c123("reconstruct", DATA / "banana_rgba.png", "--prompt", "a half-peeled yellow banana",
+                         "--preset", "tiny", "--seed", "3", "--out", reused, "--set", "train.checkpoint_every=10",
+                         env=env)
+    assert code == 0, log
+    assert "ignoring" in log and "another input" in log and "resumed from" not in log, log
+    result = json.loads((reused / "result.json").read_text())
+    assert result["resumed_from"] is None and result["case"] == "banana_rgba"
+    assert any("another input" in n for n in result["notices"])
+    assert (reused / "views" / "view_002.png").read_bytes() != before
 
 
 def test_tiny_preset_runs_the_full_two_stage_method(tiny_run):

@@ -30,7 +30,7 @@ def oracle_config() -> C.ReconstructConfig:
     """NeRF stage only, at 64x64, with novel views shaded as the oracle renders them (albedo on white)."""
     cfg = C.tiny()
     cfg.nerf = C.NerfConfig(num_levels=6, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
-                            num_layers=2, num_samples=24, num_importance=0, bound=0.75)
+                            num_layers=2, num_samples=24, num_importance=0, bound=0.75, occupancy_grid=False)
     cfg.schedule.variant = "3d-only"
     cfg.train = C.TrainConfig(nerf_iters=ITERS, dmtet_iters=0, nerf_size=SIZE, ref_scale=1.0, ref_every=4,
                               optimizer="adam", lr=1e-2, grid_lr_scale=1.0, lambertian_prob=1.0,
@@ -61,7 +61,7 @@ def unseen_side_psnr(run_dir, scene) -> dict[float, float]:
 
 
 def _log(info: dict) -> None:
-    if info["step"] % 50 == 0 and "loss" in info:
+    if info.get("loss") is not None and info["step"] % 50 == 0:
         print(f"  step {info['step']}: loss {info['loss']:.3f}", flush=True)
 
 

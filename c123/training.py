@@ -1,0 +1,198 @@
+"""The one training loop both stages run, and the run-state record a checkpoint restores.
+
+A `Stage` says what is optimised over which global steps and how one step's loss is computed; `run_stage`
+is the loop: detector, prior weights, loss terms, backward, optimiser, EMA at epoch ends, progress and
+checkpoints. The switch policy itself lives in `c123.schedules`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from c123.checkpoint import CheckpointIdentity, save_checkpoint
+from c123.config import ReconstructConfig
+from c123.ema import ParameterEMA
+from c123.errors import C123Error
+from c123.schedules import BoundaryDetector, get_variant, planned_switch, prior_weights
+
+LossTerms = dict[str, torch.Tensor]
+"""Named, already weighted loss terms of one step; the step's loss is their sum."""
+ProgressFn = Callable[[dict], None]
+
+
+@dataclass
+class RunState:
+    """Where a reconstruction stands: everything a checkpoint restores besides the models."""
+
+    stage: str = "nerf"
+    """Stage of the last completed step."""
+    step: int = 0
+    """Last completed 1-based global step (NeRF steps first, then DMTet steps)."""
+    switch: int | None = None
+    """Global step after which the dynamic prior acts (None: not yet)."""
+    detector: dict = field(default_factory=dict)
+    """BoundaryDetector.to_dict()."""
+    history: dict = field(default_factory=lambda: {"iterations": [], "w3d": [], "w2d": [], "loss": {}})
+    """Prior weights every log interval, and each loss term as [step, value] pairs (result.json `weights`,
+    `loss`): reference and novel steps have different terms."""
+    seconds: dict = field(default_factory=lambda: {"nerf": 0.0, "dmtet": 0.0, "export": 0.0})
+    """Seconds spent per stage (summed over resumed runs)."""
+    rng: dict = field(default_factory=dict)
+    """States of the run's generator and of torch's global generator."""
+
+    @classmethod
+    def start(cls, cfg: ReconstructConfig) -> RunState:
+        state = cls(switch=planned_switch(cfg.schedule, cfg.train.nerf_iters))
+        state.detector = BoundaryDetector(cfg.schedule).to_dict()
+        return state
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "step": self.step, "switch": self.switch, "detector": self.detector,
+                "history": self.history, "seconds": self.seconds, "rng": self.rng}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunState:
+        return cls(**data)
+
+    def capture_rng(self, gen: torch.Generator) -> None:
+        self.rng = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+
+    def restore_rng(self, gen: torch.Generator) -> None:
+        if self.rng:
+            gen.set_state(self.rng["generator"])
+            torch.set_rng_state(self.rng["torch"])
+
+
+@dataclass
+class Stage:
+    """One stage of the method: what it optimises, over which global steps, and one step's loss."""
+
+    name: str
+    first: int
+    """First 1-based global step of the stage."""
+    last: int
+    """Last 1-based global step of the stage."""
+    module: nn.Module
+    """Everything the stage optimises (saved in its checkpoint)."""
+    optimizer: torch.optim.Optimizer
+    loss_terms: Callable[[int, bool, float, float], LossTerms]
+    """(step, reference_step, w3D, w2D) -> weighted loss terms."""
+    before_step: Callable[[int], None] = lambda step: None
+    """Per-step schedules applied before the loss (hash-grid level ramp, occupancy grid refresh)."""
+    score: Callable[[], float] | None = None
+    """S^k of the current field for the boundary detector (None: the detector cannot act in this stage)."""
+    ema: ParameterEMA | None = None
+    """Average of `module`'s parameters, updated at epoch ends (None: not kept)."""
+    extras: dict = field(default_factory=dict)
+    """More state a checkpoint keeps, by name: objects with state_dict / load_state_dict (occupancy grid)."""
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "extras": {name: obj.state_dict() for name, obj in self.extras.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        for name, obj in self.extras.items():
+            obj.load_state_dict(state["extras"][name])
+
+
+@dataclass
+class Loop:
+    """What every stage's loop shares: the config, the run state and where checkpoints go."""
+
+    cfg: ReconstructConfig
+    state: RunState
+    gen: torch.Generator
+    ckpt_dir: Path
+    identity: CheckpointIdentity
+    progress: ProgressFn
+
+    @property
+    def total(self) -> int:
+        return self.cfg.train.nerf_iters + self.cfg.train.dmtet_iters
+
+    @property
+    def log_every(self) -> int:
+        return max(1, self.total // 200)
+
+
+def run_stage(stage: Stage, loop: Loop) -> None:
+    """Train `stage` from the step after `loop.state.step` to `stage.last`, checkpointing as it goes."""
+    cfg, state = loop.cfg, loop.state
+    detector = BoundaryDetector.from_dict(cfg.schedule, state.detector)
+    uses_detector = get_variant(cfg.schedule.variant).switch == "detector"
+    every = cfg.train.checkpoint_every
+    tic = time.perf_counter()
+    for step in range(max(state.step + 1, stage.first), stage.last + 1):
+        reference = step % cfg.train.ref_every == 0
+        stage.before_step(step)
+        if uses_detector and state.switch is None:
+            state.switch = decide_switch(detector, step, reference, stage.score)
+        w3d, w2d = prior_weights(step, state.switch, loop.total, cfg.schedule)
+        terms = stage.loss_terms(step, reference, w3d, w2d)
+        loss = sum(terms.values())
+        stage.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stage.optimizer.step()
+        if stage.ema is not None and (step % cfg.train.ema_every == 0 or step == stage.last):
+            stage.ema.update(stage.module)  # at each epoch end; a last, partial epoch counts as one
+
+        state.stage, state.step, state.detector = stage.name, step, detector.to_dict()
+        if step % loop.log_every == 0 or step == stage.last:
+            record(state.history, step, w3d, w2d, terms)
+        loop.progress({"stage": stage.name, "step": step, "total": loop.total, "w3d": w3d, "w2d": w2d,
+                       "S": detector.scores[-1] if detector.scores else None, "switch": state.switch,
+                       "loss": float(loss) if step % loop.log_every == 0 else None})
+        if step == stage.last or (every and step % every == 0):
+            state.seconds[stage.name] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            write_checkpoint(stage, loop)
+    state.seconds[stage.name] += time.perf_counter() - tic
+
+
+def decide_switch(detector: BoundaryDetector, step: int, reference: bool,
+                  score: Callable[[], float] | None) -> int | None:
+    """The detector's step; a stage without a field to score (DMTet) forces the switch at once."""
+    if score is None:
+        detector.switch_iteration, detector.forced = step - 1, True
+        return detector.switch_iteration
+    return detector.step(step, reference, score)
+
+
+def record(history: dict, step: int, w3d: float, w2d: float, terms: LossTerms) -> None:
+    """Append the step's weights and loss terms to the history series."""
+    history["iterations"].append(step)
+    history["w3d"].append(w3d)
+    history["w2d"].append(w2d)
+    for name, value in terms.items():
+        history["loss"].setdefault(name, []).append([step, float(value.detach())])
+
+
+def write_checkpoint(stage: Stage, loop: Loop) -> None:
+    """checkpoints/<stage>.pt: the identity, the run state with the RNG, and the stage's state."""
+    loop.state.capture_rng(loop.gen)
+    save_checkpoint(loop.ckpt_dir / f"{stage.name}.pt", loop.identity,
+                    {"state": loop.state.to_dict(), "stage": stage.state_dict()})
+
+
+def make_optimizer(groups: list[dict], cfg: ReconstructConfig) -> torch.optim.Optimizer:
+    """Adan as main.py builds it (eps 1e-8, weight decay 2e-5 as a proximal step, global-norm clip 5), or
+    Adam as the paper states (betas (0.9, 0.99), eps 1e-15)."""
+    t = cfg.train
+    if t.optimizer == "adan":
+        from pytorch_optimizer import Adan
+        return Adan(groups, lr=t.lr, betas=(0.98, 0.92, 0.99), eps=t.adan_eps, weight_decay=t.weight_decay,
+                    weight_decouple=False, max_grad_norm=t.max_grad_norm)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=t.lr, betas=(0.9, 0.99), eps=1e-15)
+    raise C123Error(f"unknown optimizer '{t.optimizer}': use train.optimizer=adan or adam")
