@@ -360,7 +360,8 @@ ZERO123_XL_FILES = [  # huggingface.co/bennyguo/zero123-xl-diffusers, main
 SD21_BASE_FILES = [  # huggingface.co/stabilityai/stable-diffusion-2-1-base, main
     ".gitattributes", "README.md", "model_index.json", "v2-1_512-ema-pruned.ckpt", "v2-1_512-ema-pruned.safetensors",
     "v2-1_512-nonema-pruned.ckpt", "v2-1_512-nonema-pruned.safetensors", "scheduler/scheduler_config.json",
-    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
     "text_encoder/config.json", "text_encoder/model.fp16.safetensors", "text_encoder/model.safetensors",
     "text_encoder/pytorch_model.bin", "text_encoder/pytorch_model.fp16.bin",
     *(f"{sub}/{f}" for sub in ("unet", "vae") for f in (

@@ -58,7 +58,7 @@ def official_rays(polar, azimuth, radius, fovy, size):
     """circle_poses + get_rays: the camera sits at r(sin t sin p, cos t, sin t cos p), its columns are
     right = normalize(forward x up), up = right x forward, forward (= the camera centre direction)."""
     theta, phi = torch.deg2rad(polar.double()), torch.deg2rad(azimuth.double())
-    centres = torch.stack([radius * theta.sin() * phi.sin(), radius * theta.cos(), radius * theta.sin() * phi.cos()], -1)
+    centres = radius[:, None] * torch.stack([theta.sin() * phi.sin(), theta.cos(), theta.sin() * phi.cos()], -1)
     forward = F.normalize(centres, dim=-1)
     up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(forward)
     right = F.normalize(torch.linalg.cross(forward, up), dim=-1)
