@@ -34,12 +34,13 @@ def time_step(prior, device, render: int, batch: int, repeats: int) -> list[floa
     """Seconds per loss() + backward(), after one warm-up step."""
     images = torch.rand(batch, 3, render, render, device=device, requires_grad=True)
     views = cams(batch, device)
+    generator = torch.Generator().manual_seed(0)  # the step's draws (posterior noise, t, noise), as the loop passes
     times = []
     for i in range(repeats + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        prior.loss(images, views, t_range=(0.2, 0.6)).backward()
+        prior.loss(images, views, t_range=(0.2, 0.6), generator=generator).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:
@@ -54,13 +55,14 @@ def main() -> None:
     parser.add_argument("--render", type=int, default=128, help="render size fed to the priors")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--models-dir", default=None, help="tiny models folder (default: a temporary one)")
+    parser.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="prior.precision (CUDA only)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dirs = write_tiny_models(args.models_dir or tempfile.mkdtemp(prefix="c123-bench-"))
-    cfg = PriorConfig(zero123_size=256, sd_size=512)
+    cfg = PriorConfig(zero123_size=256, sd_size=512, precision=args.precision)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, render {args.render}px, "
-          f"batch {args.batch}, median of {args.repeats}")
+          f"batch {args.batch}, median of {args.repeats}, precision {args.precision} (CUDA only)")
     for device in devices:
         zero123 = Zero123Prior.from_pretrained(dirs["zero123"], cfg, device)
         zero123.set_reference(torch.rand(1, 3, 256, 256, device=device), cams(1, device))
@@ -70,7 +72,8 @@ def main() -> None:
                                   ("stable-diffusion (tiny)", sd, cfg.sd_size)):
             times = time_step(prior, device, args.render, args.batch, args.repeats)
             print(f"{device.type:5s} {name:24s} input {size}x{size} (latent {size // 8}x{size // 8}): "
-                  f"{1000 * statistics.median(times):8.1f} ms/step (min {1000 * min(times):.1f})")
+                  f"{1000 * statistics.median(times):8.1f} ms/step (min {1000 * min(times):.1f}), "
+                  f"weights {prior.variant_loaded} {prior.unet.dtype}, autocast {prior.use_autocast}")
 
 
 if __name__ == "__main__":

@@ -153,9 +153,17 @@ class PriorConfig:
     clip_size: int = 128
     """Renders are resized to this before the detector's CLIP (the encoder then resizes to its own)."""
     angle_scaled_gradient: bool = True
-    """Scale the Zero-1-to-3 gradient by (angle to the reference)/180."""
-    dtype: str = "float32"
-    """Weights dtype on CUDA ('float32' or 'float16'); CPU always runs float32."""
+    """Scale the Zero-1-to-3 gradient by (angle to the reference)/180 (zero123_utils.py train_step, 'angle')."""
+    zero123_timestep: str = "max"
+    """Zero-1-to-3 t: 'max' = int(1000 * t_range[1]) every step (zero123_utils.py train_step), or 'uniform'."""
+    sd_view_prompt: str = "interpolate"
+    """SD text embedding: 'interpolate' front/side/back by |delta azimuth| (nerf/utils.py train_step) or 'bucket'."""
+    render_latents: str = "sample"
+    """Render latents: 'sample' of the VAE posterior (sd_utils/zero123_utils encode_imgs) or its 'mean'."""
+    zero123_variant: str = "fp16_ema"
+    """Zero-1-to-3 weights file: 'fp16_ema' (the EMA weights the official loads, upcast) or 'default'."""
+    precision: str = "fp16"
+    """CUDA 'fp16' = -O: SD and detector CLIP fp16, Zero-1-to-3 fp32 under fp16 autocast; or 'fp32'. CPU: fp32."""
     oracle_scene: str | None = None
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene."""
 

@@ -1,4 +1,4 @@
-"""CLIP image/text embeddings for the boundary detector (METHOD.md section 4) and the CLIP-similarity metric."""
+"""CLIP image/text embeddings for the boundary detector (guidance/clip_utils.py) and the CLIP-similarity metric."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from c123.priors.weights import variant
+from c123.priors.weights import autocast, load_frozen, runtime_dtypes
 
 
 class ClipNormalize:
@@ -36,32 +36,40 @@ class ClipNormalize:
 
 
 class ClipModel:
-    """A transformers CLIPModel with its tokenizer and image normalisation; embeddings are unit-norm."""
+    """A transformers CLIPModel with its tokenizer and image normalisation; embeddings are unit-norm float32."""
 
-    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer, normalize: ClipNormalize, device):
+    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer, normalize: ClipNormalize, device,
+                 use_autocast: bool = False, variant_loaded: str = "unknown"):
         self.model, self.tokenizer, self.normalize, self.device = model, tokenizer, normalize, torch.device(device)
+        self.use_autocast, self.variant_loaded = use_autocast, variant_loaded
 
     @classmethod
-    def from_pretrained(cls, path: str, device) -> ClipModel:
-        """Load the model, tokenizer and preprocessor config from an openai/clip-vit-* style folder."""
-        model = CLIPModel.from_pretrained(path, variant=variant(path, "."), dtype=torch.float32)
-        model = model.to(device).eval().requires_grad_(False)
+    def from_pretrained(cls, path: str, device, precision: str = "fp32") -> ClipModel:
+        """Load the model, tokenizer and preprocessor config from an openai/clip-vit-* style folder.
+        precision 'fp16' runs it in float16 on CUDA, as the detector's `clip.load` does there
+        (guidance/clip_utils.py); CPU, and 'fp32', run float32 (the metrics' default)."""
+        dtype, use_autocast = runtime_dtypes(precision, device, half_weights=True)
+        model, variant = load_frozen(CLIPModel, path, ".", dtype, device)
         normalize = ClipNormalize.from_processor(CLIPImageProcessor.from_pretrained(path))
-        return cls(model, CLIPTokenizer.from_pretrained(path), normalize, device)
+        return cls(model, CLIPTokenizer.from_pretrained(path), normalize, device, use_autocast, variant)
 
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings [B,D] of images [B,3,H,W] in [0,1]."""
-        pixels = self.normalize(images.to(self.device))
-        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-        return F.normalize(self.model.visual_projection(pooled), dim=-1)
+        pixels = self.normalize(images.to(self.device)).to(self.model.dtype)
+        with autocast(self.use_autocast, self.device):
+            pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+            embeds = self.model.visual_projection(pooled)
+        return F.normalize(embeds.float(), dim=-1)
 
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
         """Unit text embeddings [N,D]."""
         tokens = self.tokenizer(list(texts), padding="max_length", truncation=True, return_tensors="pt",
                                 max_length=self.model.config.text_config.max_position_embeddings)
-        out = self.model.text_model(input_ids=tokens.input_ids.to(self.device),
-                                    attention_mask=tokens.attention_mask.to(self.device))
-        return F.normalize(self.model.text_projection(out.pooler_output), dim=-1)
+        with autocast(self.use_autocast, self.device):
+            out = self.model.text_model(input_ids=tokens.input_ids.to(self.device),
+                                        attention_mask=tokens.attention_mask.to(self.device))
+            embeds = self.model.text_projection(out.pooler_output)
+        return F.normalize(embeds.float(), dim=-1)
 
     def similarity(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Cosine similarities [B,N] between images and texts."""

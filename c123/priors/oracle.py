@@ -29,7 +29,7 @@ class OraclePrior:
 
     def __init__(self, scene, weight: float = 1000.0):
         self.scene, self.weight, self.ref = scene, weight, None
-        self.model_id = f"oracle:{scene.name}"
+        self.model_id, self.variant_loaded = f"oracle:{scene.name}", "none"
 
     def set_reference(self, rgb_white: torch.Tensor, ref_cams: Cameras) -> None:
         """Remember the reference camera (the image itself is not needed: the oracle knows the object)."""

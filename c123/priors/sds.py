@@ -1,9 +1,20 @@
-"""Score Distillation Sampling pieces shared by both diffusion priors (METHOD.md section 3)."""
+"""Score Distillation Sampling pieces shared by both diffusion priors.
+
+One SDS step draws its randomness from one generator in a fixed order (`draw`): first the VAE posterior
+noise of the render latents, then the timestep (only when it is drawn), then the diffusion noise. It is the
+order in which the official train_step functions consume the global RNG (guidance/sd_utils.py and
+guidance/zero123_utils.py: encode_imgs samples the posterior, then t, then randn_like(latents)).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+TIMESTEP_MODES = ("max", "uniform")
+LATENT_MODES = ("sample", "mean")
 
 
 def w(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -17,7 +28,8 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) 
 
 
 def sds_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """0.5 * ||z - sg(z - grad)||^2 summed / batch: d loss / d latents = grad / batch (= grad for one view)."""
+    """0.5 * ||z - sg(z - grad)||^2 summed / batch: d loss / d latents = grad / batch (= grad for one view,
+    the official batch size, whose loss (grad * latents).sum() has the same gradient)."""
     target = (latents - grad).detach()
     return 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
 
@@ -29,6 +41,15 @@ def sample_timesteps(batch: int, t_range: tuple[float, float], num_train_timeste
     gen_device = generator.device if generator is not None else "cpu"
     t = torch.randint(lo, hi + 1, (batch,), generator=generator, device=gen_device)
     return t.to(device) if device is not None else t
+
+
+def timesteps(batch: int, t_range: tuple[float, float], num_train_timesteps: int, mode: str,
+              generator: torch.Generator | None, device) -> torch.Tensor:
+    """'max': t = int(num_train_timesteps * t_range[1]) for every view, nothing drawn (the official
+    Zero-1-to-3 train_step); 'uniform': drawn by `sample_timesteps` (the official Stable Diffusion)."""
+    if mode == "max":
+        return torch.full((batch,), int(num_train_timesteps * t_range[1]), dtype=torch.long, device=device)
+    return sample_timesteps(batch, t_range, num_train_timesteps, generator, device)
 
 
 def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -44,15 +65,43 @@ def add_noise(latents: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.
     return ab.sqrt() * latents + (1.0 - ab).sqrt() * noise
 
 
-def diffuse(latents: torch.Tensor, t_range: tuple[float, float], num_train_timesteps: int,
-            alphas_cumprod: torch.Tensor, generator: torch.Generator | None, device):
-    """One SDS draw: (t, noise, z_t) with t uniform in t_range, then the noise, from `generator` in that order;
+def posterior(vae, images: torch.Tensor):
+    """The VAE's latent distribution of images [B,3,H,W] in [0,1] (mapped to [-1,1] as every reference does)."""
+    return vae.encode(images.to(vae.dtype) * 2.0 - 1.0).latent_dist
+
+
+def render_latents(vae, images: torch.Tensor, mode: str, generator: torch.Generator | None,
+                   device) -> torch.Tensor:
+    """Scaled float32 latents of renders, with their graph: 'sample' = mean + std * eps with eps from
+    `generator` (the posterior sample of the official encode_imgs), 'mean' = the posterior mean."""
+    dist = posterior(vae, images)
+    latents = dist.mean
+    if mode == "sample":
+        latents = latents + dist.std * randn(latents.shape, generator, device).to(latents.dtype)
+    return latents.float() * vae.config.scaling_factor
+
+
+@dataclass
+class Draw:
+    """The random part of one SDS step: render latents (with graph), timesteps, noise, noised latents."""
+
+    latents: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    noisy: torch.Tensor
+
+
+def draw(vae, images: torch.Tensor, *, latent_mode: str, t_range: tuple[float, float], timestep_mode: str,
+         num_train_timesteps: int, alphas_cumprod: torch.Tensor, generator: torch.Generator | None,
+         device) -> Draw:
+    """Encode renders and diffuse them: posterior noise, then t, then noise, all from `generator`.
     z_t carries no graph (the gradient reaches the latents through `sds_loss` only)."""
-    t = sample_timesteps(latents.shape[0], t_range, num_train_timesteps, generator, device)
+    latents = render_latents(vae, images, latent_mode, generator, device)
+    t = timesteps(latents.shape[0], t_range, num_train_timesteps, timestep_mode, generator, device)
     noise = randn(latents.shape, generator, device)
     with torch.no_grad():
         noisy = add_noise(latents, noise, alphas_cumprod, t)
-    return t, noise, noisy
+    return Draw(latents, t, noise, noisy)
 
 
 def to_epsilon(pred: torch.Tensor, noisy: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor,
@@ -64,24 +113,17 @@ def to_epsilon(pred: torch.Tensor, noisy: torch.Tensor, alphas_cumprod: torch.Te
     return ab.sqrt() * pred + (1.0 - ab).sqrt() * noisy
 
 
-def guided_grad(pred: torch.Tensor, noisy: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                alphas_cumprod: torch.Tensor, prediction_type: str, scale: float) -> torch.Tensor:
-    """w(t) * (eps_hat - eps) from a UNet output on [cond; uncond] (both halves noised as `noisy`)."""
-    both_t = torch.cat([t, t])
-    eps_cond, eps_uncond = to_epsilon(pred, torch.cat([noisy, noisy]), alphas_cumprod, both_t,
-                                      prediction_type).chunk(2)
-    return w(alphas_cumprod, t).view(-1, 1, 1, 1) * (cfg_combine(eps_uncond, eps_cond, scale) - noise)
-
-
-def encode_latents(vae, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
-    """Images [B,3,H,W] in [0,1] -> VAE posterior mean latents (x scaling_factor when `scaled`); keeps grad."""
-    dist = vae.encode(images.to(vae.dtype) * 2.0 - 1.0).latent_dist
-    latents = dist.mean.float()
-    return latents * vae.config.scaling_factor if scaled else latents
+def guided_grad(pred: torch.Tensor, step: Draw, alphas_cumprod: torch.Tensor, prediction_type: str,
+                scale: float) -> torch.Tensor:
+    """float32 w(t) * (eps_hat - eps) from a UNet output on [uncond; cond] (the official batch order)."""
+    both_t = torch.cat([step.t, step.t])
+    eps_uncond, eps_cond = to_epsilon(pred.float(), torch.cat([step.noisy, step.noisy]), alphas_cumprod,
+                                      both_t, prediction_type).chunk(2)
+    return w(alphas_cumprod, step.t).view(-1, 1, 1, 1) * (cfg_combine(eps_uncond, eps_cond, scale) - step.noise)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize to size x size (no-op when already there)."""
+    """Bilinear resize to size x size (no-op when already there), as the official F.interpolate to 256/512."""
     if images.shape[-2:] == (size, size):
         return images
     return F.interpolate(images, (size, size), mode="bilinear", align_corners=False)

@@ -4,7 +4,8 @@ They load through exactly the `from_pretrained` paths of the real models (offlin
 runs on CPU in seconds; their outputs are meaningless. Layouts written:
   zero123/           model_index.json, unet/ (8 input channels), vae/, image_encoder/, feature_extractor/,
                      clip_camera_projection/ (config.json + diffusion_pytorch_model.safetensors), scheduler/
-                     (as bennyguo/zero123-xl-diffusers)
+                     (as bennyguo/zero123-xl-diffusers); each weights folder also holds the fp16_ema variant
+                     (*.fp16_ema.safetensors), whose UNet differs from the unsuffixed one as an EMA would
   stable-diffusion/  model_index.json, unet/, vae/, text_encoder/, tokenizer/ (vocab.json, merges.txt),
                      scheduler/ (as stabilityai/stable-diffusion-2-1-base)
   clip/              config.json, model.safetensors, vocab.json, merges.txt, tokenizer_config.json,
@@ -13,6 +14,7 @@ runs on CPU in seconds; their outputs are meaningless. Layouts written:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -30,7 +32,9 @@ from c123.priors.zero123 import CLIPCameraProjection
 
 NAMES = {"zero123": "zero123", "stable_diffusion": "stable-diffusion", "clip": "clip"}
 MARKER = "c123-tiny.json"
-"""Written last inside each model folder; a folder without it is incomplete and is rewritten."""
+"""Written last inside each model folder; a folder without it (or of another LAYOUT) is rewritten."""
+LAYOUT = 2
+"""Version of the folder layout: 2 added the fp16_ema weights of Zero-1-to-3."""
 
 DIM = 32  # width of every tiny network and of the embeddings they exchange
 IMAGE_SIZE = 32
@@ -47,24 +51,45 @@ def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:
     writers = {"zero123": _write_zero123, "stable_diffusion": _write_stable_diffusion, "clip": _write_clip}
     for role, write in writers.items():
         target = out / NAMES[role]
-        if (target / MARKER).is_file():
+        if _complete(target):
             continue
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{NAMES[role]}-"))
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 write(tmp)
-            (tmp / MARKER).write_text(json.dumps({"seed": seed, "diffusers": diffusers.__version__}))
-            if target.exists() and not (target / MARKER).is_file():  # incomplete or foreign: replace it
+            (tmp / MARKER).write_text(json.dumps({"seed": seed, "diffusers": diffusers.__version__,
+                                                  "layout": LAYOUT}))
+            if target.exists() and not _complete(target):  # incomplete, older or foreign: replace it
                 shutil.rmtree(target, ignore_errors=True)
             try:
                 os.rename(tmp, target)
             except OSError:  # another process finished first
-                if not (target / MARKER).is_file():
+                if not _complete(target):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return {role: str(out / name) for role, name in NAMES.items()}
+
+
+def _complete(folder: Path) -> bool:
+    """A finished folder of the current layout."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("layout") == LAYOUT
+    except (OSError, ValueError):
+        return False
+
+
+def _save_with_ema(model, path: Path, ema_offset: float = 0.0) -> None:
+    """Save `model` unsuffixed and as the fp16_ema variant, the EMA copy shifted by `ema_offset` x a random
+    tensor per parameter (so a test can tell which file was loaded). The variant is written first: a
+    transformers config records the dtype of the last save."""
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in ema.parameters():
+            param.add_(ema_offset * torch.randn_like(param))
+    ema.half().save_pretrained(path, variant="fp16_ema")
+    model.save_pretrained(path)
 
 
 def _model_index(path: Path, class_name: str, components: dict) -> None:
@@ -122,12 +147,12 @@ def _write_tokenizer(path: Path) -> int:
 
 
 def _write_zero123(path: Path) -> None:
-    _unet(in_channels=8).save_pretrained(path / "unet")
-    _vae().save_pretrained(path / "vae")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config())).save_pretrained(path / "image_encoder")
+    # only the UNet is averaged in Zero-1-to-3's training (ldm LatentDiffusion keeps model_ema of its UNet)
+    _save_with_ema(_unet(in_channels=8), path / "unet", ema_offset=0.02)
+    _save_with_ema(_vae(), path / "vae")
+    _save_with_ema(CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config())), path / "image_encoder")
     _processor().save_pretrained(path / "feature_extractor")
-    projection = CLIPCameraProjection(embedding_dim=DIM, additional_embeddings=4)
-    projection.save_pretrained(path / "clip_camera_projection")
+    _save_with_ema(CLIPCameraProjection(embedding_dim=DIM, additional_embeddings=4), path / "clip_camera_projection")
     DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1).save_pretrained(
         path / "scheduler")
     _model_index(path, "Zero123Pipeline", {

@@ -2,13 +2,20 @@
 
 Loads the diffusers layout of `bennyguo/zero123-xl-diffusers`: unet/ (8 input channels: the noisy latent
 and the reference latent), vae/, image_encoder/ (CLIPVisionModelWithProjection), feature_extractor/
-(CLIPImageProcessor: its mean/std/size are used), clip_camera_projection/ (the 772 -> 768 Linear,
+(CLIPImageProcessor: its mean/std are used), clip_camera_projection/ (the 772 -> 768 Linear,
 `CLIPCameraProjection` with weights `proj.weight`/`proj.bias`) and scheduler/ (for alpha_bar).
+
+Every step follows the official guidance/zero123_utils.py (lyk412/Consistent123): EMA weights
+(`load_model_from_config` copies model_ema into the model), fp32 weights under fp16 autocast with -O,
+t = max_step, render latents from the posterior sample, [uncond; cond] with a zero image embedding *and* a
+zero reference latent for the unconditional branch, w(t) = 1 - alpha_bar(t), and the gradient scaled by
+the angle to the reference / 180.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -17,13 +24,16 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from c123.config import PriorConfig
 from c123.priors import sds
-from c123.priors.clip import ClipNormalize
-from c123.priors.weights import load_frozen
+from c123.priors.weights import PRECISIONS, autocast, check_choice, load_frozen, runtime_dtypes, summarize_variants
 
 AZIMUTH_SIGN = 1.0
 """Zero-1-to-3's delta azimuth is +(target - reference) in our convention: in both, a positive delta moves
-the camera to its own right around the object (azimuth grows from +z towards +x, +y up). stable-dreamfusion
-(and the Consistent123 code) negate it (METHOD.md section 3); the oracle prior's tests pin our sign."""
+the camera to its own right around the object (azimuth grows from +z towards +x, +y up). The official
+provider (nerf/provider.py) builds a mirrored camera frame (right = forward x up), so its renders of an
+object are ours of the mirrored object seen from the negated azimuth; zero123_utils.py's sin(-a) undoes
+that. tests/test_reference_sds.py pins the mapping, and fails with the sign flipped."""
+WEIGHT_VARIANTS = ("fp16_ema", "default")
+COMPONENTS = ("unet", "vae", "image_encoder", "clip_camera_projection")
 
 
 class CLIPCameraProjection(ModelMixin, ConfigMixin):
@@ -57,70 +67,110 @@ def view_angle(cams, ref_cams) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos)).to(cams.polar.dtype)
 
 
+def weight_preference(variant: str) -> tuple[str | None, ...]:
+    """Variant order for loading: the configured one first, then the unsuffixed file, then fp16."""
+    first = None if variant == "default" else variant
+    return tuple(dict.fromkeys((first, None, "fp16")))
+
+
+class ReferenceImageEncoder:
+    """The official conditioning image preprocessing (ldm FrozenCLIPImageEmbedder.preprocess): a bicubic
+    resize to the encoder's input size with align_corners=True and no antialiasing, then CLIP mean/std."""
+
+    def __init__(self, encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor):
+        self.encoder, self.size = encoder, encoder.config.image_size
+        self.mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [B,D] (float32) of images [B,3,H,W] in [0,1]."""
+        x = F.interpolate(image.float(), (self.size, self.size), mode="bicubic", align_corners=True)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return self.encoder(pixel_values=x.to(self.encoder.dtype)).image_embeds.float()
+
+
 class Zero123Prior:
     """SDS with Zero-1-to-3: `set_reference` once, then `loss(images, cams, t_range=...)` per step."""
 
-    def __init__(self, unet, vae, image_encoder, projection, normalize, scheduler, cfg: PriorConfig, device):
-        self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
-        self.normalize, self.cfg, self.device = normalize, cfg, torch.device(device)
-        self.dtype = unet.dtype
+    def __init__(self, unet, vae, image_encoder, projection, processor, scheduler, cfg: PriorConfig, device,
+                 variants: dict[str, str] | None = None):
+        self.unet, self.vae, self.projection = unet, vae, projection
+        self.cfg, self.device = cfg, torch.device(device)
+        self.check_config(cfg)
+        self.encode_reference = ReferenceImageEncoder(image_encoder, processor)
+        _, self.use_autocast = runtime_dtypes(cfg.precision, self.device, half_weights=False)
+        self.variants = variants or {}
+        self.variant_loaded = summarize_variants(self.variants) if self.variants else "unknown"
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.prediction_type = scheduler.config.prediction_type
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.clip_emb = self.ref_latent = self.ref_cams = None
-        self.last_t = self.last_grad_norm = None
+        self.last_t = self.last_grad = self.last_grad_norm = None
+
+    @staticmethod
+    def check_config(cfg: PriorConfig) -> None:
+        """A one-line InputError for a prior field this prior cannot use."""
+        check_choice(cfg.zero123_timestep, sds.TIMESTEP_MODES, "prior.zero123_timestep")
+        check_choice(cfg.render_latents, sds.LATENT_MODES, "prior.render_latents")
+        check_choice(cfg.zero123_variant, WEIGHT_VARIANTS, "prior.zero123_variant")
+        check_choice(cfg.precision, PRECISIONS, "prior.precision")
 
     @classmethod
     def from_pretrained(cls, path: str, cfg: PriorConfig, device) -> Zero123Prior:
-        """Load every part from a zero123-xl-diffusers folder (see the module docstring)."""
-        def load(model_cls, sub):
-            return load_frozen(model_cls, path, sub, cfg.dtype, device)
-
-        unet = load(UNet2DConditionModel, "unet")
-        vae = load(AutoencoderKL, "vae")
-        image_encoder = load(CLIPVisionModelWithProjection, "image_encoder")
-        projection = load(CLIPCameraProjection, "clip_camera_projection")
+        """Load every part from a zero123-xl-diffusers folder in float32 (the official loads fp32 weights
+        and runs them under autocast), each from the `cfg.zero123_variant` weights when present."""
+        cls.check_config(cfg)
+        preference = weight_preference(cfg.zero123_variant)
+        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
+                   "image_encoder": CLIPVisionModelWithProjection, "clip_camera_projection": CLIPCameraProjection}
+        parts, variants = {}, {}
+        for name in COMPONENTS:
+            parts[name], variants[name] = load_frozen(classes[name], path, name, torch.float32, device, preference)
         processor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
-        normalize = ClipNormalize.from_processor(processor)
         scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
-        return cls(unet, vae, image_encoder, projection, normalize, scheduler, cfg, device)
+        return cls(parts["unet"], parts["vae"], parts["image_encoder"], parts["clip_camera_projection"],
+                   processor, scheduler, cfg, device, variants)
 
     @torch.no_grad()
     def set_reference(self, rgb_white: torch.Tensor, ref_cams) -> None:
-        """Cache the CLIP embedding and the VAE latent of the reference [1,3,H,W] in [0,1] on white."""
+        """Cache the CLIP embedding and the VAE latent of the reference [1,3,H,W] in [0,1] on white, in
+        float32 outside autocast (the official get_img_embeds runs when the trainer is built)."""
         image = sds.resize(rgb_white.to(self.device, torch.float32), self.cfg.zero123_size)
-        pixels = self.normalize(image).to(self.dtype)
-        self.clip_emb = self.image_encoder(pixel_values=pixels).image_embeds.float()
-        # Zero-1-to-3 was trained with the *unscaled* posterior mode as its concatenated latent
-        self.ref_latent = sds.encode_latents(self.vae, image, scaled=False)
+        self.clip_emb = self.encode_reference(image)
+        # get_img_embeds: the *unscaled* posterior mode, as Zero-1-to-3 was trained with it as c_concat
+        self.ref_latent = sds.posterior(self.vae, image).mode().float()
         self.ref_cams = ref_cams
 
     def loss(self, images: torch.Tensor, cams, *, t_range, step_ratio=None, guidance_scale=None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """SDS loss of renders [B,3,H,W] in [0,1] seen from `cams`; its image gradient is the SDS gradient.
 
-        t is uniform in t_range (METHOD.md section 2; no annealing), so `step_ratio` is accepted for the
-        shared prior interface only. The last t and gradient norm are kept in `last_t`, `last_grad_norm`.
+        t follows `cfg.zero123_timestep` (the official: max of t_range), so `step_ratio` is accepted for
+        the shared prior interface only. The random draws come from `generator` in the order of `sds.draw`.
+        The last t, latent gradient and its norm are kept in `last_t`, `last_grad`, `last_grad_norm`.
         """
         if self.clip_emb is None:
             raise RuntimeError("Zero123Prior.loss called before set_reference")
         batch = images.shape[0]
         scale = self.cfg.guidance_scale_3d if guidance_scale is None else guidance_scale
-        latents = sds.encode_latents(self.vae, sds.resize(images, self.cfg.zero123_size))
-        t, noise, noisy = sds.diffuse(latents, t_range, self.num_train_timesteps, self.alphas_cumprod, generator,
-                                      self.device)
+        with autocast(self.use_autocast, self.device):
+            step = sds.draw(self.vae, sds.resize(images, self.cfg.zero123_size), latent_mode=self.cfg.render_latents,
+                            t_range=t_range, timestep_mode=self.cfg.zero123_timestep,
+                            num_train_timesteps=self.num_train_timesteps, alphas_cumprod=self.alphas_cumprod,
+                            generator=generator, device=self.device)
+            with torch.no_grad():
+                cam = camera_vector(cams, self.ref_cams).to(self.device, torch.float32)
+                emb = self.projection(torch.cat([self.clip_emb.expand(batch, -1), cam], -1))[:, None]
+                ref = self.ref_latent.expand(batch, -1, -1, -1)
+                # unconditional branch first (the official order): zero embedding *and* zero reference latent
+                x_in = torch.cat([torch.cat([step.noisy, torch.zeros_like(ref)], 1), torch.cat([step.noisy, ref], 1)])
+                context = torch.cat([torch.zeros_like(emb), emb])
+                pred = self.unet(x_in, torch.cat([step.t, step.t]), encoder_hidden_states=context).sample
         with torch.no_grad():
-            cam = camera_vector(cams, self.ref_cams).to(self.device, torch.float32)
-            emb = self.projection(torch.cat([self.clip_emb.expand(batch, -1), cam], -1).to(self.dtype))[:, None]
-            ref = self.ref_latent.expand(batch, -1, -1, -1)
-            # unconditional branch: zero embedding *and* zero reference latent, as Zero-1-to-3 trains it
-            x_in = torch.cat([torch.cat([noisy, ref], 1), torch.cat([noisy, torch.zeros_like(ref)], 1)])
-            context = torch.cat([emb, torch.zeros_like(emb)])
-            pred = self.unet(x_in.to(self.dtype), torch.cat([t, t]), encoder_hidden_states=context).sample.float()
-            grad = sds.guided_grad(pred, noisy, noise, t, self.alphas_cumprod, self.prediction_type, scale)
+            grad = sds.guided_grad(pred, step, self.alphas_cumprod, self.prediction_type, scale)
             if self.cfg.angle_scaled_gradient:
                 angle = view_angle(cams, self.ref_cams).to(self.device, torch.float32)
                 grad = grad * (angle / 180.0).view(-1, 1, 1, 1)
             grad = torch.nan_to_num(grad)
-        self.last_t, self.last_grad_norm = t, grad.norm()
-        return sds.sds_loss(latents, grad)
+        self.last_t, self.last_grad, self.last_grad_norm = step.t, grad, grad.norm()
+        return sds.sds_loss(step.latents, grad)
