@@ -81,19 +81,22 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
             priors.zero123 = OraclePrior(get_scene(cfg.prior.oracle_scene))
             priors.model_ids["zero123"] = priors.zero123.model_id
         else:
-            from c123.priors.zero123 import Zero123Prior
-            path = resolve(cfg.prior.zero123_model, "Zero-1-to-3 (the 3D prior)")
+            from c123.priors.zero123 import Zero123Prior, weight_preference
+            path = resolve(cfg.prior.zero123_model, "Zero-1-to-3 (the 3D prior)",
+                           variants=weight_preference(cfg.prior.zero123_variant))
             priors.zero123 = Zero123Prior.from_pretrained(path, cfg.prior, device)
             priors.model_ids["zero123"] = cfg.prior.zero123_model
+        priors.model_ids["zero123_variant"] = priors.zero123.variant_loaded
     if "sd" in need and priors.sd is None:
         from c123.priors.stable_diffusion import StableDiffusionPrior
         path = resolve(cfg.prior.sd_model, "Stable Diffusion 2.1 base (the 2D prior)")
         priors.sd = StableDiffusionPrior.from_pretrained(path, cfg.prior, device)
         priors.model_ids["stable_diffusion"] = cfg.prior.sd_model
+        priors.model_ids["stable_diffusion_variant"] = priors.sd.variant_loaded
     if "clip" in need and priors.clip is None:
         from c123.priors.clip import ClipModel
         path = resolve(cfg.prior.clip_model, "CLIP (the boundary detector)")
-        priors.clip = ClipModel.from_pretrained(path, device)
+        priors.clip = ClipModel.from_pretrained(path, device, precision=cfg.prior.precision)  # fp16 on CUDA as -O
         priors.model_ids["clip"] = cfg.prior.clip_model
     return priors
 
@@ -110,7 +113,7 @@ def condition_priors(priors: Priors, rgba: torch.Tensor, prompt: str, cfg: Recon
     ref_white = reference_view(rgba, None, cfg.prior.zero123_size, None, device).white
     priors.zero123.set_reference(ref_white.permute(2, 0, 1)[None], reference_camera(cfg.camera).to(device))
     if priors.sd is not None and "sd" in needed_priors(cfg):
-        priors.sd.set_prompt(prompt)
+        priors.sd.set_prompt(prompt, ref_azimuth=cfg.camera.ref_azimuth)
 
 
 # ---- the reconstruction ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from c123.dmtet import DMTet, mesh_laplacian, mesh_normal_consistency, render_me
 from c123.ema import ParameterEMA
 from c123.nerf import NeRFField
 from c123.rasterizer import get_rasterizer
-from c123.training import LossTerms, Stage, make_optimizer
+from c123.training import LossTerms, Stage, make_optimizer, make_scaler
 from c123.volume_render import OccupancyGrid, RenderOutput, render_nerf
 
 
@@ -150,7 +150,8 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
               {"params": field.other_parameters(), "lr": t.lr}]
     score = None if clip_score is None else (lambda: clip_score(field, occupancy))
     stage = Stage("nerf", 1, iters, field, make_optimizer(groups, cfg), loss_terms, before_step, score,
-                  ema=ParameterEMA(field, t.ema_decay), extras={} if occupancy is None else {"occupancy": occupancy})
+                  ema=ParameterEMA(field, t.ema_decay), extras={} if occupancy is None else {"occupancy": occupancy},
+                  scaler=make_scaler(cfg, device))
     return stage, occupancy
 
 
@@ -197,7 +198,7 @@ def detector_score(priors, prompt: str, cfg: ReconstructConfig, device) -> Calla
         images = F.interpolate(png.permute(0, 3, 1, 2), size=(cfg.prior.clip_size,) * 2, mode="area")
         if text is None:
             text = priors.clip.text_embeds([prompt])
-        return float((priors.clip.image_embeds(images) @ text.T).mean())
+        return float((priors.clip.image_embeds(images, resize="bilinear") @ text.T).mean())
 
     return score
 
@@ -240,4 +241,4 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
               {"params": field.other_parameters(), "lr": t.lr}]
     module = nn.ModuleDict({"dmtet": dmtet, "field": field})
     return Stage("dmtet", first, t.nerf_iters + t.dmtet_iters, module, make_optimizer(groups, cfg), loss_terms,
-                 before_step)
+                 before_step, scaler=make_scaler(cfg, device))

@@ -91,11 +91,14 @@ class Stage:
     """Average of `module`'s parameters, updated at epoch ends (None: not kept)."""
     extras: dict = field(default_factory=dict)
     """More state a checkpoint keeps, by name: objects with state_dict / load_state_dict (occupancy grid)."""
+    scaler: torch.amp.GradScaler | None = None
+    """Loss scaling for fp16 priors on CUDA (the official GradScaler under -O); None: no scaling."""
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": None if self.ema is None else self.ema.state_dict(),
-                "extras": {name: obj.state_dict() for name, obj in self.extras.items()}}
+                "extras": {name: obj.state_dict() for name, obj in self.extras.items()},
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
@@ -104,6 +107,19 @@ class Stage:
             self.ema.load_state_dict(state["ema"])
         for name, obj in self.extras.items():
             obj.load_state_dict(state["extras"][name])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on `loss` (scaled when fp16 priors could underflow the gradients)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # unscales first, so Adan clips the true gradient norm
+        self.scaler.update()
 
 
 @dataclass
@@ -141,9 +157,7 @@ def run_stage(stage: Stage, loop: Loop) -> None:
         w3d, w2d = prior_weights(step, state.switch, loop.total, cfg.schedule)
         terms = stage.loss_terms(step, reference, w3d, w2d)
         loss = sum(terms.values())
-        stage.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        stage.optimizer.step()
+        stage.backward_and_step(loss)
         if stage.ema is not None and (step % cfg.train.ema_every == 0 or step == stage.last):
             stage.ema.update(stage.module)  # at each epoch end; a last, partial epoch counts as one
 
@@ -183,6 +197,13 @@ def write_checkpoint(stage: Stage, loop: Loop) -> None:
     loop.state.capture_rng(loop.gen)
     save_checkpoint(loop.ckpt_dir / f"{stage.name}.pt", loop.identity,
                     {"state": loop.state.to_dict(), "stage": stage.state_dict()})
+
+
+def make_scaler(cfg: ReconstructConfig, device) -> torch.amp.GradScaler | None:
+    """A GradScaler when the priors run in fp16 (CUDA with prior.precision 'fp16'), else None."""
+    if cfg.prior.precision == "fp16" and torch.device(device).type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
 
 
 def make_optimizer(groups: list[dict], cfg: ReconstructConfig) -> torch.optim.Optimizer:

@@ -137,9 +137,10 @@ def test_the_detector_renders_at_the_official_size_then_area_resizes_for_clip(tm
 
     real_embeds = clip.image_embeds
     monkeypatch.setattr(stages, "render_nerf", spy_render)
-    monkeypatch.setattr(clip, "image_embeds", lambda images: seen.append(images.shape) or real_embeds(images))
+    monkeypatch.setattr(clip, "image_embeds",
+                        lambda images, resize: seen.append((images.shape, resize)) or real_embeds(images, resize))
     score = stages.detector_score(type("P", (), {"clip": clip})(), "a cactus", cfg, "cpu")
     value = score(NeRFField(cfg.nerf), None)
     assert math.isfinite(value)
     assert sizes == [(cfg.schedule.num_views, 40, 40, False)]
-    assert seen == [(cfg.schedule.num_views, 3, cfg.prior.clip_size, cfg.prior.clip_size)]
+    assert seen == [((cfg.schedule.num_views, 3, cfg.prior.clip_size, cfg.prior.clip_size), "bilinear")]

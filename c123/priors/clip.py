@@ -24,12 +24,12 @@ class ClipNormalize:
         crop = processor.crop_size["height"] if processor.do_center_crop else size
         return cls(size, crop, processor.image_mean, processor.image_std)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B,3,H,W] in [0,1] -> normalised pixel values [B,3,crop,crop]."""
+    def __call__(self, images: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+        """Images [B,3,H,W] in [0,1] -> normalised pixel values [B,3,crop,crop] (resized with `mode`)."""
         h, w = images.shape[-2:]
         scale = self.size / min(h, w)
         size = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
-        x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+        x = F.interpolate(images.float(), size=size, mode=mode, align_corners=False, antialias=True)
         top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
         x = x[..., top:top + self.crop, left:left + self.crop]
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
@@ -53,9 +53,10 @@ class ClipModel:
         normalize = ClipNormalize.from_processor(CLIPImageProcessor.from_pretrained(path))
         return cls(model, CLIPTokenizer.from_pretrained(path), normalize, device, use_autocast, variant)
 
-    def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit image embeddings [B,D] of images [B,3,H,W] in [0,1]."""
-        pixels = self.normalize(images.to(self.device)).to(self.model.dtype)
+    def image_embeds(self, images: torch.Tensor, resize: str = "bicubic") -> torch.Tensor:
+        """Unit image embeddings [B,D] of images [B,3,H,W] in [0,1]; `resize`: the interpolation to the
+        encoder's size (the processor's bicubic; the detector's clip_utils.py uses T.Resize, bilinear)."""
+        pixels = self.normalize(images.to(self.device), resize).to(self.model.dtype)
         with autocast(self.use_autocast, self.device):
             pooled = self.model.vision_model(pixel_values=pixels).pooler_output
             embeds = self.model.visual_projection(pooled)
