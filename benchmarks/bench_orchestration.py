@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     t_process = time.perf_counter()
-    from datasets.registry import load_dataset
-    from flows.benchmark import benchmark
+    from c123_pipeline.datasets.registry import load_dataset
+    from c123_pipeline.flows.benchmark import benchmark
 
     cases = [c.id for c in load_dataset(args.dataset).cases][: args.cases]
     out = args.out or str(scratch / "run")

@@ -3,7 +3,7 @@
 This top-level package shadows Hugging Face's `datasets` library; the project does not use that library.
 """
 
-from datasets.case import Case
-from datasets.registry import Dataset, default_data_root, filter_cases, load_dataset
+from c123_pipeline.datasets.case import Case
+from c123_pipeline.datasets.registry import Dataset, default_data_root, filter_cases, load_dataset
 
 __all__ = ["Case", "Dataset", "default_data_root", "filter_cases", "load_dataset"]

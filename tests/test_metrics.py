@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from c123.errors import WeightsMissingError
-from c123.metrics import (ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
+from c123.metrics import (PROTOCOLS, ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
                           psnr)
 
 
@@ -100,6 +100,12 @@ def test_chamfer_identical_and_shifted_sets():
         chamfer_distance(grid, np.zeros((0, 3)))
 
 
-def test_metric_protocol_defaults():
-    p = MetricProtocol(clip_model="openai/clip-vit-base-patch16", num_views=8, resolution=512)
-    assert (p.background, p.lpips_net) == ("white", "alex")
+def test_metric_protocols_c123_default_and_magic123():
+    default = PROTOCOLS["c123"]
+    assert (default.clip_model, default.num_views, default.background, default.resize, default.lpips_net) == (
+        None, None, "white", "none", "alex")   # the preset's CLIP over the views the reconstruction writes
+    magic = PROTOCOLS["magic123"]
+    assert magic.clip_model == "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k" and magic.num_views == 100
+    assert (magic.clip_size, magic.lpips_size, magic.psnr_size) == (224, 224, 800)
+    assert magic.background == "white-where-transparent" and magic.resize == "area"
+    assert isinstance(MetricProtocol("x"), MetricProtocol)

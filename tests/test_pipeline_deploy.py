@@ -29,7 +29,7 @@ def _get(url: str):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(api_url, env, runs_dir): a Prefect server and the served deployments, stopped afterwards."""
-    from flows.serve import start_server, stop_server
+    from c123_pipeline.flows.serve import start_server, stop_server
 
     cluster = ray_cluster()  # the served runs join this cluster instead of starting their own
     home = SESSION / "prefect-server"

@@ -26,7 +26,7 @@ def _mtimes(run: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each dataset subset run twice into the same folder; returns {dataset: (run_dir, first, second, s1, s2, m1, m2)}."""
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     ray_cluster()
     out = {}
@@ -99,7 +99,7 @@ def test_rerun_of_the_same_run_folder_computes_nothing(runs, dataset):
 
 def test_changed_config_recomputes_only_that_variant(runs):
     """Another seed in the same run folder is computed; the finished seed-0 cases are reused."""
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     run, *_ = runs["c10"]
     summary = benchmark(dataset="c10", preset="tiny", cases=["07"], seeds=[0, 1], out=str(run), overrides=FAST,
@@ -110,7 +110,7 @@ def test_changed_config_recomputes_only_that_variant(runs):
 
 def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     """Novel-view PSNR/LPIPS and Chamfer against a synthetic scene, on a real output folder."""
-    from tasks.metrics import compute_case_metrics, load_metric_models
+    from c123_pipeline.tasks.metrics import compute_case_metrics, load_metric_models
 
     run, first, *_ = runs["c10"]
     case_dir = run / "cases/consistent123/07/seed0"
@@ -135,7 +135,7 @@ def test_whole_dataset_tiny(dataset, tmp_path):
     """Every case of a dataset with the tiny preset (as shipped, no cut-down overrides)."""
     import pandas as pd
 
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     ray_cluster()
     summary = benchmark(dataset=dataset, preset="tiny", out=str(tmp_path / "run"), data_root=str(DATA))
@@ -152,8 +152,8 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.benchmark import benchmark
-    from tasks.results import PER_CASE_SCHEMA, write_parquet
+    from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, write_parquet
 
     run, first, *_ = runs["c10"]
     base = tmp_path / "baseline"

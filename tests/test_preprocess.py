@@ -9,7 +9,7 @@ from PIL import Image
 
 from c123.errors import InputError
 from c123.preprocess import estimate_depth, load_input
-from datasets.registry import default_data_root
+from c123_pipeline.datasets.registry import default_data_root
 
 REALFUSION = default_data_root() / "realfusion15"
 needs_data = pytest.mark.skipif(not REALFUSION.is_dir(), reason="RealFusion15 not available (c123 fetch)")

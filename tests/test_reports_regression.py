@@ -7,9 +7,9 @@ import pytest
 
 from c123.errors import C123Error
 from fixtures_runs import case_row, make_run
-from reports.build import main
-from reports.regression import compare, parse_thresholds
-from reports.runs import load_run
+from c123_pipeline.reports.build import main
+from c123_pipeline.reports.regression import compare, parse_thresholds
+from c123_pipeline.reports.runs import load_run
 
 
 def _verdict(tmp_path, **current):
