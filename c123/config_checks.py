@@ -156,9 +156,8 @@ def validate(cfg: ReconstructConfig, *, check_device: bool = True) -> Reconstruc
     """Raise ConfigError for the first field whose type, range or device is wrong; return `cfg` otherwise.
 
     check_device: whether `train.device` must exist on this machine (False where another machine runs the
-    reconstruction, e.g. a Ray cluster's GPU node; its caller checks the device there)."""
-    for path, value, hint in _leaves(cfg, type(cfg)):
-        _check_type(path, value, hint)
+    reconstruction, e.g. a cluster's GPU node; its caller checks the device there)."""
+    check_types(cfg)
     for path, rule in RULES.items():
         rule = rule() if not isinstance(rule, Rule) else rule
         value = lookup(cfg, path)
@@ -192,6 +191,13 @@ def lookup(cfg, path: str):
 
 
 # ---- types from annotations ------------------------------------------------------------------------
+def check_types(obj) -> None:
+    """Every field of a (nested) dataclass against its annotation; ConfigError for the first that differs."""
+    for path, value, hint in _leaves(obj, type(obj)):
+        if not _matches(value, hint):
+            raise _error(path, value, f"must be {_describe(hint)}")
+
+
 def _leaves(obj, cls, prefix: str = ""):
     """(path, value, type hint) of every non-dataclass field, depth first."""
     hints = typing.get_type_hints(cls)
@@ -203,11 +209,6 @@ def _leaves(obj, cls, prefix: str = ""):
             yield from _leaves(value, hint, path + ".")
         else:
             yield path, value, hint
-
-
-def _check_type(path: str, value, hint) -> None:
-    if not _matches(value, hint):
-        raise _error(path, value, f"must be {_describe(hint)}")
 
 
 def _matches(value, hint) -> bool:
