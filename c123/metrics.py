@@ -198,7 +198,9 @@ class ClipSimilarity:
         mean = torch.tensor(OPENAI_MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(OPENAI_STD, device=images.device).view(1, 3, 1, 1)
         model = self.clip.model
-        pooled = model.vision_model(pixel_values=(images - mean) / std).pooler_output
+        # a CLIP trained at another size (the tiny test models) takes the protocol's size by interpolating its
+        # position embeddings; at its own size (ViT-bigG-14 at 224) this changes nothing
+        pooled = model.vision_model(pixel_values=(images - mean) / std, interpolate_pos_encoding=True).pooler_output
         return torch.nn.functional.normalize(model.visual_projection(pooled), dim=-1)
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ gets its own case folder, `cases/<variant>-<shape>/...`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import threading
 import time
@@ -396,6 +397,7 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
             # loaded while the actors compute, not while they start (on a small machine the load would slow
             # the actors' start, which nothing overlaps)
             metrics.models(after=pool.wait_ready)
+            metrics.loader.submit(importlib.import_module, "c123_pipeline.reports.build")  # ready for the report
             for job, outcome in pool.run(jobs):
                 entry = plan_.entries[job.index]
                 entry.outcome = outcome

@@ -216,6 +216,32 @@ def test_evaluate_with_a_failed_case_exits_1_and_its_flow_run_is_failed(runs, tm
     assert run.state.message.startswith("1 failed of 2; first: consistent123/SpongeBob/seed0: InputError: ")
 
 
+def test_a_full_disk_while_writing_the_tables_is_one_line_and_keeps_the_old_tables(runs, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import errno
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from c123_pipeline.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(runs["c10"][0], out)  # every case finished: the run only writes its tables and report
+    before = (out / "per_case.parquet").read_bytes()
+
+    def full(table, where, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(pq, "write_table", full)
+    code = main(["evaluate", "c10", "--preset", "tiny", "--cases", *SUBSETS["c10"], "--data-root", str(DATA),
+                 "--out", str(out), "--set", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"error: no space left on the device writing {out}/.per_case.parquet."), err
+    assert err.endswith("free space and rerun the same command (finished work is kept)")
+    assert (out / "per_case.parquet").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".per_case")]
+
+
 def test_two_identical_runs_give_identical_metrics(tmp_path):
     """Same code, seed and inputs: the same per_case metric columns, to the bit (the tiny preset's LPIPS
     backbone is random but seeded)."""

@@ -1,6 +1,6 @@
 """Clean ends of `c123 evaluate`: killed with SIGKILL mid-run, nothing it started stays alive (the temporary
-Prefect API server, the Ray cluster and its workers); SIGTERM ends it with one line saying how to resume and
-exit status 143; while it runs, a second run on its folder is refused."""
+Prefect API server, the Ray cluster and its workers); SIGTERM or Ctrl-C (SIGINT) end it with one line saying how
+to resume and exit status 128 + the signal; while it runs, a second run on its folder is refused."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_sigkill_of_the_driver_leaves_no_process_it_started(tmp_path):
         stop_group(proc)
 
 
-def test_sigterm_ends_with_the_resume_line_and_a_second_run_is_refused_meanwhile(tmp_path, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_ends_with_the_resume_line_and_a_second_run_is_refused_meanwhile(tmp_path, capsys, signum):
     from c123_pipeline.cli import main
 
     out = tmp_path / "run"
@@ -95,11 +96,12 @@ def test_sigterm_ends_with_the_resume_line_and_a_second_run_is_refused_meanwhile
         assert code == 2 and err.startswith(f"error: {out} is in use by another run (pid {proc.pid}, since "), err
         assert err.count("\n") == 0
 
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 143, stderr
+        assert proc.returncode == 128 + signum, stderr  # 143 for SIGTERM, 130 for Ctrl-C
         lines = [line for line in stderr.splitlines() if line.strip()]
-        assert lines[-1] == ("interrupted by SIGTERM: finished cases are kept; resume with: c123 evaluate c10 "
+        assert lines[-1] == (f"interrupted by {signal.Signals(signum).name}: finished cases are kept; resume with: "
+                             "c123 evaluate c10 "
                              f"--preset tiny --cases 07 --data-root {DATA} --actors 1 --out {out} --set "
                              + " ".join(LONG)), stderr
         assert "Traceback" not in stderr and sum("interrupted" in line for line in lines) == 1, stderr
