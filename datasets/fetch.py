@@ -8,7 +8,6 @@ C10 prompts written for this project). The result has the layout `load_dataset` 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import urllib.error

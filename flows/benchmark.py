@@ -237,9 +237,6 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     if run_dir.is_dir():  # a run going on there now: refused before anything starts (plan() locks it for real)
         RunLock(run_dir).acquire().release()
     first = configs[(variants[0], seeds[0])]
-    if spec.preset == "tiny":  # the tiny CLIP must exist before the metric protocol looks for it
-        from c123.priors.tiny import write_tiny_models
-        write_tiny_models(Path(first.prior.clip_model).expanduser().parent)
     requested = get_protocol(spec.protocol)
     if spec.clip_model:
         requested = dataclasses.replace(requested, clip_model=spec.clip_model)
@@ -319,6 +316,9 @@ class MetricStep:
             def load():
                 if after is not None:
                     after()
+                if self.plan.spec.preset == "tiny":  # the tiny CLIP is written on first use, as the priors
+                    from c123.priors.tiny import write_tiny_models
+                    write_tiny_models(Path(self.plan.entries[0].cfg.prior.clip_model).expanduser().parent)
                 return load_metric_models(self.plan.protocol, os.environ.get("C123_METRICS_DEVICE", "cpu"))
             self._models = self.loader.submit(load)
         return self._models

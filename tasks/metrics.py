@@ -24,7 +24,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from c123.errors import C123Error, WeightsMissingError
+from c123.errors import C123Error
 from c123.metrics import METRICS, MetricProtocol
 from c123_pipeline.tasks import cache
 
@@ -33,19 +33,20 @@ CHAMFER_POINTS = 10000
 """Points sampled on each surface for the Chamfer distance."""
 
 
-def resolve_protocol(protocol: MetricProtocol, preset_clip: str, eval_views: int,
-                     allow_random_lpips: bool) -> MetricProtocol:
+def resolve_protocol(protocol: MetricProtocol, preset_clip: str, eval_views: int, tiny: bool) -> MetricProtocol:
     """The protocol with every choice made, checked on this machine before any case runs: the CLIP (the
-    protocol's, else the preset's) must be here, and the LPIPS backbone too (or, with `allow_random_lpips`,
-    the tiny preset's seeded random one, named '<net>-random'); WeightsMissingError names the download."""
-    from c123.metrics import lpips_backbone_cached, LpipsMetric
+    protocol's, else the preset's) must be here, and the LPIPS backbone too; WeightsMissingError names the
+    download. The tiny preset writes its CLIP on first use and, without torchvision's backbone, scores LPIPS
+    with a seeded random one (named '<net>-random')."""
+    from c123.metrics import LpipsMetric, lpips_backbone_cached
     from c123.priors.weights import resolve
 
     clip_model = protocol.clip_model or preset_clip
-    resolve(clip_model, f"CLIP-similarity metric (protocol {protocol.name})")
+    if not (tiny and clip_model == preset_clip):
+        resolve(clip_model, f"CLIP-similarity metric (protocol {protocol.name})")
     lpips_net = protocol.lpips_net
     if not lpips_backbone_cached(lpips_net):
-        if not allow_random_lpips:
+        if not tiny:
             LpipsMetric(lpips_net)  # raises the WeightsMissingError with the download command
         lpips_net = f"{lpips_net}-random"
     return dataclasses.replace(protocol, clip_model=clip_model, num_views=protocol.num_views or eval_views,

@@ -117,7 +117,7 @@ def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     run, first, *_ = runs["c10"]
     case_dir = run / "cases/consistent123/07/seed0"
     result = json.loads((case_dir / "result.json").read_text())
-    protocol = resolve_protocol(PROTOCOLS["c123"], result["config"]["prior"]["clip_model"], 4, allow_random_lpips=True)
+    protocol = resolve_protocol(PROTOCOLS["c123"], result["config"]["prior"]["clip_model"], 4, tiny=True)
     models = load_metric_models(protocol, "cpu")
     values = compute_case_metrics(case_dir, result, models, scene="toy")
     for key in ("novel_psnr", "novel_lpips", "chamfer", "psnr", "lpips", "clip_similarity"):
