@@ -1,6 +1,6 @@
 """Benchmark datasets: folder layouts -> `Case` lists (`load_dataset`), and `fetch` to download them.
 
-This top-level package shadows Hugging Face's `datasets` library; the project does not use that library.
+Installed as `c123_pipeline.datasets` (never as a top-level `datasets`, which is Hugging Face's library).
 """
 
 from c123_pipeline.datasets.case import Case

@@ -28,6 +28,10 @@ from c123.errors import DatasetError
 from c123_pipeline.datasets.case import Case, check_case_id
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+"""Files of an image folder that must each be named by its prompts table."""
+
+
 @dataclass
 class Row:
     """One data row of a table: its fields by column name, and where it is (for error messages)."""
@@ -151,6 +155,11 @@ def read_images(root: Path, table: Path) -> list[Case]:
         case_id = check_case_id(paths["file"].stem, row.where)
         located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row["prompt"],
                              row.get("category") or None, recenter=True), row.where))
+    named = {p for case, _ in located for p in (case.rgba_path, case.mask_path, case.depth_path) if p}
+    unlisted = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in named)
+    if unlisted:
+        raise DatasetError(f"{table} does not name {', '.join(unlisted)}: add a row for each image (or name it as a "
+                           "mask or depth), or move it out of the folder")
     return unique_ids(located)
 
 

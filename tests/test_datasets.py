@@ -98,6 +98,9 @@ def test_plain_image_folder_with_prompts_csv(tmp_path):
                                                                 ("photo", "a photo", True)]
     inp = ds.cases[1].load(size=64)
     assert inp.rgba.shape == (64, 64, 4) and inp.prompt == "a photo"
+    Image.fromarray(rgba).save(tmp_path / "forgotten.png")
+    with pytest.raises(DatasetError, match=r"prompts.csv does not name forgotten.png: add a row for each image"):
+        load_dataset(tmp_path)
 
 
 def test_synthetic_dataset_carries_ground_truth(tmp_path, monkeypatch):
