@@ -1,5 +1,7 @@
 # The two commands a newcomer needs: `make demo` (the main job) and `make test` (the test suite).
 # Both install what they need into .venv first (torch from the local mirror pin: see pyproject.toml).
+# Tests run through .venv/bin/pytest, not `python -m pytest`: the latter puts the repository root on sys.path,
+# where its datasets/ folder would shadow Hugging Face datasets.
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
@@ -23,10 +25,10 @@ demo: $(STAMP)
 	.venv/bin/c123 evaluate synthetic --preset tiny --out runs/demo
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	.venv/bin/pytest -q
 
 test-slow: $(STAMP) chromium
-	$(PY) -m pytest -q -m slow
+	.venv/bin/pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_nerf.py --quick

@@ -64,16 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("C123_RAY_LOG_TO_DRIVER", "0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     t_process = time.perf_counter()
-    from datasets.registry import load_dataset
-    from flows.benchmark import benchmark
+    from c123.provenance import offline_defaults
+    from c123_pipeline.datasets.registry import load_dataset
+    from c123_pipeline.flows.benchmark import benchmark, summary_of
 
+    offline_defaults()
     cases = [c.id for c in load_dataset(args.dataset).cases][: args.cases]
     out = args.out or str(scratch / "run")
-    summary = benchmark(dataset=args.dataset, preset="tiny", cases=cases, out=out,
-                        overrides=(BENCH_SET if args.quick else []) + args.overrides, num_actors=args.actors)
+    summary = summary_of(benchmark(dataset=args.dataset, preset="tiny", cases=cases, out=out,
+                                   overrides=(BENCH_SET if args.quick else []) + args.overrides,
+                                   num_actors=args.actors, return_state=True))
     process_wall = time.perf_counter() - t_process
 
     import pandas as pd

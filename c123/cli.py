@@ -1,17 +1,65 @@
-"""The `c123` command: reconstruct one image, write tiny models, and run the benchmark tools.
+"""The method's commands: `reconstruct` (one image to a mesh) and `models tiny` (tiny test priors).
 
-`evaluate`, `report` and `fetch` live with the pipeline (flows/, reports/, datasets/); they are imported
-only when called, so the method package itself never loads Prefect or Ray.
+`build_parser` and `main` take further sub-commands from the layer above (which installs the `c123` console
+script with them); this package itself knows nothing of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import errno
+import signal
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 from c123.errors import C123Error
+
+AddCommands = Callable[[argparse._SubParsersAction], None]
+"""Adds sub-commands to the parser; each sets `run(args) -> exit status` (args.rest: unparsed arguments)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is a one-line C123Error (main prints it), not a usage dump."""
+
+    def error(self, message: str):
+        raise C123Error(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def count(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during a command: raised in the main thread, so cleanups run."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM (what `kill` and `timeout` send) both raise Interrupted while the block runs."""
+    def stop(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def reconstruct_main(args: argparse.Namespace) -> int:
@@ -19,6 +67,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c123.config import apply_overrides, preset
+    from c123.config_checks import validate
     from c123.preprocess import load_input
     from c123.provenance import resolve_device
     from c123.reconstruct import check_prompt, load_priors, reconstruct
@@ -26,10 +75,12 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     cfg = preset(args.preset)
     cfg.seed = args.seed
     cfg.schedule.variant = args.variant
-    apply_overrides(cfg, args.set or [])
+    validate(apply_overrides(cfg, args.set or []))
     inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "")
     out = Path(args.out or Path("outputs") / Path(args.image).stem)
+    args.resume = f"rerun the same command to resume {out} from its last checkpoint"
     check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
+    warn_input(inp)
     priors = load_priors(cfg, resolve_device(cfg.train.device))
 
     columns = [TextColumn("{task.fields[stage]:>6}"), BarColumn(), MofNCompleteColumn(),
@@ -57,6 +108,12 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_input(inp) -> None:
+    """Warnings about the input (e.g. a depth map that cannot be used), printed before the run starts."""
+    for warning in getattr(inp, "warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def models_main(args: argparse.Namespace) -> int:
     """`c123 models tiny DIR`: tiny random-weight priors in the real on-disk formats."""
     from c123.priors.tiny import write_tiny_models
@@ -66,8 +123,8 @@ def models_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="c123", description=__doc__.splitlines()[0])
+def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views")
@@ -89,30 +146,41 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.set_defaults(run=models_main)
 
-    for name, target, text in (("evaluate", "flows.evaluate:evaluate_main", "run the benchmark flow on a dataset"),
-                               ("report", "reports.build:main", "tables, plots and HTML from run folders"),
-                               ("fetch", "datasets.fetch:main", "download a benchmark dataset")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.set_defaults(delegate=target)
+    if add_commands is not None:
+        add_commands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1")
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    try:
-        if getattr(args, "delegate", None):
-            import importlib
+def main(argv: list[str] | None = None, add_commands: AddCommands | None = None) -> int:
+    """Run one sub-command; a user error, an interrupt or a full disk ends in one line on stderr.
 
-            module, func = args.delegate.split(":")
-            return int(getattr(importlib.import_module(module), func)(rest) or 0)
-        if rest:
+    Exit status: the command's (0 done), 2 a user error, 128 + the signal number when interrupted."""
+    from c123.provenance import offline_defaults
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    offline_defaults()
+    parser = build_parser(add_commands)
+    args = argparse.Namespace(resume=None)
+    try:
+        args, rest = parser.parse_known_args(argv, args)
+        args.rest = rest
+        if rest and not getattr(args, "takes_rest", False):
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
-        return args.run(args)
+        with signals_interrupt():
+            return int(args.run(args) or 0)
     except C123Error as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}: {args.resume or 'rerun the same command'}",
+              file=sys.stderr)
+        return 128 + signum
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on the device writing {err.filename or 'a file'}: free space and rerun "
+              "the same command (finished work is kept)", file=sys.stderr)
         return 2
 
 

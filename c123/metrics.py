@@ -21,15 +21,103 @@ _LPIPS_BACKBONES = {"alex": ("alexnet", "https://download.pytorch.org/models/ale
                     "squeeze": ("squeezenet1_1", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth")}
 
 
-@dataclass
-class MetricProtocol:
-    """How the metrics of a result were computed; recorded with every result row."""
+HIGHER_IS_BETTER = {"clip_similarity": True, "psnr": True, "lpips": False, "novel_psnr": True, "novel_lpips": False,
+                    "chamfer": False}
+"""Every metric of a case (the per_case columns, in order) and which way is better."""
+METRICS = tuple(HIGHER_IS_BETTER)
 
-    clip_model: str
-    num_views: int
-    resolution: int
+MAGIC123_CLIP = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's image statistics (OpenAI), as Magic123's evaluation normalises with them."""
+
+
+@dataclass(frozen=True)
+class MetricProtocol:
+    """How the metrics of a result are computed; run.json and every per_case row record the one used."""
+
+    name: str
+    """Its name in PROTOCOLS (the `protocol` column)."""
+    clip_model: str | None = None
+    """CLIP of the CLIP-similarity (Hub id or folder); None: the preset's detector CLIP."""
+    num_views: int | None = None
+    """Orbit views scored; None: as many as the reconstruction writes (train.eval_views). A number is what
+    the reconstruction must write: the benchmark requests it (train.eval_views) or refuses a conflict."""
     background: str = "white"
+    """'white': RGBA composited on white; 'white-where-transparent': only pixels with alpha == 0 turn white."""
+    resize: str = "none"
+    """'none': images at the render size (CLIP through its folder's own resize, crop and mean/std); 'area':
+    OpenCV INTER_AREA resampling to the sizes below, CLIP normalised with the OpenAI mean/std."""
+    clip_size: int | None = None
+    """CLIP input size with resize='area'."""
+    lpips_size: int | None = None
+    """LPIPS input size (None: the render size)."""
+    psnr_size: int | None = None
+    """PSNR image size (None: the render size)."""
     lpips_net: str = "alex"
+    """LPIPS backbone; '<net>-random' when the tiny preset falls back to a seeded random backbone."""
+
+    def image(self, rgba: np.ndarray, size: int | None = None) -> np.ndarray:
+        """uint8 RGBA [H,W,4] -> float RGB [H,W,3] in [0,1] on white as this protocol reads it; with resize
+        'area', resampled to size x size (None: kept at its size)."""
+        if self.background == "white-where-transparent":
+            rgb = np.where(rgba[..., 3:] == 0, np.uint8(255), rgba[..., :3])
+        else:
+            rgb = composite_white(rgba)
+        if size is None or self.resize == "none":
+            return rgb.astype(np.float32) / 255 if rgb.dtype == np.uint8 else rgb
+        as_uint8 = rgb if rgb.dtype == np.uint8 else np.rint(rgb * 255).astype(np.uint8)
+        return area_resize(as_uint8, size).astype(np.float32) / 255
+
+
+PROTOCOLS = {
+    "c123": MetricProtocol("c123"),
+    "magic123": MetricProtocol("magic123", clip_model=MAGIC123_CLIP, num_views=100,
+                               background="white-where-transparent", resize="area", clip_size=224,
+                               lpips_size=224, psnr_size=800),
+}
+"""c123 (default): CLIP-similarity with the preset's CLIP over the views the reconstruction writes, PSNR and
+LPIPS at the reference view, everything composited on white at the render size. magic123: the closest public
+protocol (Magic123's all_metrics/metric_utils.py): CLIP ViT-bigG-14 image-image over 100 orbit views, images
+read with only alpha == 0 turned white, INTER_AREA resized to 224 with the OpenAI mean/std, LPIPS at 224,
+PSNR at 800."""
+
+
+def get_protocol(name: str) -> MetricProtocol:
+    """The named metric protocol; an unknown name lists the known ones."""
+    if name not in PROTOCOLS:
+        from c123.errors import C123Error
+        raise C123Error(f"unknown metric protocol '{name}': use one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV's INTER_AREA resize of a uint8 [H,W,C] image to size x size (no OpenCV needed).
+
+    Shrinking averages the source pixels each target pixel covers (fractional at the borders); enlarging
+    repeats pixels and blends only across pixel borders, as cv2.resize(..., INTER_AREA) does."""
+    rows, cols = _area_weights(image.shape[0], size), _area_weights(image.shape[1], size)
+    out = np.tensordot(rows, image.astype(np.float64), axes=(1, 0))           # [size, W, C]
+    out = np.tensordot(out, cols, axes=(1, 1)).transpose(0, 2, 1)             # [size, size, C]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _area_weights(n: int, m: int) -> np.ndarray:
+    """[m, n] weights taking n source samples to m target samples with INTER_AREA's rule."""
+    w = np.zeros((m, n))
+    if m <= n:  # shrink: the overlap of [i, i+1) with the target pixel's [j*s, (j+1)*s), over s
+        s = n / m
+        for j in range(m):
+            lo, hi = j * s, (j + 1) * s
+            for i in range(int(np.floor(lo)), min(n, int(np.ceil(hi)))):
+                w[j, i] = (min(hi, i + 1) - max(lo, i)) / s
+    else:  # enlarge: OpenCV's area-mode linear coefficients
+        for j in range(m):
+            i = int(np.floor(j * n / m))
+            f = (j + 1) - (i + 1) * m / n
+            f = 0.0 if f <= 0 else f - np.floor(f)
+            w[j, min(i, n - 1)] += 1 - f
+            w[j, min(i + 1, n - 1)] += f
+    return w
 
 
 def composite_white(rgba):
@@ -54,8 +142,11 @@ class LpipsMetric:
     """LPIPS distance (lower = more similar) with the lpips package's linear heads.
 
     The backbone comes from torchvision's cache (TORCH_HOME); random_backbone=True keeps the heads on a
-    randomly initialised backbone, which only makes sense for tests.
+    backbone drawn at random with a fixed seed (named '<net>-random'), which only makes sense for tests.
     """
+
+    RANDOM_SEED = 0
+    """Seed of the random backbone, so that two runs score the same images the same."""
 
     def __init__(self, net: str = "alex", device="cpu", random_backbone: bool = False):
         if net not in _LPIPS_BACKBONES:
@@ -66,8 +157,9 @@ class LpipsMetric:
 
         self.net, self.device = net, torch.device(device)
         self.name = f"{net}-random" if random_backbone else net
-        with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")  # lpips calls torchvision's deprecated `pretrained=` argument
+            torch.manual_seed(self.RANDOM_SEED)  # the random backbone is drawn the same in every run
             self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
         self.model = self.model.to(self.device).eval().requires_grad_(False)
 
@@ -84,7 +176,7 @@ class LpipsMetric:
 class ClipSimilarity:
     """Cosine similarity between the CLIP embedding of the reference image and of each rendered view."""
 
-    def __init__(self, model, device="cpu", batch_size: int = 16):
+    def __init__(self, model, device="cpu", batch_size: int = 16, normalize_only: bool = False):
         from c123.priors.clip import ClipModel
 
         if isinstance(model, ClipModel):
@@ -95,6 +187,21 @@ class ClipSimilarity:
             self.clip = ClipModel.from_pretrained(resolve(str(model), "CLIP-similarity metric"), device)
             self.model_id = str(model)
         self.batch_size = batch_size
+        self.normalize_only = normalize_only
+        """True: images come at the CLIP's input size and get only the OpenAI mean/std (Magic123's way); False:
+        the CLIP folder's own resize, centre crop and mean/std."""
+
+    def embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings [B,D] of images [B,3,H,W] in [0,1]."""
+        if not self.normalize_only:
+            return self.clip.image_embeds(images)
+        mean = torch.tensor(OPENAI_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(OPENAI_STD, device=images.device).view(1, 3, 1, 1)
+        model = self.clip.model
+        # a CLIP trained at another size (the tiny test models) takes the protocol's size by interpolating its
+        # position embeddings; at its own size (ViT-bigG-14 at 224) this changes nothing
+        pooled = model.vision_model(pixel_values=(images - mean) / std, interpolate_pos_encoding=True).pooler_output
+        return torch.nn.functional.normalize(model.visual_projection(pooled), dim=-1)
 
     @torch.no_grad()
     def __call__(self, ref_rgb, views_rgb) -> tuple[float, np.ndarray]:
@@ -102,8 +209,8 @@ class ClipSimilarity:
         ref = _as_batch(ref_rgb, self.clip.device)
         views = _as_batch(views_rgb, self.clip.device)
         _check_finite(ref, views, "clip similarity")
-        ref_embed = self.clip.image_embeds(ref)
-        per_view = torch.cat([self.clip.image_embeds(views[i:i + self.batch_size]) @ ref_embed[0]
+        ref_embed = self.embeds(ref)
+        per_view = torch.cat([self.embeds(views[i:i + self.batch_size]) @ ref_embed[0]
                               for i in range(0, len(views), self.batch_size)])
         per_view = per_view.double().cpu().numpy()
         return float(per_view.mean()), per_view
@@ -120,6 +227,15 @@ def chamfer_distance(points_a, points_b) -> float:
     d_ab, _ = cKDTree(b).query(a)
     d_ba, _ = cKDTree(a).query(b)
     return float(np.mean(d_ab ** 2) + np.mean(d_ba ** 2))
+
+
+def lpips_backbone_cached(net: str = "alex") -> bool:
+    """Whether torchvision's backbone weights of an LPIPS net are on this machine."""
+    try:
+        _require_backbone(net)
+    except WeightsMissingError:
+        return False
+    return True
 
 
 def _require_backbone(net: str) -> None:

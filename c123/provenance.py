@@ -41,3 +41,13 @@ def resolve_device(name: str = "auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def offline_defaults() -> None:
+    """Model loading stays offline (HF_HUB_OFFLINE=1) unless the user chose otherwise: C123_ALLOW_DOWNLOAD=1
+    lets c123.priors.weights download, and an HF_HUB_OFFLINE already set is kept. Call before loading models."""
+    import os
+
+    from c123.priors.weights import ALLOW_DOWNLOAD_ENV
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get(ALLOW_DOWNLOAD_ENV) == "1" else "1")

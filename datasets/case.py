@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from c123.errors import DatasetError
 from c123.preprocess import ReconstructionInput, load_input
+
+CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+"""A case id is a plain name: ASCII letters, digits, '_', '.', '+', '-', starting with a letter or digit, at
+most 100 characters, no '..'. It becomes a folder name inside the run folder, never a path."""
+
+
+def check_case_id(case_id: str, where: str) -> str:
+    """`case_id` when it is a plain name (CASE_ID), else a DatasetError naming `where` (file and line) and the rule."""
+    if not CASE_ID.fullmatch(case_id) or ".." in case_id:
+        raise DatasetError(f"{where}: case id {case_id!r} is not a plain name (letters, digits, '_', '.', '+', "
+                           "'-'; starting with a letter or digit; no '..', no '/'; at most 100 characters): "
+                           "rename it in the table")
+    return case_id
 
 
 @dataclass

@@ -8,14 +8,14 @@ C10 prompts written for this project). The result has the layout `load_dataset` 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from c123.atomic import write_atomic
+from c123.cli import OneLineParser
 from c123.errors import DatasetError
 
 CONSISTENT123 = "https://raw.githubusercontent.com/lyk412/Consistent123/6df4059e/data"
@@ -85,8 +85,8 @@ def fetch(name: str, root: str | Path, base_url: str | None = None, timeout: flo
     dest = Path(root).expanduser() / name
     for rel, url in files(name, base_url):
         if not (dest / rel).is_file():
-            _write(dest / rel, _download(url, timeout))
-    _write(dest / "prompts.tsv", PROMPTS[name].encode())
+            write_atomic(dest / rel, _download(url, timeout))  # an interrupted fetch never leaves half a file
+    write_atomic(dest / "prompts.tsv", PROMPTS[name])
     return dest
 
 
@@ -105,19 +105,11 @@ def _download(url: str, timeout: float) -> bytes:
     return data
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so an interrupted fetch never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`c123 fetch NAME --root DIR [--base-url URL]`."""
-    from datasets.registry import load_dataset
+    from c123_pipeline.datasets.registry import load_dataset
 
-    parser = argparse.ArgumentParser(prog="c123 fetch", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="c123 fetch", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(PROMPTS))
     parser.add_argument("--root", default="~/.cache/c123/data", help="data root (use it as C123_DATA)")
     parser.add_argument("--base-url", help="mirror laid out as BASE/NAME/<files>")

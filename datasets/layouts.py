@@ -5,6 +5,10 @@
 - original:  RealFusion's release, `<folder>/image.png + mask.png`; prompts from a prompts.tsv beside or above
 - images:    any images + prompts.tsv / prompts.csv with columns file, prompt (optional category, mask, depth)
 - synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
+
+Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
+UTF-8 byte-order mark is dropped), every row must have the header's number of fields, and each case id is
+a plain name (datasets.case.CASE_ID) that occurs once. Every error names the file and line.
 """
 
 from __future__ import annotations
@@ -13,13 +17,34 @@ import csv
 import hashlib
 import inspect
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from c123.atomic import atomic_path
 from c123.errors import DatasetError
-from datasets.case import Case
+from c123_pipeline.datasets.case import Case, check_case_id
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+"""Files of an image folder that must each be named by its prompts table."""
+
+
+@dataclass
+class Row:
+    """One data row of a table: its fields by column name, and where it is (for error messages)."""
+
+    fields: dict[str, str]
+    where: str
+    """'FILE line N'."""
+
+    def get(self, column: str, default: str = "") -> str:
+        return self.fields.get(column) or default
+
+    def __getitem__(self, column: str) -> str:
+        return self.fields[column]
 
 SYNTHETIC_PROMPTS = {
     "toy": "a small multicoloured toy figure with one raised arm and a pointed nose",
@@ -27,38 +52,73 @@ SYNTHETIC_PROMPTS = {
 }
 
 
-def read_table(path: Path) -> list[dict[str, str]]:
-    """Rows of a .tsv or .csv file with a header line (blank rows skipped)."""
+def read_table(path: Path) -> list[Row]:
+    """Data rows of a .tsv (plain tab-separated) or .csv file with a header line; blank lines are skipped."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path} cannot be read ({type(err).__name__}): re-download the dataset") from err
-    return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in rows if any(row.values())]
+    if path.suffix == ".tsv":
+        lines = [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1)]
+    else:
+        try:
+            lines = list(enumerate(csv.reader(text.splitlines(), strict=True), 1))
+        except csv.Error as err:
+            raise DatasetError(f"{path} is not valid CSV ({err}): fix the file") from err
+    lines = [(n, [f.strip() for f in fields]) for n, fields in lines if any(f.strip() for f in fields)]
+    if not lines:
+        return []
+    (_, header), rows = lines[0], []
+    for n, fields in lines[1:]:
+        if len(fields) != len(header):
+            raise DatasetError(f"{path} line {n} has {len(fields)} fields but the header has {len(header)} "
+                               f"({', '.join(header)}): fix that line (fields are separated by "
+                               f"{'tabs' if path.suffix == '.tsv' else 'commas'})")
+        rows.append(Row(dict(zip(header, fields)), f"{path} line {n}"))
+    return rows
+
+
+def columns(rows: list[Row]) -> set[str]:
+    return set(rows[0].fields) if rows else set()
+
+
+def unique_ids(located: list[tuple[Case, str]]) -> list[Case]:
+    """The cases of (case, where it was read) pairs, refused when two share an id (they would share one
+    case folder and report one result twice)."""
+    first: dict[str, str] = {}
+    for case, where in located:
+        if case.id in first:
+            raise DatasetError(f"{where}: case id '{case.id}' repeats {first[case.id]}: give each case its own id")
+        first[case.id] = where
+    return [case for case, _ in located]
 
 
 def read_flat(root: Path) -> list[Case]:
-    """`<case>_rgba.png`, `<case>_depth.png` and prompts.tsv (RealFusion15 or C10 columns)."""
+    """`<case>_rgba.png`, `<case>_depth.png` and prompts.tsv (RealFusion15 or C10 columns); every image has
+    a row and every row an image."""
     table = root / "prompts.tsv"
     rows = read_table(table)
-    header = set(rows[0]) if rows else set()
+    header = columns(rows)
     id_col = "consistent123_name" if "consistent123_name" in header else "case"
     prompt_col = "consistent123_prompt" if "consistent123_prompt" in header else "prompt"
     if {id_col, prompt_col} - header:
         raise DatasetError(f"{table} lacks columns {id_col} and {prompt_col} (has {', '.join(sorted(header))}): "
                            "re-download the dataset with `c123 fetch NAME --root DIR`")
-    cases, missing = [], []
+    located = []
     for row in rows:
-        rgba, depth = root / f"{row[id_col]}_rgba.png", root / f"{row[id_col]}_depth.png"
+        case_id = check_case_id(row[id_col], row.where)
+        rgba, depth = root / f"{case_id}_rgba.png", root / f"{case_id}_depth.png"
         if not rgba.is_file():
-            missing.append(rgba.name)
-            continue
-        cases.append(Case(row[id_col], rgba, depth if depth.is_file() else None, None, row[prompt_col],
-                          row.get("category") or None))
-    if missing:
-        raise DatasetError(f"{root} lacks {', '.join(missing)} listed in prompts.tsv: re-download the dataset "
-                           "with `c123 fetch NAME --root DIR`")
-    return cases
+            raise DatasetError(f"{row.where} names {rgba.name}, which is not in {root}: re-download the dataset "
+                               "with `c123 fetch NAME --root DIR` or remove the row")
+        located.append((Case(case_id, rgba, depth if depth.is_file() else None, None, row[prompt_col],
+                             row.get("category") or None), row.where))
+    listed = {case.id for case, _ in located}
+    unlisted = sorted(p.name for p in root.glob("*_rgba.png") if p.name[:-len("_rgba.png")] not in listed)
+    if unlisted:
+        raise DatasetError(f"{table} has no row for {', '.join(unlisted)}: add a row (id and prompt) for each "
+                           "image, or move the images out of the folder")
+    return unique_ids(located)
 
 
 def read_original(root: Path) -> list[Case]:
@@ -67,33 +127,48 @@ def read_original(root: Path) -> list[Case]:
     for table in (root / "prompts.tsv", root.parent / "prompts.tsv"):
         if table.is_file():
             for row in read_table(table):
-                key = row.get("realfusion_folder") or row.get("case", "")
-                names[key] = (row.get("consistent123_name") or key,
-                              row.get("consistent123_prompt") or row.get("prompt", ""))
+                key = row.get("realfusion_folder") or row.get("case")
+                names[key] = (check_case_id(row.get("consistent123_name") or key, row.where),
+                              row.get("consistent123_prompt") or row.get("prompt"), row.where)
             break
-    cases = []
+    located = []
     for folder in sorted(p for p in root.iterdir() if (p / "image.png").is_file() and (p / "mask.png").is_file()):
-        case_id, prompt = names.get(folder.name, (folder.name, ""))
-        cases.append(Case(case_id, folder / "image.png", None, folder / "mask.png", prompt, recenter=True))
-    return cases
+        case_id, prompt, where = names.get(folder.name, (folder.name, "", str(folder)))
+        located.append((Case(check_case_id(case_id, where), folder / "image.png", None, folder / "mask.png",
+                             prompt, recenter=True), where))
+    return unique_ids(located)
 
 
 def read_images(root: Path, table: Path) -> list[Case]:
     """Images listed in a prompts table (file, prompt; optional category, mask, depth), recentred on load."""
     rows = read_table(table)
-    header = set(rows[0]) if rows else set()
+    header = columns(rows)
     if {"file", "prompt"} - header:
         raise DatasetError(f"{table} needs columns file and prompt (has {', '.join(sorted(header)) or 'none'})")
-    cases, missing = [], []
+    located = []
     for row in rows:
-        paths = {k: root / row[k] for k in ("file", "mask", "depth") if row.get(k)}
-        missing += [p.name for p in paths.values() if not p.is_file()]
-        cases.append(Case(Path(row["file"]).stem, paths["file"], paths.get("depth"), paths.get("mask"),
-                          row["prompt"], row.get("category") or None, recenter=True))
-    if missing:
-        raise DatasetError(f"{root} lacks {', '.join(missing)} listed in {table.name}: fix the table or the "
-                           "folder")
-    return cases
+        paths = {k: _inside(root, row[k], row.where) for k in ("file", "mask", "depth") if row.get(k)}
+        missing = [p.name for p in paths.values() if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{row.where} names {', '.join(missing)}, which is not in {root}: fix the table or "
+                               "the folder")
+        case_id = check_case_id(paths["file"].stem, row.where)
+        located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row["prompt"],
+                             row.get("category") or None, recenter=True), row.where))
+    named = {p for case, _ in located for p in (case.rgba_path, case.mask_path, case.depth_path) if p}
+    unlisted = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in named)
+    if unlisted:
+        raise DatasetError(f"{table} does not name {', '.join(unlisted)}: add a row for each image (or name it as a "
+                           "mask or depth), or move it out of the folder")
+    return unique_ids(located)
+
+
+def _inside(root: Path, name: str, where: str) -> Path:
+    """root / name for a file named in a table; refused unless it stays inside the dataset folder."""
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DatasetError(f"{where}: '{name}' leaves the dataset folder {root}: name files inside it")
+    return path
 
 
 def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]:
@@ -128,19 +203,15 @@ def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -
     depth, covered = out["depth"][0].numpy(), out["rgba"][0, ..., 3].numpy() > 0
     lo, hi = depth[covered].min(), depth[covered].max()
     depth16 = np.where(covered, 1 + (depth - lo) / max(hi - lo, 1e-8) * 65534, 0).round().astype(np.uint16)
-    rgba_path.parent.mkdir(parents=True, exist_ok=True)
-    # write under a temporary name and rename, so a concurrent reader never sees half a file
     for path, img in ((rgba_path, Image.fromarray(rgba, "RGBA")), (depth_path, Image.fromarray(depth16))):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
+            img.save(tmp, format="PNG")
 
 
 def detect(root: Path) -> list[Case]:
     """The cases of a folder in whichever layout it has; DatasetError naming the layouts when none fits."""
     table = next((t for t in (root / "prompts.tsv", root / "prompts.csv") if t.is_file()), None)
-    rows = read_table(table) if table else []
-    header = set(rows[0]) if rows else set()
+    header = columns(read_table(table)) if table else set()
     if "file" in header:
         return read_images(root, table)
     flat = table is not None and table.suffix == ".tsv" and bool(header & {"consistent123_name", "case"})

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c123.errors import DatasetError
-from datasets import layouts
-from datasets.case import Case
+from c123_pipeline.datasets import layouts
+from c123_pipeline.datasets.case import Case
 
 DATA_ENV = "C123_DATA"
 NAMED = {"realfusion15": "realfusion15", "c10": "c10", "realfusion15-original": "realfusion15/original"}
@@ -64,13 +64,24 @@ def load_dataset(name_or_path: str | Path, data_root: str | Path | None = None) 
     return Dataset(name, cases, root)
 
 
-def filter_cases(dataset: Dataset, patterns: str | list[str] | None) -> Dataset:
-    """The cases whose id matches any of `patterns` (comma-separated string or list; shell wildcards)."""
+def case_patterns(cases: str | list[str] | None) -> list[str] | None:
+    """Case ids / wildcards from a comma-separated string or a list (items may hold commas too); None means
+    every case. Given but naming nothing (`--cases ""`) is a DatasetError, not "every case"."""
+    if cases is None:
+        return None
+    items = [cases] if isinstance(cases, str) else list(cases)
+    patterns = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
     if not patterns:
+        raise DatasetError("--cases (the `cases` parameter) names no case: pass case ids or wildcards, e.g. "
+                           "--cases 07 12, or leave it out to run every case")
+    return patterns
+
+
+def filter_cases(dataset: Dataset, cases: str | list[str] | None) -> Dataset:
+    """The cases whose id matches any of `cases` (see case_patterns; shell wildcards); None: all of them."""
+    patterns = case_patterns(cases)
+    if patterns is None:
         return dataset
-    if isinstance(patterns, str):
-        patterns = patterns.split(",")
-    patterns = [p.strip() for p in patterns if p.strip()]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c.id, p) for c in dataset.cases)]
     if unmatched:
         raise DatasetError(f"no case of '{dataset.name}' matches {', '.join(unmatched)}: its cases are "

@@ -1,10 +1,14 @@
 """The `benchmark` flow: dataset cases -> Ray actors (complete reconstructions) -> metrics -> Parquet -> report.
 
+    plan (inputs, configs, run folder, checks, cache)  ->  dispatch (actors; metrics start as cases finish)
+    ->  rows (per_case / per_view records)  ->  write (Parquet)  ->  report (tables, plots, verdict)
+    ->  final state: Failed when more cases failed than `allow_failures`, or on a regression when asked
+
 Run folder (docs/ARCHITECTURE.md): RUN/run.json, RUN/cases/<variant>/<case>/seed<N>/ (one reconstruction
 output folder each, carrying its cache key), RUN/per_case.parquet, RUN/per_view.parquet, RUN/report/.
 Rerunning a flow on the same `out` folder recomputes only what is missing: finished cases whose key
 (input bytes, resolved config, code version) still matches are reused, metrics likewise; interrupted
-cases resume from their own checkpoints.
+cases resume from their own checkpoints. One run at a time holds a run folder (a lock).
 
 Variants are schedule variant names (consistent123, 3d-only, dynamic-only, fixed-switch, 3d-then-2d),
 optionally with a weight shape: `consistent123:linear` (or `consistent123@linear`). A non-default shape
@@ -13,24 +17,87 @@ gets its own case folder, `cases/<variant>-<shape>/...`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import json
 import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from c123.errors import C123Error
+from c123.metrics import METRICS, MetricProtocol, get_protocol
 
 DEFAULT_VARIANTS = ["consistent123"]
 TINY_MODELS_ENV = "C123_TINY_MODELS"
 RUNS_ENV = "C123_RUNS"
+
+
+# ---- the parameters --------------------------------------------------------------------------------
+@dataclass
+class BenchmarkSpec:
+    """What to benchmark: the `benchmark` flow's parameters (the flow's signature lists the same names)."""
+
+    dataset: str = "c10"
+    """realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder."""
+    preset: str = "paper"
+    """paper | fast | tiny."""
+    variants: list[str] | None = None
+    """Schedule variants (default consistent123); 'consistent123:linear' adds a weight shape."""
+    cases: list[str] | str | None = None
+    """Case ids or wildcards (a list, or a comma-separated string); None: every case."""
+    seeds: list[int] | None = None
+    """Seeds (default [0])."""
+    out: str | None = None
+    """Run folder (default $C123_RUNS/<dataset>-<preset>-<UTC time>); an existing one resumes."""
+    overrides: list[str] | None = None
+    """Config overrides, 'section.field=value'."""
+    num_actors: int | None = None
+    """Ray actors (default: one per GPU, else one per CPU)."""
+    baseline: str | None = None
+    """A finished run folder of the same dataset to judge this run against, or 'latest' (the newest earlier
+    run of the same dataset and preset beside `out`)."""
+    data_root: str | None = None
+    """Folder holding the named datasets (default $C123_DATA)."""
+    fail_on_regression: bool = False
+    """Mark the flow run Failed when the verdict regresses (the nightly deployment)."""
+    allow_failures: int = 0
+    """Failed cases that still leave the flow run Completed; more mark it Failed."""
+    max_retries: int = 2
+    """Retries of a case whose actor died (or ran out of memory)."""
+    clip_model: str | None = None
+    """CLIP of the CLIP-similarity metric, replacing the protocol's (default: the protocol's, else the preset's)."""
+    protocol: str = "c123"
+    """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
+    thresholds: dict[str, float] | None = None
+    """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
+    work_fn: str | None = None
+    """'module:function' replacing the reconstruction in the actors (instrumentation, fault tests)."""
+
+    def check(self) -> None:
+        """Parameters that cannot work, as one C123Error line naming the parameter (before anything runs)."""
+        from c123_pipeline.datasets.registry import case_patterns
+        from c123_pipeline.reports.regression import parse_thresholds
+
+        for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise C123Error(f"parameter {name}={value!r} must be an integer >= {low}")
+        if self.variants is not None and not self.variants:
+            raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
+        if self.seeds is not None and not self.seeds:
+            raise C123Error("parameter seeds=[] names no seed: leave it out for seed 0")
+        if self.work_fn is not None and ":" not in str(self.work_fn):
+            raise C123Error(f"parameter work_fn={self.work_fn!r} is not module:function")
+        case_patterns(self.cases)
+        get_protocol(self.protocol)
+        parse_thresholds(self.thresholds)
 
 
 # ---- plain helpers (no Prefect) ----------------------------------------------------------------
@@ -59,8 +126,10 @@ def parse_variant(spec: str) -> tuple[str, str | None]:
 
 
 def resolve_config(preset_name: str, variant_spec: str, seed: int, overrides: list[str] | None):
-    """Preset -> variant (and weight shape) -> seed -> `--set` overrides; validated."""
+    """Preset -> variant (and weight shape) -> seed -> `--set` overrides; every value checked
+    (c123.config_checks; the device is checked where the actors run)."""
     from c123.config import apply_overrides
+    from c123.config_checks import validate
     from c123.schedules import SHAPES, get_variant
 
     name, shape = parse_variant(variant_spec)
@@ -72,24 +141,22 @@ def resolve_config(preset_name: str, variant_spec: str, seed: int, overrides: li
             raise C123Error(f"unknown weight shape '{shape}' in variant '{variant_spec}': use one of "
                             f"{', '.join(SHAPES)}")
         cfg.schedule.weight_shape = shape
-    cfg.seed = int(seed)
+    cfg.seed = seed
     apply_overrides(cfg, list(overrides or []))
-    if cfg.schedule.weight_shape not in SHAPES:
-        raise C123Error(f"unknown weight shape '{cfg.schedule.weight_shape}': use one of {', '.join(SHAPES)}")
-    get_variant(cfg.schedule.variant)
-    return cfg
+    return validate(cfg, check_device=False)
 
 
-def resolve_inputs(dataset, preset_name, variants=None, cases=None, seeds=None, overrides=None, data_root=None):
+def resolve_inputs(spec: BenchmarkSpec):
     """(Dataset, variants, seeds, {(variant, seed): config}); every user error raised here as one C123Error line."""
-    from datasets.registry import filter_cases, load_dataset
+    from c123_pipeline.datasets.registry import filter_cases, load_dataset
+    from c123_pipeline.tasks.metrics import protocol_overrides
 
-    variants = list(variants or DEFAULT_VARIANTS)
-    seeds = [int(s) for s in (seeds if seeds not in (None, []) else [0])]
-    if isinstance(cases, str):
-        cases = [c for c in cases.split(",") if c.strip()]
-    ds = filter_cases(load_dataset(dataset, data_root), cases)
-    configs = {(v, s): resolve_config(preset_name, v, s, overrides) for v in variants for s in seeds}
+    spec.check()
+    variants = list(spec.variants or DEFAULT_VARIANTS)
+    seeds = list(spec.seeds if spec.seeds is not None else [0])
+    ds = filter_cases(load_dataset(spec.dataset, spec.data_root), spec.cases)
+    overrides = protocol_overrides(get_protocol(spec.protocol), list(spec.overrides or []))
+    configs = {(v, s): resolve_config(spec.preset, v, s, overrides) for v in variants for s in seeds}
     folders = {variant_folder(cfg) for (v, s), cfg in configs.items() if s == seeds[0]}
     if len(folders) < len(variants):
         raise C123Error(f"variants {', '.join(variants)} resolve to the same configuration: list each once")
@@ -107,54 +174,291 @@ def default_run_dir(dataset: str, preset_name: str) -> Path:
     return Path(os.environ.get(RUNS_ENV) or "runs") / f"{Path(dataset).name}-{preset_name}-{stamp}"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    from c123.atomic import write_atomic
+# ---- the plan ----------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One (case, variant, seed) of the run and what became of it."""
 
-    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    index: int
+    case: object
+    cfg: object
+    case_dir: str
+    """Case folder relative to the run folder."""
+    key: str
+    outcome: object | None = None
+    """tasks.actors.Outcome once known (read back for a cached case)."""
+    cached: bool = False
 
 
-def prepare_run_json(run_dir: Path, info: dict) -> dict:
-    """Create RUN/run.json, or update it on a rerun (same dataset and preset; run id and created_at kept)."""
-    path = run_dir / "run.json"
-    if path.is_file():
+@dataclass
+class RunPlan:
+    """Everything the run does, fixed before the first case is dispatched."""
+
+    spec: BenchmarkSpec
+    dataset: object
+    run_dir: Path
+    run_id: str
+    version: str
+    protocol: MetricProtocol
+    """Resolved: the CLIP, the number of views and the LPIPS backbone chosen and present on this machine."""
+    entries: list[Entry]
+    baseline: Path | None
+    lock: object
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Checked:
+    """A spec resolved and checked against this machine and the folders it names; nothing written yet."""
+
+    dataset: object
+    variants: list[str]
+    seeds: list[int]
+    configs: dict
+    """{(variant, seed): ReconstructConfig}."""
+    protocol: MetricProtocol
+    baseline: Path | None
+    run_dir: Path
+
+
+def check_spec(spec: BenchmarkSpec, log) -> Checked:
+    """Every check that can fail before compute, as one C123Error line: parameters, dataset, configs, the run
+    folder (not another dataset's or preset's), the baseline (same dataset, shares a case), the metric models
+    (present on this machine)."""
+    from c123.provenance import offline_defaults
+    from c123_pipeline.tasks.metrics import resolve_protocol
+    from c123_pipeline.tasks.report import check_baseline
+    from c123_pipeline.tasks.run_folder import RunLock, check_run_json
+
+    offline_defaults()
+    ds, variants, seeds, configs = resolve_inputs(spec)
+    run_dir = (Path(spec.out).expanduser() if spec.out else default_run_dir(ds.name, spec.preset)).resolve()
+    check_run_json(run_dir, ds.name, spec.preset)
+    if run_dir.is_dir():  # a run going on there now: refused before anything starts (plan() locks it for real)
+        RunLock(run_dir).acquire().release()
+    first = configs[(variants[0], seeds[0])]
+    requested = get_protocol(spec.protocol)
+    if spec.clip_model:
+        requested = dataclasses.replace(requested, clip_model=spec.clip_model)
+    protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views, spec.preset == "tiny")
+    baseline = check_baseline(spec.baseline, run_dir, ds.name, spec.preset, [c.id for c in ds.cases], log)
+    return Checked(ds, variants, seeds, configs, protocol, baseline, run_dir)
+
+
+def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
+    """The checks, then the run folder (locked, its run.json) and one entry per (case, variant, seed), with the
+    outcome of those already finished."""
+    from c123_pipeline.tasks import cache
+    from c123_pipeline.tasks.run_folder import RunLock, inside, prepare_run_json
+
+    checked = check_spec(spec, log)
+    ds, run_dir, first = checked.dataset, checked.run_dir, checked.configs[(checked.variants[0], checked.seeds[0])]
+    lock = RunLock(run_dir).acquire()
+    try:
+        version = cache.code_version()
+        info = prepare_run_json(run_dir, {
+            "run_id": f"{ds.name}-{spec.preset}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-"
+                      f"{uuid.uuid4().hex[:6]}",
+            "dataset": ds.name, "dataset_root": str(ds.root) if ds.root else None, "preset": spec.preset,
+            "variants": checked.variants, "seeds": checked.seeds, "cases": [c.id for c in ds.cases],
+            "overrides": list(spec.overrides or []), "code_version": version,
+            "protocol": {**dataclasses.asdict(checked.protocol), "resolution": first.train.eval_size},
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "config": {v: {"config": checked.configs[(v, checked.seeds[0])].to_dict(),
+                           "config_hash": checked.configs[(v, checked.seeds[0])].hash()} for v in checked.variants},
+        }, warn=log.warning)
+        entries = []
+        for cfg in checked.configs.values():
+            for case in ds.cases:
+                rel = f"cases/{variant_folder(cfg)}/{case.id}/seed{cfg.seed}"
+                inside(run_dir, rel)
+                entries.append(Entry(len(entries), case, cfg, rel, cache.cache_key(case, cfg, version)))
+    except BaseException:
+        lock.release()
+        raise
+    for entry in entries:
+        reuse_finished(entry, run_dir)
+    log.info(f"run {info['run_id']}: {len(ds.cases)} cases x {len(checked.variants)} variants x "
+             f"{len(checked.seeds)} seeds -> {run_dir}; {sum(e.cached for e in entries)} cached")
+    return RunPlan(spec, ds, run_dir, info["run_id"], version, checked.protocol, entries, checked.baseline, lock,
+                   {"prepare": time.perf_counter() - t_start})
+
+
+def reuse_finished(entry: Entry, run_dir: Path) -> None:
+    """A case folder finished under the entry's key gives its outcome without compute."""
+    from c123_pipeline.tasks import cache
+    from c123_pipeline.tasks.actors import Outcome
+
+    if cache.is_done(run_dir / entry.case_dir, entry.key):
         try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        for key in ("dataset", "preset"):
-            if old.get(key) not in (None, info[key]):
-                raise C123Error(f"{run_dir} holds a run of {key} '{old[key]}', not '{info[key]}': pass another "
-                                "--out folder")
-        info["run_id"] = old.get("run_id") or info["run_id"]
-        info["created_at"] = old.get("created_at") or info["created_at"]
-        info["updated_at"] = datetime.now(timezone.utc).isoformat()
-    write_json_atomic(path, info)
-    return info
+            entry.outcome, entry.cached = Outcome(result=cache.load_result(run_dir / entry.case_dir)), True
+        except (OSError, ValueError):
+            entry.outcome = None
 
 
-def case_row(*, run_id, dataset, case, cfg, preset_name, status, error, result, metrics, case_dir, key,
-             version) -> dict:
-    """One per_case row (metrics dict from tasks.metrics)."""
-    stages = (result or {}).get("stage_seconds") or {}
-    nan = float("nan")
-    secs = {k: float(stages[k]) if k in stages and stages[k] is not None else nan for k in ("nerf", "dmtet", "export")}
-    total = sum(v for v in secs.values() if v == v) if result else nan
-    return {
-        "run_id": run_id, "dataset": dataset, "case": case.id, "category": case.category,
-        "variant": cfg.schedule.variant, "weight_shape": cfg.schedule.weight_shape, "preset": preset_name,
-        "seed": int(cfg.seed), "status": status, "error": error,
-        "switch_iteration": (result or {}).get("switch_iteration"),
-        "seconds_nerf": secs["nerf"], "seconds_dmtet": secs["dmtet"], "seconds_export": secs["export"],
-        "seconds_total": total,
-        **{k: metrics.get(k, nan) for k in ("clip_similarity", "psnr", "lpips")},
-        "metric_status": metrics.get("metric_status"),
-        **{k: metrics.get(k, nan) for k in ("novel_psnr", "novel_lpips", "chamfer")},
-        **{k: metrics.get(k) for k in ("clip_model", "num_views", "resolution", "background", "lpips_net")},
-        "config_hash": (result or {}).get("config_hash") or cfg.hash(),
-        "code_version": (result or {}).get("code_version") or version,
-        "device": (result or {}).get("device") or "",
-        "case_dir": case_dir, "cache_key": key,
-    }
+# ---- metrics, as cases finish ------------------------------------------------------------------
+class MetricStep:
+    """Metrics of finished cases: cached ones read back, others computed as Prefect tasks while later cases
+    still run. The metric models load in a background thread, only when some metric has to be computed."""
+
+    def __init__(self, plan_: RunPlan):
+        self.plan = plan_
+        self.loader = ThreadPoolExecutor(max_workers=1)
+        self._models: Future | None = None
+        self.pending: dict[int, object] = {}
+        self.values: dict[int, dict] = {}
+
+    def models(self, after=None) -> Future:
+        """The metric models' future; `after` (first call only) runs first in the loader thread."""
+        from c123_pipeline.tasks.metrics import load_metric_models
+
+        if self._models is None:
+            def load():
+                if after is not None:
+                    after()
+                if self.plan.spec.preset == "tiny":  # the tiny CLIP is written on first use, as the priors
+                    from c123.priors.tiny import write_tiny_models
+                    write_tiny_models(Path(self.plan.entries[0].cfg.prior.clip_model).expanduser().parent)
+                return load_metric_models(self.plan.protocol, os.environ.get("C123_METRICS_DEVICE", "cpu"))
+            self._models = self.loader.submit(load)
+        return self._models
+
+    def submit(self, entry: Entry) -> None:
+        """Start (or read back) the metrics of a finished case; failed cases have none."""
+        from c123_pipeline.tasks.metrics import cached_metrics, case_metrics_task, metrics_key
+
+        if entry.outcome.status != "ok":
+            return
+        folder = self.plan.run_dir / entry.case_dir
+        key = metrics_key(entry.key, self.plan.protocol, entry.case.scene)
+        found = cached_metrics(folder, key)
+        if found is not None:
+            self.values[entry.index] = found
+        else:
+            self.pending[entry.index] = case_metrics_task.submit(str(folder), entry.outcome.result,
+                                                                 self.models().result(), key, entry.case.scene)
+
+    def result(self, entry: Entry) -> dict:
+        """The metric columns of an entry (NaN with the reason for a failed case)."""
+        from c123_pipeline.tasks.metrics import failed_case_metrics
+
+        if entry.index in self.pending:
+            return self.pending[entry.index].result()
+        if entry.index in self.values:
+            return self.values[entry.index]
+        return failed_case_metrics(self.plan.protocol, entry.cfg.train.eval_views, entry.cfg.train.eval_size)
+
+    def close(self) -> None:
+        self.loader.shutdown(wait=False)
+
+
+# ---- dispatch ----------------------------------------------------------------------------------
+@dataclass
+class DispatchStats:
+    """What the dispatch step did."""
+
+    actors: int = 0
+    replaced: int = 0
+    compute_seconds: float = 0.0
+    case_seconds: list[float] = field(default_factory=list)
+    spans: list[tuple] = field(default_factory=list)
+    stopper: threading.Thread | None = None
+    """Stops a cluster this run started, in the background, while metrics and the report are written."""
+
+
+def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> DispatchStats:
+    """Cases without a finished folder go to Ray actors; each finished case starts its metrics."""
+    from c123.config_checks import check_device_exists
+    from c123_pipeline.tasks.actors import ActorPool, Job, actor_resources, default_num_actors
+    from c123_pipeline.tasks.ray_cluster import ensure_ray, shutdown_ray
+
+    stats = DispatchStats()
+    for entry in plan_.entries:
+        if entry.cached:
+            metrics.submit(entry)
+    todo = [e for e in plan_.entries if e.outcome is None]
+    if not todo:
+        return stats
+    cluster = ensure_ray()
+    plan_.timings["ray_start"] = time.perf_counter() - t_start - plan_.timings["prepare"]
+    try:
+        for entry in todo:  # the device must exist where the actors run, not necessarily here
+            check_device_exists(entry.cfg.train.device, int(cluster.num_gpus))
+        stats.actors = min(len(todo), plan_.spec.num_actors or default_num_actors(cluster.num_cpus, cluster.num_gpus))
+        resources = actor_resources(cluster.num_gpus)
+        if not resources["num_gpus"]:
+            resources["num_cpus"] = min(1.0, cluster.num_cpus / stats.actors) if cluster.num_cpus else 1.0
+        log.info(f"Ray at {cluster.address}: {stats.actors} actors x {resources}; {len(todo)} cases to compute")
+        jobs = [Job(e.index, e.case, variant_folder(e.cfg), e.cfg.seed, e.cfg.to_dict(),
+                    str(plan_.run_dir / e.case_dir), e.key, plan_.dataset.name) for e in todo]
+        t_epoch = time.time() - (time.perf_counter() - t_start)
+        with ActorPool(stats.actors, resources=resources, work_fn=plan_.spec.work_fn,
+                       max_retries=plan_.spec.max_retries, logger=log) as pool:
+            # loaded while the actors compute, not while they start (on a small machine the load would slow
+            # the actors' start, which nothing overlaps)
+            metrics.models(after=pool.wait_ready)
+            metrics.loader.submit(importlib.import_module, "c123_pipeline.reports.build")  # ready for the report
+            for job, outcome in pool.run(jobs):
+                entry = plan_.entries[job.index]
+                entry.outcome = outcome
+                stats.compute_seconds += outcome.seconds
+                stats.case_seconds.append(outcome.seconds)
+                if outcome.span:
+                    stats.spans.append((outcome.slot, *(t - t_epoch for t in outcome.span)))
+                tail = "" if outcome.status == "ok" else f": {outcome.error}"
+                log.info(f"{job.label()} {outcome.status} in {outcome.seconds:.1f} s after {outcome.attempts} "
+                         f"attempt(s){tail}")
+                metrics.submit(entry)
+            stats.replaced = pool.replaced
+    finally:
+        if cluster.started:
+            stats.stopper = threading.Thread(target=shutdown_ray, name="ray-shutdown")
+            stats.stopper.start()
+    return stats
+
+
+# ---- rows, write, report -----------------------------------------------------------------------
+def rows(plan_: RunPlan, metrics: MetricStep):
+    """(per_case rows, per_view rows) of every entry, in plan order."""
+    from c123_pipeline.tasks.results import CaseRow, ViewRow
+
+    case_rows, view_rows = [], []
+    for entry in plan_.entries:
+        values = metrics.result(entry)
+        result = entry.outcome.result or {}
+        cfg, stages = entry.cfg, result.get("stage_seconds") or {}
+        seconds = {k: float(stages[k]) if stages.get(k) is not None else float("nan") for k in ("nerf", "dmtet", "export")}
+        common = dict(run_id=plan_.run_id, dataset=plan_.dataset.name, case=entry.case.id,
+                      variant=cfg.schedule.variant, weight_shape=cfg.schedule.weight_shape, seed=cfg.seed)
+        case_rows.append(CaseRow(
+            **common, category=entry.case.category, preset=plan_.spec.preset, status=entry.outcome.status,
+            error=entry.outcome.error, switch_iteration=result.get("switch_iteration"),
+            seconds_nerf=seconds["nerf"], seconds_dmtet=seconds["dmtet"], seconds_export=seconds["export"],
+            seconds_total=sum(v for v in seconds.values() if v == v) if result else float("nan"),
+            **{m: values[m] for m in METRICS}, metric_status=values["metric_status"],
+            **{k: values[k] for k in ("protocol", "clip_model", "num_views", "resolution", "background",
+                                      "lpips_net")},
+            config_hash=result.get("config_hash") or cfg.hash(),
+            code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
+            case_dir=entry.case_dir, cache_key=entry.key))
+        view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
+    return case_rows, view_rows
+
+
+def first_error(case_rows) -> str:
+    failed = [r for r in case_rows if r.status != "ok"]
+    return f"{failed[0].variant}/{failed[0].case}/seed{failed[0].seed}: {failed[0].error}" if failed else ""
+
+
+def final_state(spec: BenchmarkSpec, summary: dict) -> dict | State:
+    """Failed when more cases failed than allowed, or when the run regressed and that should fail it."""
+    problems = []
+    if summary["failed"] > spec.allow_failures:
+        allowed = f" (allowed: {spec.allow_failures})" if spec.allow_failures else ""
+        problems.append(f"{summary['failed']} failed of {summary['cases']}{allowed}; first: {summary['first_error']}")
+    if spec.fail_on_regression and summary["regressed"]:
+        problems.append(f"regression against {summary['baseline']}: see {summary['verdict_md']}")
+    return Failed(message="; ".join(problems), data=summary) if problems else summary
 
 
 # ---- the flow ----------------------------------------------------------------------------------
@@ -162,208 +466,62 @@ def case_row(*, run_id, dataset, case, cfg, preset_name, status, error, result, 
 def benchmark(dataset: str = "c10", preset: str = "paper", variants: list[str] | None = None,
               cases: list[str] | str | None = None, seeds: list[int] | None = None, out: str | None = None,
               overrides: list[str] | None = None, num_actors: int | None = None, baseline: str | None = None,
-              data_root: str | None = None, fail_on_regression: bool = False, max_retries: int = 2,
-              clip_model: str | None = None, lpips_net: str = "alex", thresholds: dict[str, float] | None = None,
-              work_fn: str | None = None) -> dict:
-    """Benchmark `preset` x `variants` x `seeds` on `dataset` (optionally only `cases`) into the run folder `out`.
-
-    baseline: a finished run folder to judge this run against, or 'latest' (the newest earlier run of the
-    same dataset and preset beside `out`). fail_on_regression: mark this flow run failed when the verdict
-    regresses (the nightly deployment). clip_model: CLIP of the CLIP-similarity metric (default: the
-    preset's). work_fn: 'module:function' replacing the reconstruction in the actors (instrumentation,
-    fault tests).
-    """
-    summary = run_benchmark(dataset=dataset, preset_name=preset, variants=variants, cases=cases, seeds=seeds,
-                            out=out, overrides=overrides, num_actors=num_actors, baseline=baseline,
-                            data_root=data_root, max_retries=max_retries, clip_model=clip_model,
-                            lpips_net=lpips_net, thresholds=thresholds, work_fn=work_fn)
-    if fail_on_regression and summary.get("regressed"):
-        return Failed(message=f"regression against {summary['baseline']}: see {summary.get('verdict_md')}",
-                      data=summary)
-    return summary
+              data_root: str | None = None, fail_on_regression: bool = False, allow_failures: int = 0,
+              max_retries: int = 2, clip_model: str | None = None, protocol: str = "c123",
+              thresholds: dict[str, float] | None = None, work_fn: str | None = None) -> dict:
+    """Benchmark `preset` x `variants` x `seeds` on `dataset` into the run folder `out`; parameters: see
+    BenchmarkSpec. The flow run is Failed when more than `allow_failures` cases failed (after the Parquet
+    files and the report of the others are written), or on a regression with `fail_on_regression`."""
+    spec = BenchmarkSpec(**locals())
+    return final_state(spec, run_benchmark(spec))
 
 
-def run_benchmark(*, dataset, preset_name, variants=None, cases=None, seeds=None, out=None, overrides=None,
-                  num_actors=None, baseline=None, data_root=None, max_retries=2, clip_model=None,
-                  lpips_net="alex", thresholds=None, work_fn=None) -> dict:
-    """The flow's body (inside a flow run: uses its logger and submits its tasks)."""
-    from tasks import cache
-    from tasks.metrics import cached_metrics, case_metrics_task, failed_case_metrics, load_metric_models, metrics_key
-    from tasks.report import find_latest_baseline, report_task
-    from tasks.results import write_results_task
+def run_benchmark(spec: BenchmarkSpec) -> dict:
+    """The flow's body, as named steps (inside a flow run: uses its logger and submits its tasks)."""
+    from c123_pipeline.tasks.report import report_task
+    from c123_pipeline.tasks.results import write_results_task
 
     log = get_run_logger()
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1")
-    overrides = list(overrides or [])
-    ds, variants, seeds, configs = resolve_inputs(dataset, preset_name, variants, cases, seeds, overrides, data_root)
-    version = cache.code_version()
-    run_dir = Path(out) if out else default_run_dir(ds.name, preset_name)
-    run_dir = run_dir.expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    first = {v: configs[(v, seeds[0])] for v in variants}
-    metric_clip = clip_model or first[variants[0]].prior.clip_model
-    allow_random_lpips = preset_name == "tiny"
-    num_views, resolution = first[variants[0]].train.eval_views, first[variants[0]].train.eval_size
-    info = prepare_run_json(run_dir, {
-        "run_id": f"{ds.name}-{preset_name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-"
-                  f"{uuid.uuid4().hex[:6]}",
-        "dataset": ds.name, "dataset_root": str(ds.root) if ds.root else None, "preset": preset_name,
-        "variants": variants, "seeds": seeds, "cases": [c.id for c in ds.cases], "overrides": overrides,
-        "code_version": version,
-        "protocol": {"clip_model": metric_clip, "num_views": num_views, "resolution": resolution,
-                     "background": "white", "lpips_net": lpips_net},
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "config": {v: {"config": cfg.to_dict(), "config_hash": cfg.hash()} for v, cfg in first.items()},
-    })
-    run_id = info["run_id"]
-    log.info(f"run {run_id}: {len(ds.cases)} cases x {len(variants)} variants x {len(seeds)} seeds -> {run_dir}")
-
-    # Metric models load in a background thread, only when some metric has to be computed
-    loader = ThreadPoolExecutor(max_workers=1)
-    models_future = None
-
-    def metric_models(after=None):
-        """The metric models' future; `after` (first call only) runs first in the loader thread."""
-        nonlocal models_future
-        if models_future is None:
-            def load():
-                if after is not None:
-                    after()
-                if preset_name == "tiny":  # the tiny CLIP must exist before the metric loads it
-                    from c123.priors.tiny import write_tiny_models
-                    write_tiny_models(Path(first[variants[0]].prior.clip_model).expanduser().parent)
-                return load_metric_models(metric_clip, lpips_net, os.environ.get("C123_METRICS_DEVICE", "cpu"),
-                                          allow_random_lpips)
-            models_future = loader.submit(load)
-        return models_future
-
-    entries, jobs = [], []
-    for (v, s), cfg in configs.items():
-        for case in ds.cases:
-            rel = f"cases/{variant_folder(cfg)}/{case.id}/seed{s}"
-            key = cache.cache_key(case, cfg, version)
-            entry = {"case": case, "cfg": cfg, "case_dir": rel, "key": key, "outcome": None, "cached": False}
-            if cache.is_done(run_dir / rel, key):
-                try:
-                    entry.update(outcome={"status": "ok", "error": None,
-                                          "result": cache.load_result(run_dir / rel), "seconds": 0.0},
-                                 cached=True)
-                except (OSError, ValueError):
-                    entry["outcome"] = None
-            if entry["outcome"] is None:
-                from tasks.actors import make_job
-                jobs.append(make_job(len(entries), case, variant_folder(cfg), s, cfg.to_dict(), run_dir / rel,
-                                     key, ds.name))
-            entries.append(entry)
-    log.info(f"{len(entries) - len(jobs)} cached, {len(jobs)} to compute")
-
-    metric_futures: dict[int, object] = {}
-    metric_values: dict[int, dict] = {}
-
-    def submit_metrics(i: int) -> None:
-        e = entries[i]
-        if e["outcome"]["status"] != "ok":
-            return
-        key = metrics_key(e["key"], metric_clip, lpips_net, allow_random_lpips, e["case"].scene)
-        found = cached_metrics(run_dir / e["case_dir"], key)
-        if found is not None:
-            metric_values[i] = found
-        else:
-            metric_futures[i] = case_metrics_task.submit(str(run_dir / e["case_dir"]), e["outcome"]["result"],
-                                                         metric_models().result(), key, e["case"].scene)
-
-    for i, e in enumerate(entries):
-        if e["cached"]:
-            submit_metrics(i)
-
-    compute_seconds, replaced, n_actors, job_seconds, spans, stopper = 0.0, 0, 0, [], [], None
-    t_epoch = time.time() - (time.perf_counter() - t_start)
-    if jobs:
-        from tasks.actors import ActorPool, actor_resources, default_num_actors
-        from tasks.ray_cluster import ensure_ray, shutdown_ray
-
-        timings["prepare"] = time.perf_counter() - t_start
-        cluster = ensure_ray()
-        timings["ray_start"] = time.perf_counter() - t_start - timings["prepare"]
-        n_actors = min(len(jobs), int(num_actors) if num_actors else
-                       default_num_actors(cluster.num_cpus, cluster.num_gpus))
-        resources = actor_resources(cluster.num_gpus)
-        if not resources["num_gpus"]:
-            resources["num_cpus"] = min(1.0, cluster.num_cpus / n_actors) if cluster.num_cpus else 1.0
-        log.info(f"Ray at {cluster.address}: {n_actors} actors x {resources}")
-        try:
-            with ActorPool(n_actors, resources=resources, work_fn=work_fn, max_retries=max_retries,
-                           logger=log) as pool:
-                # Loaded while the actors compute, not while they start: on a small machine that load would
-                # slow the actors' start, which nothing overlaps
-                metric_models(after=pool.wait_ready)
-                loader.submit(importlib.import_module, "reports.build")
-                for job, outcome in pool.run(jobs):
-                    i = job["index"]
-                    entries[i]["outcome"] = outcome
-                    compute_seconds += float(outcome.get("seconds") or 0.0)
-                    job_seconds.append(float(outcome.get("seconds") or 0.0))
-                    if outcome.get("span"):
-                        spans.append((outcome.get("slot"), *(t - t_epoch for t in outcome["span"])))
-                    tail = "" if outcome["status"] == "ok" else f": {outcome['error']}"
-                    log.info(f"{job['case_id']} ({job['variant']}, seed {job['seed']}) {outcome['status']} in "
-                             f"{outcome.get('seconds', 0):.1f} s after {outcome.get('attempts', 1)} attempt(s){tail}")
-                    submit_metrics(i)
-                replaced = pool.replaced
-        finally:
-            if cluster.started:  # a cluster this flow started stops with it (meanwhile metrics and report run)
-                stopper = threading.Thread(target=shutdown_ray, name="ray-shutdown")
-                stopper.start()
-
-    timings["dispatch_end"] = time.perf_counter() - t_start
-    failed_metrics = None
-    case_rows, view_rows = [], []
-    for i, e in enumerate(entries):
-        outcome, cfg = e["outcome"], e["cfg"]
-        if i in metric_futures:
-            metrics = metric_futures[i].result()
-        elif i in metric_values:
-            metrics = metric_values[i]
-        else:
-            if failed_metrics is None:
-                failed_metrics = failed_case_metrics(metric_models().result(), num_views, resolution)
-            metrics = {**failed_metrics, "num_views": cfg.train.eval_views, "resolution": cfg.train.eval_size}
-        case_rows.append(case_row(run_id=run_id, dataset=ds.name, case=e["case"], cfg=cfg, preset_name=preset_name,
-                                  status=outcome["status"], error=outcome.get("error"),
-                                  result=outcome.get("result"), metrics=metrics, case_dir=e["case_dir"],
-                                  key=e["key"], version=version))
-        for v in metrics.get("per_view", []):
-            view_rows.append({"run_id": run_id, "dataset": ds.name, "case": e["case"].id,
-                              "variant": cfg.schedule.variant, "weight_shape": cfg.schedule.weight_shape,
-                              "seed": int(cfg.seed), **v})
-    loader.shutdown(wait=False)
-    timings["metrics_end"] = time.perf_counter() - t_start
-    written = write_results_task(str(run_dir), case_rows, view_rows)
-    timings["parquet_end"] = time.perf_counter() - t_start
-
-    if baseline == "latest":
-        found = find_latest_baseline(run_dir, ds.name, preset_name)
-        if found is None:
-            log.warning("baseline 'latest': no earlier finished run of this dataset and preset; no verdict")
-        baseline = str(found) if found else None
-    report = report_task(str(run_dir), baseline, thresholds)
-    timings["report_end"] = time.perf_counter() - t_start
-    n_failed = sum(r["status"] != "ok" for r in case_rows)
-    if stopper is not None:
-        stopper.join()
+    plan_ = plan(spec, log, t_start)
+    metrics = MetricStep(plan_)
+    try:
+        stats = dispatch(plan_, metrics, log, t_start)
+        plan_.timings["dispatch_end"] = time.perf_counter() - t_start
+        case_rows, view_rows = rows(plan_, metrics)
+        plan_.timings["metrics_end"] = time.perf_counter() - t_start
+        written = write_results_task(str(plan_.run_dir), case_rows, view_rows)
+        plan_.timings["parquet_end"] = time.perf_counter() - t_start
+        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds)
+        plan_.timings["report_end"] = time.perf_counter() - t_start
+        if stats.stopper is not None:
+            stats.stopper.join()
+    finally:
+        metrics.close()
+        plan_.lock.release()
+    n_failed = sum(r.status != "ok" for r in case_rows)
     wall = time.perf_counter() - t_start
     summary = {
-        "run_id": run_id, "run_dir": str(run_dir), "per_case": written["per_case"], "per_view": written["per_view"],
-        "report": report["index_html"], "cases": len(case_rows), "ok": len(case_rows) - n_failed,
-        "failed": n_failed, "cached": sum(e["cached"] for e in entries), "computed": len(jobs),
-        "actors": n_actors, "actors_replaced": replaced, "wall_seconds": wall, "compute_seconds": compute_seconds,
-        "case_seconds": job_seconds, "case_spans": spans, "timings": timings,
-        "baseline": baseline, "regressed": report["regressed"], "verdict_md": report["verdict_md"],
-        "verdict_markdown": report["verdict_markdown"],
-        "errors": {f"{r['variant']}/{r['case']}/seed{r['seed']}": r["error"] for r in case_rows if r["error"]},
+        "run_id": plan_.run_id, "run_dir": str(plan_.run_dir), "per_case": written["per_case"],
+        "per_view": written["per_view"], "report": report["index_html"], "cases": len(case_rows),
+        "ok": len(case_rows) - n_failed, "failed": n_failed, "cached": sum(e.cached for e in plan_.entries),
+        "computed": sum(not e.cached for e in plan_.entries), "actors": stats.actors,
+        "actors_replaced": stats.replaced, "wall_seconds": wall, "compute_seconds": stats.compute_seconds,
+        "case_seconds": stats.case_seconds, "case_spans": stats.spans, "timings": plan_.timings,
+        "protocol": dataclasses.asdict(plan_.protocol),
+        "baseline": report["baseline"], "regressed": report["regressed"], "verdict_md": report["verdict_md"],
+        "verdict_markdown": report["verdict_markdown"], "first_error": first_error(case_rows),
+        "errors": {f"{r.variant}/{r.case}/seed{r.seed}": r.error for r in case_rows if r.error},
     }
     log.info(f"{summary['ok']} ok, {n_failed} failed ({summary['cached']} cached) in {wall:.1f} s; "
              f"per_case: {written['per_case']}; report: {report['index_html']}")
     return summary
+
+
+def summary_of(state: State) -> dict:
+    """The summary a finished benchmark flow run returned (also when it is Failed); an error that stopped it
+    before the summary is raised again (a C123Error keeps its one line)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result

@@ -6,7 +6,10 @@
   while one is going is cancelled, not queued); judged against the newest earlier nightly run
   (baseline='latest'); a regression fails the flow run and publishes the verdict as a markdown artifact.
 
-Serve against the server PREFECT_API_URL names: `python -m flows.deployments` (see flows/serve.py and
+Every flow run whose cases failed (more than its `allow_failures`) ends Failed, so
+`prefect deployment run ... --watch` exits non-zero.
+
+Serve against the server PREFECT_API_URL names: `python -m c123_pipeline.flows.deployments` (see flows/serve.py and
 scripts/serve.sh for a local server plus the deployments in one command).
 """
 
@@ -25,7 +28,7 @@ def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["c123", "benchmark"])
     return [
@@ -60,15 +63,17 @@ def serve_deployments(args: argparse.Namespace) -> None:
     """Register the deployments with the API in PREFECT_API_URL and execute their runs until interrupted."""
     from prefect import serve
 
+    from c123.provenance import offline_defaults
+
     os.environ["C123_RUNS"] = str(Path(args.runs).expanduser().resolve())
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1")
+    offline_defaults()
     deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
                                     args.preset)
     serve(*deployments, limit=args.limit)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.deployments",
+    p = argparse.ArgumentParser(prog="python -m c123_pipeline.flows.deployments",
                                 description="Serve the benchmark deployments (PREFECT_API_URL names the server).")
     add_arguments(p)
     args = p.parse_args(argv)

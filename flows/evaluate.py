@@ -1,20 +1,27 @@
 """`c123 evaluate DATASET ...`: the benchmark flow in this process, with a live progress display.
 
 Runs on Prefect's embedded defaults (a temporary local API on SQLite under $PREFECT_HOME, unless
-PREFECT_API_URL names a server) and a private local Ray cluster (or the one RAY_ADDRESS names).
-Rerunning with the same --out resumes: finished cases are reused, interrupted ones continue.
+PREFECT_API_URL names a server) and a private local Ray cluster (or the one RAY_ADDRESS names); both end
+with this process, however it ends (tasks/lifeline.py). Rerunning with the same --out resumes: finished
+cases are reused, interrupted ones continue. Ctrl-C and SIGTERM end the run with the line that resumes it
+(exit status 130 and 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from c123.cli import OneLineParser, count
+
+    p = OneLineParser(
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
         "Parquet tables and a report, as a Prefect flow. Rerun with the same --out to resume.")
     p.add_argument("dataset", help="realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder")
@@ -29,25 +36,78 @@ def parser() -> argparse.ArgumentParser:
                    "an existing one resumes")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.nerf_iters=100")
-    p.add_argument("--actors", type=int, metavar="N", help="number of Ray actors (default: one per GPU, else per CPU)")
-    p.add_argument("--baseline", metavar="RUN_DIR", help="judge this run against a finished run ('latest': the "
-                   "newest earlier run of the same dataset and preset beside --out)")
+    p.add_argument("--actors", dest="num_actors", type=count(1), metavar="N",
+                   help="number of Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument("--baseline", metavar="RUN_DIR", help="judge this run against a finished run of the same "
+                   "dataset ('latest': the newest earlier run of the same dataset and preset beside --out)")
+    p.add_argument("--threshold", dest="thresholds", action="extend", nargs="+", metavar="METRIC=VALUE",
+                   help="allowed worsening against --baseline, e.g. psnr=0.5 lpips=0.01")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the named datasets (default $C123_DATA)")
-    p.add_argument("--clip-model", metavar="ID", help="CLIP of the CLIP-similarity metric (default: the preset's)")
-    p.add_argument("--retries", type=int, default=2, help="retries of a case whose actor died (default 2)")
+    p.add_argument("--protocol", default="c123", help="metric protocol: c123 (default) or magic123 (CLIP "
+                   "ViT-bigG-14 over 100 views, 224 px, PSNR at 800 px)")
+    p.add_argument("--clip-model", metavar="ID", help="CLIP of the CLIP-similarity metric (default: the protocol's, "
+                   "else the preset's)")
+    p.add_argument("--retries", dest="max_retries", type=count(0), default=2,
+                   help="retries of a case whose actor died (default 2)")
+    p.add_argument("--allow-failures", type=count(0), default=0, metavar="N",
+                   help="failed cases that still count as success (default 0)")
     p.add_argument("--verbose", "-v", action="store_true", help="show Prefect's and the actors' logs")
     return p
 
 
 def _prepare_env(verbose: bool) -> None:
     """Embedded defaults, set before Prefect is imported."""
+    from c123.provenance import offline_defaults
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1")
-    if not verbose:
+    offline_defaults()
+    if not verbose:  # the display and the summary lines say what happened; errors end in one line
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("C123_RAY_LOG_TO_DRIVER", "0")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight-loading bars
+
+
+def spec_from(opts: argparse.Namespace):
+    """The flow's parameters from the command line (names shared with BenchmarkSpec)."""
+    from c123_pipeline.flows.benchmark import BenchmarkSpec
+
+    given = vars(opts)
+    thresholds = given.pop("thresholds")
+    spec = BenchmarkSpec(**{f.name: given[f.name] for f in dataclasses.fields(BenchmarkSpec) if f.name in given})
+    if thresholds is not None:
+        from c123_pipeline.reports.regression import parse_thresholds
+        spec.thresholds = parse_thresholds(thresholds)
+    return spec
+
+
+def resume_command(argv: list[str], out: Path) -> str:
+    """The command that continues this run: the same arguments, with --out when it was not given."""
+    return shlex.join(["c123", "evaluate", *argv, *([] if "--out" in argv else ["--out", str(out)])])
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """Inside a flow run Prefect turns SIGTERM into its TerminationSignal; for the command it is an interrupt
+    like Ctrl-C (c123.cli prints the resume line and exits 128 + the signal)."""
+    from prefect.exceptions import TerminationSignal
+
+    from c123.cli import Interrupted
+
+    try:
+        yield
+    except TerminationSignal as stop:
+        raise Interrupted(stop.signal) from None
+
+
+class _StderrLog:
+    """What the checks before the flow say (Prefect's logger is not there yet)."""
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    info = debug = lambda self, message: None
 
 
 class _Display:
@@ -86,25 +146,30 @@ class _Display:
         self.progress.stop()
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """Run the benchmark flow; 0 when every case finished (and nothing regressed), 1 otherwise."""
-    args = parser().parse_args(argv)
-    _prepare_env(args.verbose)
-    from flows.benchmark import benchmark, default_run_dir, resolve_inputs
-    from tasks.actors import add_progress_listener, remove_progress_listener
+def evaluate_command(args: argparse.Namespace) -> int:
+    """`c123 evaluate ...` (args.rest): run the benchmark flow; 0 when every case finished (or no more failed
+    than --allow-failures) and nothing regressed, else 1. Interrupted (Ctrl-C, SIGTERM), the caller prints
+    args.resume, the command that continues."""
+    opts = parser().parse_args(args.rest)
+    _prepare_env(opts.verbose)
+    from c123_pipeline.tasks import lifeline
 
-    cases = [c for item in args.cases or [] for c in item.split(",") if c.strip()] or None
-    resolve_inputs(args.dataset, args.preset, args.variants, cases, args.seeds, args.overrides, args.data_root)
-    out = Path(args.out) if args.out else default_run_dir(args.dataset, args.preset)
+    lifeline.arm()  # before Prefect's server or Ray start: whatever they start ends with this process
+    from c123_pipeline.flows.benchmark import benchmark, check_spec, default_run_dir, summary_of
+    from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
+
+    spec = spec_from(opts)
+    out = Path(spec.out) if spec.out else default_run_dir(opts.dataset, opts.preset)
+    spec.out = str(out)
+    args.resume = f"finished cases are kept; resume with: {resume_command(args.rest, out)}"
+    check_spec(spec, _StderrLog())  # every user error before Prefect and Ray start
     print(f"run folder: {out} (rerun with --out {out} to resume)", file=sys.stderr)
     display = _Display()
     add_progress_listener(display)
     try:
-        with display:
-            summary = benchmark(dataset=args.dataset, preset=args.preset, variants=args.variants, cases=cases,
-                                seeds=args.seeds, out=str(out), overrides=args.overrides, num_actors=args.actors,
-                                baseline=args.baseline, data_root=args.data_root, max_retries=args.retries,
-                                clip_model=args.clip_model)
+        with display, _signals_as_interrupts():
+            state = benchmark(**dataclasses.asdict(spec), return_state=True)
+            summary = summary_of(state)
     finally:
         remove_progress_listener(display)
     print(f"{summary['ok']} ok, {summary['failed']} failed ({summary['cached']} reused, {summary['computed']} "
@@ -116,14 +181,12 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     print(f"report:   {summary['report']}")
     if summary.get("verdict_markdown"):
         print(summary["verdict_markdown"])
-    return 0 if summary["failed"] == 0 and not summary.get("regressed") else 1
+    if not state.is_completed():
+        print(f"flow run {state.name}: {state.message}")
+    return 0 if state.is_completed() and not summary.get("regressed") else 1
 
 
 if __name__ == "__main__":
-    from c123.errors import C123Error
+    from c123_pipeline.cli import main
 
-    try:
-        sys.exit(evaluate_main())
-    except C123Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """A local Prefect server on 127.0.0.1 plus the benchmark deployments, in one command.
 
-    python -m flows.serve [--port 4200] [--home .prefect] [deployment options]   (or scripts/serve.sh)
+    python -m c123_pipeline.flows.serve [--port 4200] [--home .prefect] [deployment options]   (or scripts/serve.sh)
 
 Starts `prefect server start --host 127.0.0.1 --port PORT` with PREFECT_HOME=HOME (project-local
 `.prefect/` by default) and analytics off, waits until it is healthy, points PREFECT_API_URL at it and
@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flows.deployments import add_arguments, serve_deployments
+from c123_pipeline.flows.deployments import add_arguments, serve_deployments
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m c123_pipeline.flows.serve", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=4200)
     p.add_argument("--home", default=str(REPO / ".prefect"), help="PREFECT_HOME of server and runs")

@@ -7,10 +7,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from c123.cli import OneLineParser
 from c123.errors import C123Error
-from reports import html, plots, regression, tables
+from c123_pipeline.reports import html, plots, regression, tables
 from c123.atomic import write_atomic
-from reports.runs import all_cases, load_run, load_runs
+from c123_pipeline.reports.runs import all_cases, load_run, load_runs
 
 
 @dataclass
@@ -52,7 +53,7 @@ def build_report(run_dirs, out_dir, baseline=None, thresholds=None) -> ReportPat
 
 def parser() -> argparse.ArgumentParser:
     """`c123 report RUN_DIR [RUN_DIR ...] [--baseline RUN_DIR] [--out DIR] [--threshold metric=value ...]`."""
-    p = argparse.ArgumentParser(prog="c123 report", description="Tables, plots, HTML and a regression verdict "
+    p = OneLineParser(prog="c123 report", description="Tables, plots, HTML and a regression verdict "
                                 "from benchmark run folders.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="benchmark run folders (the last is judged)")
     p.add_argument("--baseline", metavar="RUN_DIR", help="compare the last RUN_DIR with this run")

@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from reports import published as pub
-from reports.regression import Verdict
-from reports.runs import Run, all_cases
-from reports.tables import Table
+from c123_pipeline.reports import published as pub
+from c123_pipeline.reports.regression import Verdict
+from c123_pipeline.reports.runs import Run, all_cases
+from c123_pipeline.reports.tables import Table
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}

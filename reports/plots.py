@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports import published as pub
+from c123_pipeline.reports import published as pub
 from c123.atomic import write_atomic
-from reports.runs import Run, all_cases
+from c123_pipeline.reports.runs import Run, all_cases
 
 
 def _save(fig: Figure, path: Path) -> Path:

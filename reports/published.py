@@ -1,11 +1,9 @@
-"""The paper's published numbers (Table 1, Table 2 averages) and the protocol behind them, as data."""
+"""The paper's published numbers (Table 1, Table 2 averages) and the protocol they are compared under, as data."""
 
-from dataclasses import dataclass
+from c123.metrics import HIGHER_IS_BETTER, PROTOCOLS  # noqa: F401  (HIGHER_IS_BETTER: the tables' bold)
 
 METRICS = ("clip_similarity", "psnr", "lpips")
 """Table 1 metrics, in the paper's column order."""
-
-HIGHER_IS_BETTER = {"clip_similarity": True, "psnr": True, "lpips": False}
 
 METRIC_LABELS = {"clip_similarity": "CLIP-sim ↑", "psnr": "PSNR ↑", "lpips": "LPIPS ↓"}
 
@@ -50,27 +48,13 @@ TABLE2_AVERAGES = {
 }
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """How a metric was measured: CLIP model and orbit views, evaluation resolution, LPIPS net, background."""
+REFERENCE_PROTOCOL = PROTOCOLS["magic123"]
+"""The closest public protocol, against which our rows are footnoted (the paper publishes no CLIP model, number
+of views or resolution; its LPIPS is AlexNet at the reference view on white)."""
 
-    clip_model: str
-    num_views: int | str
-    resolution: int | str
-    lpips_net: str
-    background: str
-
-
-UNPUBLISHED = "unpublished"
-
-PAPER_PROTOCOL = Protocol(clip_model=UNPUBLISHED, num_views=UNPUBLISHED, resolution=UNPUBLISHED,
-                          lpips_net="alex", background="white")
-"""What the paper states: LPIPS (AlexNet) at the reference view on white; CLIP model, views and size are not given."""
-
-REFERENCE_PROTOCOL = Protocol(clip_model="laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", num_views=100,
-                              resolution=512, lpips_net="alex", background="white")
-"""The closest public protocol, against which our rows are footnoted: Magic123's evaluation (100 views,
-ViT-bigG-14); 512 px is the paper preset's evaluation size (TrainConfig.eval_size), not a published figure."""
+REFERENCE_RESOLUTION = 512
+"""Render size the reference rows are measured at: the paper preset's TrainConfig.eval_size (not a published
+figure)."""
 
 
 def same_clip_model(model: str) -> bool:

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from c123.errors import C123Error
+from c123 import metrics
 from c123.atomic import write_atomic
+from c123.errors import C123Error
 
 KEY = ["dataset", "case", "variant", "weight_shape", "seed"]
 GROUP = ["dataset", "variant", "weight_shape"]
 
-HIGHER_IS_BETTER = {"clip_similarity": True, "psnr": True, "novel_psnr": True, "lpips": False, "novel_lpips": False,
-                    "chamfer": False, "seconds_nerf": False, "seconds_dmtet": False, "seconds_export": False,
-                    "seconds_total": False}
+HIGHER_IS_BETTER = {**metrics.HIGHER_IS_BETTER, "seconds_nerf": False, "seconds_dmtet": False,
+                    "seconds_export": False, "seconds_total": False}
 """Metrics a threshold may be set for, and which way is better."""
 
 DEFAULT_THRESHOLDS = {"psnr": 0.5, "lpips": 0.01, "clip_similarity": 0.01, "new_failures": 0}
@@ -83,8 +83,11 @@ def parse_thresholds(items: list[str] | dict[str, float] | None = None) -> dict[
     for name, value in pairs:
         try:
             given[str(name).strip()] = float(value)
-        except ValueError:
+        except (TypeError, ValueError):
             raise C123Error(f"bad threshold '{name}={value}': write metric=number, e.g. psnr=0.5") from None
+        if not math.isfinite(given[str(name).strip()]) or given[str(name).strip()] < 0:
+            raise C123Error(f"threshold '{name}={value}' must be a finite number >= 0 (the allowed worsening): "
+                            "e.g. psnr=0.5")
     unknown = set(given) - set(HIGHER_IS_BETTER) - {"new_failures"}
     if unknown:
         raise C123Error(f"unknown threshold metric {', '.join(sorted(unknown))}: use one of "

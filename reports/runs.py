@@ -37,18 +37,64 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+REQUIRED = ("run_id", "dataset", "case", "variant", "weight_shape", "preset", "seed", "status")
+"""per_case columns without which a run cannot be reported or compared."""
+
+
+class RunFolderError(C123Error):
+    """A file of a run folder cannot be read; the message says how to rebuild it."""
+
+
+def _unreadable(path: Path, err: BaseException) -> RunFolderError:
+    reason = " ".join(str(err).split())[:160] or type(err).__name__
+    return RunFolderError(f"{path} cannot be read ({type(err).__name__}: {reason}): rebuild it by rerunning "
+                          f"`c123 evaluate` with --out {path.parent} (finished cases are reused, not recomputed)")
+
+
+def _read_parquet(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise _unreadable(path, err) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise _unreadable(path, ValueError(f"columns {', '.join(missing)} missing"))
+    return df
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object, {} when absent; OSError or ValueError when it cannot be read as one."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _read_info(path: Path) -> dict:
+    """run.json as a dict ({} when absent)."""
+    try:
+        info = read_json_object(path)
+        if info.get("created_at"):
+            pd.Timestamp(info["created_at"])
+    except (OSError, ValueError) as err:
+        raise _unreadable(path, err) from None
+    return info
+
+
 def load_run(run_dir: str | Path) -> Run:
-    """Load RUN/run.json (optional), RUN/per_case.parquet and RUN/per_view.parquet (optional)."""
+    """Load RUN/run.json (optional), RUN/per_case.parquet and RUN/per_view.parquet (optional); a damaged file
+    is a one-line RunFolderError naming it and how to rebuild it."""
     path = Path(run_dir).resolve()
     per_case_path = path / "per_case.parquet"
     if not per_case_path.is_file():
         raise C123Error(f"no per_case.parquet in {path}: pass a finished benchmark run folder")
-    info_path = path / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    per_case = pd.read_parquet(per_case_path)
+    info = _read_info(path / "run.json")
+    per_case = _read_parquet(per_case_path, REQUIRED)
     per_case["dataset"] = per_case["dataset"].astype(str).str.lower()  # 'C10' and 'c10' are one dataset
     per_view_path = path / "per_view.parquet"
-    per_view = pd.read_parquet(per_view_path) if per_view_path.is_file() else pd.DataFrame()
+    per_view = _read_parquet(per_view_path) if per_view_path.is_file() else pd.DataFrame()
     run_id = str(info.get("run_id") or (per_case["run_id"].iloc[0] if len(per_case) else path.name))
     # Nightly trends need an order; a run.json without created_at falls back to the Parquet's mtime.
     created = info.get("created_at")

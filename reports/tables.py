@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports import published as pub
+from c123_pipeline.reports import published as pub
 
 DASH = "–"
 """What a missing value prints as (never 0)."""
@@ -92,21 +92,21 @@ def _protocol_deviation(group: pd.DataFrame) -> str:
         return sorted({str(v) for v in group[col].dropna()}) if col in group else []
 
     parts = []
+    protocols = [p for p in seen("protocol") if p != ref.name]
+    if protocols:
+        parts.append(f"metric protocol {', '.join(protocols)} (reference {ref.name})")
     clip = [m for m in seen("clip_model") if not pub.same_clip_model(m)]
     if clip:
         parts.append(f"CLIP model {', '.join(clip)} (reference ViT-bigG-14)")
     views = [v for v in seen("num_views") if v != str(ref.num_views)]
     if views:
         parts.append(f"{', '.join(views)} views (reference {ref.num_views})")
-    res = [v for v in seen("resolution") if v != str(ref.resolution)]
+    res = [v for v in seen("resolution") if v != str(pub.REFERENCE_RESOLUTION)]
     if res:
-        parts.append(f"resolution {', '.join(res)} px (reference {ref.resolution})")
+        parts.append(f"resolution {', '.join(res)} px (reference {pub.REFERENCE_RESOLUTION})")
     nets = [v for v in seen("lpips_net") if v != ref.lpips_net]
     if nets:
         parts.append(f"LPIPS net {', '.join(nets)} (reference {ref.lpips_net})")
-    bgs = [v for v in seen("background") if v != ref.background]
-    if bgs:
-        parts.append(f"background {', '.join(bgs)} (reference {ref.background})")
     return "; ".join(parts)
 
 

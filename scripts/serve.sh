@@ -6,4 +6,4 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 cd "$REPO"
-exec "$PY" -m flows.serve "$@"
+exec "$PY" -m c123_pipeline.flows.serve "$@"

@@ -6,36 +6,85 @@ GPUs, else CPU actors (1 CPU each by default).
 
 `ActorPool.run(jobs)` yields `(job, outcome)` as cases finish. A case whose actor dies (process crash,
 `ray.kill`, out-of-memory kill) gets a fresh actor and is retried, up to `max_retries` times; so is a case
-that raised an unexpected exception. A `C123Error` (bad input, missing weights) is not retried: the case
-is recorded as failed with its one-line message. Reconstructions resume from their own checkpoints, so a
-retry continues where the dead actor stopped.
-
-A job is a plain dict (see `make_job`); an outcome is
-`{"status": "ok"|"failed", "error": str|None, "result": result.json dict|None, "seconds": float,
-"attempts": int, "actor": str}`.
+that ran out of memory. Any other error a case raises is permanent (retrying it would fail the same way):
+the case is recorded as failed at once with its one-line message. Reconstructions resume from their own
+checkpoints, so a retry continues where the dead actor stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import os
+import signal
 import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from tasks.ray_cluster import quiet_env
+from c123_pipeline.tasks.ray_cluster import quiet_env
 
 quiet_env()
 import ray  # noqa: E402  (after the environment Ray reads at import)
 
 from c123.errors import C123Error  # noqa: E402
-from tasks import cache  # noqa: E402
+from c123_pipeline.tasks import cache  # noqa: E402
 
-WorkFn = Callable[[dict, "PriorsCache", Callable[[dict], None]], dict]
+
+@dataclass
+class Job:
+    """One (case, variant, seed) for an actor: the case, its resolved config and its output folder."""
+
+    index: int
+    """Position in the run's plan."""
+    case: Any
+    """The dataset's Case (picklable: the actor loads the input itself)."""
+    variant: str
+    """Variant folder name (variant, plus the weight shape when it is not the default)."""
+    seed: int
+    config: dict
+    """ReconstructConfig.to_dict() of the resolved config."""
+    out_dir: str
+    """Case folder (inside the run folder)."""
+    key: str
+    """Cache key the finished folder will carry."""
+    dataset: str = ""
+
+    @property
+    def case_id(self) -> str:
+        return self.case.id
+
+    def label(self) -> str:
+        return f"{self.case_id} ({self.variant}, seed {self.seed})"
+
+
+@dataclass
+class Outcome:
+    """What became of a job: ok with its result.json, or failed with a one-line error."""
+
+    status: str = "ok"
+    """'ok' or 'failed'."""
+    error: str | None = None
+    result: dict | None = None
+    """The case's result.json when ok."""
+    retryable: bool = False
+    """The failure may pass on another attempt (the actor died, memory ran out)."""
+    seconds: float = 0.0
+    attempts: int = 1
+    pid: int | None = None
+    slot: int | None = None
+    """Pool slot (actor) that ran the last attempt."""
+    span: tuple[float, float] | None = None
+    """(start, end) epoch seconds of the last attempt, for the overhead timeline."""
+    traceback: str | None = None
+    """Where an unexpected error came from (for the logs, not the tables)."""
+
+
+WorkFn = Callable[[Job, "PriorsCache", Callable[[dict], None]], dict]
 
 _LISTENERS: list[Callable[[dict], None]] = []
 
@@ -59,13 +108,6 @@ def emit_progress(snapshot: dict) -> None:
 
 
 # ---- the work a job does -----------------------------------------------------------------------
-def make_job(index: int, case, variant: str, seed: int, config: dict, out_dir: str | Path, key: str,
-             dataset: str = "") -> dict:
-    """A job for the pool: one (case, variant, seed) with its resolved config and output folder."""
-    return {"index": index, "case": case, "case_id": case.id, "variant": variant, "seed": seed,
-            "config": config, "out_dir": str(out_dir), "key": key, "dataset": dataset}
-
-
 class PriorsCache:
     """Loaded priors per prior config (the models and how SDS uses them) and device, kept for the actor's life."""
 
@@ -89,14 +131,14 @@ class PriorsCache:
         return len(self._loaded)
 
 
-def reconstruct_case(job: dict, priors: PriorsCache, progress: Callable[[dict], None]) -> dict:
-    """The default work: load the case's input and run the full reconstruction into job['out_dir']."""
+def reconstruct_case(job: Job, priors: PriorsCache, progress: Callable[[dict], None]) -> dict:
+    """The default work: load the case's input and run the full reconstruction into job.out_dir."""
     from c123.config import from_dict
     from c123.reconstruct import reconstruct
 
-    cfg = from_dict(job["config"])
-    inp = job["case"].load()
-    return reconstruct(inp, cfg, job["out_dir"], priors=priors.get(cfg), progress=progress)
+    cfg = from_dict(job.config)
+    inp = job.case.load()
+    return reconstruct(inp, cfg, job.out_dir, priors=priors.get(cfg), progress=progress)
 
 
 def resolve_work_fn(spec: str | Callable | None) -> WorkFn:
@@ -109,6 +151,14 @@ def resolve_work_fn(spec: str | Callable | None) -> WorkFn:
     if not name:
         raise C123Error(f"work function '{spec}' is not module:function")
     return getattr(importlib.import_module(module), name)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Errors another attempt may not meet: running out of (GPU) memory. Everything else a case raises
+    (bad input, a bug, a config that cannot work) fails the same way again."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError))
 
 
 def error_line(err: BaseException) -> str:
@@ -127,7 +177,9 @@ class ReconstructionActor:
     """Holds the loaded priors; `run(job)` does one complete reconstruction and returns its outcome."""
 
     def __init__(self, work_fn: str | None = None, num_threads: int | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from c123.provenance import offline_defaults
+
+        offline_defaults()
         self.base_threads = int(num_threads) if num_threads else None
         # thread counts the pool asked for, by dispatch token: a request may arrive before its case starts
         self.wants: dict[int, int] = {}
@@ -141,13 +193,13 @@ class ReconstructionActor:
         self.state: dict = {"case": None, "pid": os.getpid()}
         self.cases_done = 0
 
-    def run(self, job: dict, token: int | None = None) -> dict:
+    def run(self, job: Job, token: int | None = None) -> Outcome:
         """Reconstruct one job; never raises for a failed case (the outcome says why).
 
         token: the pool's id of this dispatch, which `set_threads` names."""
         started, started_at = time.perf_counter(), time.time()
         with self.lock:
-            self.state = {"case": job["case_id"], "variant": job["variant"], "seed": job["seed"],
+            self.state = {"case": job.case_id, "variant": job.variant, "seed": job.seed,
                           "stage": "load", "step": 0, "total": 0, "pid": os.getpid()}
             self.token = token
             self.wants = {token: self.wants[token]} if token in self.wants else {}
@@ -158,17 +210,17 @@ class ReconstructionActor:
                 self.state.update(stage=info.get("stage"), step=info.get("step", 0), total=info.get("total", 0))
             self._apply_threads()
 
-        outcome = {"status": "ok", "error": None, "retryable": False, "result": None, "pid": os.getpid()}
+        outcome = Outcome(pid=os.getpid())
         try:
-            outcome["result"] = self.work(job, self.priors, progress)
-            cache.mark_done(job["out_dir"], job["key"])
+            outcome.result = self.work(job, self.priors, progress)
+            cache.mark_done(job.out_dir, job.key)
         except C123Error as err:
-            outcome.update(status="failed", error=error_line(err))
-        except Exception as err:  # noqa: BLE001 - recorded, retried by the pool
-            outcome.update(status="failed", error=error_line(err), retryable=True,
-                           traceback=traceback.format_exc(limit=20))
-        outcome["seconds"] = time.perf_counter() - started
-        outcome["span"] = (started_at, time.time())  # epoch seconds, for the overhead timeline
+            outcome.status, outcome.error = "failed", error_line(err)
+        except Exception as err:  # noqa: BLE001 - recorded; the pool retries only transient ones
+            outcome.status, outcome.error, outcome.retryable = "failed", error_line(err), is_transient(err)
+            outcome.traceback = traceback.format_exc(limit=20)
+        outcome.seconds = time.perf_counter() - started
+        outcome.span = (started_at, time.time())
         with self.lock:
             self.state = {"case": None, "pid": os.getpid()}
         self.cases_done += 1
@@ -204,6 +256,49 @@ class ReconstructionActor:
 
 
 # ---- the pool ----------------------------------------------------------------------------------
+class DeferredSignals:
+    """SIGINT and SIGTERM that arrive while the pool waits in `ray.wait` are handled just after the wait.
+
+    Ray turns an exception raised by a signal handler inside its wait into a SystemError (only a plain
+    KeyboardInterrupt passes), which would hide Prefect's TerminationSignal and c123's interrupt. So while the
+    pool runs, the handlers only note the signal; `check()` (between waits, within `poll_seconds`) then calls
+    the handler that was installed before, where its exception propagates normally."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.previous: dict[int, object] = {}
+        self.pending: list[int] = []
+
+    def __enter__(self) -> "DeferredSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.pending.append(signum)
+
+    def check(self) -> None:
+        """Handle a signal noted during the last wait, as its own handler would have."""
+        if not self.pending:
+            return
+        signum = self.pending.pop(0)
+        handler = self.previous.get(signum)
+        self.__exit__()
+        if callable(handler):
+            handler(signum, None)
+        elif signum == signal.SIGINT and handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+        elif handler != signal.SIG_IGN:
+            os.kill(os.getpid(), signum)  # the default action, with the default handler back in place
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+
 def actor_resources(num_gpus_available: float, num_cpus_per_actor: float = 1.0) -> dict:
     """Ray options of one actor: a whole GPU when the cluster has GPUs, else `num_cpus_per_actor` CPUs."""
     if num_gpus_available >= 1:
@@ -291,10 +386,15 @@ class ActorPool:
         if self.log is not None:
             self.log.warning(msg)
 
-    def run(self, jobs: list[dict]) -> Iterator[tuple[dict, dict]]:
+    def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
         """Yield (job, outcome) for every job, in completion order."""
         if not self.actors:
             self.start()
+        with DeferredSignals() as signals:
+            yield from self._dispatch(jobs, signals)
+
+    def _dispatch(self, jobs: list[Job], signals: DeferredSignals) -> Iterator[tuple[Job, Outcome]]:
+        """The pool's loop: hand out jobs to idle actors, collect outcomes, retry the transient failures."""
         queue = deque(jobs)
         attempts: dict[int, int] = {}
         running: dict = {}  # ObjectRef -> (slot, job, started)
@@ -305,41 +405,38 @@ class ActorPool:
         while queue or running:
             while idle and queue:
                 slot, job = idle.pop(0), queue.popleft()
-                attempts[job["index"]] = attempts.get(job["index"], 0) + 1
+                attempts[job.index] = attempts.get(job.index, 0) + 1
                 self._token[slot] = next(self._tokens)
                 running[self.actors[slot].run.remote(job, self._token[slot])] = (slot, job, time.time())
             if not queue:
                 self._rebalance(running, idle)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_seconds)
+            signals.check()
             for ref in ready:
                 slot, job, started = running.pop(ref)
-                attempt = attempts[job["index"]]
+                attempt = attempts[job.index]
                 try:
                     outcome = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.ObjectLostError) as err:
                     # RayActorError covers ActorDiedError and ActorUnschedulableError/unavailable actors
                     reason = " ".join(str(err).split())[:300]
-                    outcome = {"status": "failed", "retryable": True, "result": None,
-                               "error": f"{type(err).__name__}: the actor running this case died ({reason})",
-                               "seconds": time.time() - started}
-                    self._info(f"actor {slot} died on {job['case_id']} ({job['variant']}, seed {job['seed']}), "
-                               f"attempt {attempt}: replacing it")
+                    outcome = Outcome("failed", f"{type(err).__name__}: the actor running this case died ({reason})",
+                                      retryable=True, seconds=time.time() - started)
+                    self._info(f"actor {slot} died on {job.label()}, attempt {attempt}: replacing it")
                     self._replace(slot)
-                except ray.exceptions.RayTaskError as err:
-                    outcome = {"status": "failed", "retryable": True, "result": None,
-                               "error": error_line(err.cause if getattr(err, "cause", None) else err),
-                               "seconds": time.time() - started}
+                except ray.exceptions.RayTaskError as err:  # the actor's own code failed (not the case's work)
+                    cause = err.cause if getattr(err, "cause", None) else err
+                    outcome = Outcome("failed", error_line(cause), retryable=is_transient(cause),
+                                      seconds=time.time() - started)
                 idle.append(slot)
-                if outcome["status"] != "ok" and outcome.get("retryable") and attempt <= self.max_retries:
-                    self._info(f"retrying {job['case_id']} ({job['variant']}, seed {job['seed']}) after: "
-                               f"{outcome['error']}")
+                if outcome.status != "ok" and outcome.retryable and attempt <= self.max_retries:
+                    self._info(f"retrying {job.label()} after: {outcome.error}")
                     queue.appendleft(job)
                     continue
-                outcome["attempts"] = attempt
-                outcome["slot"] = slot
+                outcome = dataclasses.replace(outcome, attempts=attempt, slot=slot)
                 done += 1
-                failed += outcome["status"] != "ok"
+                failed += outcome.status != "ok"
                 yield job, outcome
             if time.time() - last_emit >= self.poll_seconds or ready:
                 last_emit = time.time()
@@ -358,6 +455,6 @@ class ActorPool:
                 state = ray.get(ref, timeout=2)
             except Exception:
                 state = {}
-            out.append({"slot": slot, "case": busy[slot]["case_id"], "variant": busy[slot]["variant"],
-                        "seed": busy[slot]["seed"], **{k: state.get(k) for k in ("stage", "step", "total")}})
+            out.append({"slot": slot, "case": busy[slot].case_id, "variant": busy[slot].variant,
+                        "seed": busy[slot].seed, **{k: state.get(k) for k in ("stage", "step", "total")}})
         return sorted(out, key=lambda s: s["slot"])

@@ -1,22 +1,23 @@
-"""Metrics of one finished case folder (METHOD.md section 6), as a Prefect task.
+"""Metrics of one finished case folder (METHOD.md section 6) under a metric protocol, as a Prefect task.
 
-- CLIP-similarity: mean cosine between the CLIP image embedding of the reference (on white) and each orbit
-  view `views/view_*.png` (on white); per-view values go to per_view.parquet.
-- PSNR and LPIPS at the reference view: `views/ref_render.png` vs `reference.png`, both on white.
+- CLIP-similarity: mean cosine between the CLIP image embedding of the reference and each orbit view
+  `views/view_*.png`; per-view values go to per_view.parquet.
+- PSNR and LPIPS at the reference view: `views/ref_render.png` vs `reference.png`.
 - Synthetic cases (a ground-truth scene): novel-view PSNR/LPIPS of the orbit views against the true
   views rendered by c123.synthetic at the same cameras, and the Chamfer distance between points sampled
   on the exported mesh and on the true surface.
 
-A metric that cannot be computed is NaN and its reason goes into `metric_status` ('ok' when all worked,
-else '; '-joined 'metric: reason'); never 0. The protocol (CLIP model, number of views, resolution,
-background, LPIPS net) is recorded with every row.
+How images are read (background, sizes, CLIP normalisation) is the protocol's (c123.metrics.PROTOCOLS); the
+resolved protocol is recorded in run.json and with every row. A metric that cannot be computed is NaN
+and its reason goes into `metric_status` ('ok' when all worked, else '; '-joined 'metric: reason'); never 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,81 +25,104 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from c123.errors import C123Error
-from tasks import cache
+from c123.metrics import METRICS, MetricProtocol
+from c123_pipeline.tasks import cache
 
 NAN = math.nan
 CHAMFER_POINTS = 10000
 """Points sampled on each surface for the Chamfer distance."""
 
 
+def resolve_protocol(protocol: MetricProtocol, preset_clip: str, eval_views: int, tiny: bool) -> MetricProtocol:
+    """The protocol with every choice made, checked on this machine before any case runs: the CLIP (the
+    protocol's, else the preset's) must be here, and the LPIPS backbone too; WeightsMissingError names the
+    download. The tiny preset writes its CLIP on first use and, without torchvision's backbone, scores LPIPS
+    with a seeded random one (named '<net>-random')."""
+    from c123.metrics import LpipsMetric, lpips_backbone_cached
+    from c123.priors.weights import resolve
+
+    clip_model = protocol.clip_model or preset_clip
+    if not (tiny and clip_model == preset_clip):
+        resolve(clip_model, f"CLIP-similarity metric (protocol {protocol.name})")
+    lpips_net = protocol.lpips_net
+    if not lpips_backbone_cached(lpips_net):
+        if not tiny:
+            LpipsMetric(lpips_net)  # raises the WeightsMissingError with the download command
+        lpips_net = f"{lpips_net}-random"
+    return dataclasses.replace(protocol, clip_model=clip_model, num_views=protocol.num_views or eval_views,
+                               lpips_net=lpips_net)
+
+
+def protocol_overrides(protocol: MetricProtocol, overrides: list[str]) -> list[str]:
+    """The config override a protocol needs (its number of orbit views) added to `overrides`; a conflicting
+    train.eval_views is a C123Error."""
+    if protocol.num_views is None:
+        return list(overrides)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "train.eval_views" and value.strip() != str(protocol.num_views):
+            raise C123Error(f"metric protocol {protocol.name} scores {protocol.num_views} orbit views but "
+                            f"--set {item.strip()} asks for {value.strip()}: drop that override or use "
+                            "--protocol c123")
+    return [*overrides, f"train.eval_views={protocol.num_views}"]
+
+
 @dataclass
 class MetricModels:
-    """The metric networks, loaded once per flow run; a model that failed to load leaves its reason."""
+    """The metric networks of a resolved protocol, loaded once per flow run; a model that failed to load
+    leaves its reason (each row then says it)."""
 
-    clip_model: str
-    lpips_net: str
+    protocol: MetricProtocol
     device: str = "cpu"
     clip: object | None = None
     lpips: object | None = None
     errors: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def lpips_name(self) -> str:
-        return getattr(self.lpips, "name", self.lpips_net)
 
-
-def load_metric_models(clip_model: str, lpips_net: str = "alex", device: str = "cpu",
-                       allow_random_lpips: bool = False) -> MetricModels:
-    """CLIP for the similarity and LPIPS; without cached AlexNet weights, `allow_random_lpips` (the tiny
-    preset) falls back to the lpips heads on a random backbone (recorded as e.g. 'alex-random')."""
+def load_metric_models(protocol: MetricProtocol, device: str = "cpu") -> MetricModels:
+    """CLIP and LPIPS of a resolved protocol (`resolve_protocol`)."""
     from c123.metrics import ClipSimilarity, LpipsMetric
 
-    models = MetricModels(clip_model=clip_model, lpips_net=lpips_net, device=device)
+    models = MetricModels(protocol=protocol, device=device)
     try:
-        models.clip = ClipSimilarity(clip_model, device)
+        models.clip = ClipSimilarity(protocol.clip_model, device, normalize_only=protocol.resize == "area")
     except Exception as err:  # noqa: BLE001 - recorded per row
         models.errors["clip_similarity"] = _reason(err)
+    net, _, random = protocol.lpips_net.partition("-")
     try:
-        models.lpips = LpipsMetric(lpips_net, device)
+        models.lpips = LpipsMetric(net, device, random_backbone=random == "random")
     except Exception as err:  # noqa: BLE001
-        if allow_random_lpips:
-            try:
-                models.lpips = LpipsMetric(lpips_net, device, random_backbone=True)
-            except Exception as err2:  # noqa: BLE001
-                models.errors["lpips"] = _reason(err2)
-        else:
-            models.errors["lpips"] = _reason(err)
+        models.errors["lpips"] = models.errors["novel_lpips"] = _reason(err)
     return models
 
 
-def protocol_of(models: MetricModels, num_views: int, resolution: int) -> dict:
-    """The protocol columns of a row."""
-    from c123.metrics import MetricProtocol
-
-    return asdict(MetricProtocol(clip_model=models.clip_model, num_views=int(num_views),
-                                 resolution=int(resolution), background="white", lpips_net=models.lpips_name))
+def protocol_columns(protocol: MetricProtocol, num_views: int, resolution: int) -> dict:
+    """The protocol columns of a per_case row."""
+    return {"protocol": protocol.name, "clip_model": protocol.clip_model, "num_views": int(num_views),
+            "resolution": int(resolution), "background": protocol.background, "lpips_net": protocol.lpips_net}
 
 
 def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModels,
                          scene: str | None = None) -> dict:
     """Metrics of one finished case folder: scalar metrics, metric_status and per-view CLIP values."""
-    from c123.metrics import chamfer_distance, composite_white, psnr
+    from c123.metrics import chamfer_distance, psnr
 
     out = Path(case_dir)
+    proto = models.protocol
     status: list[str] = []
-    values = {k: NAN for k in ("clip_similarity", "psnr", "lpips", "novel_psnr", "novel_lpips", "chamfer")}
+    values = {k: NAN for k in METRICS}
     views_meta = result.get("views") or _views_on_disk(out)
     per_view = [{"view_index": i, "azimuth": float(v.get("azimuth", NAN)),
                  "elevation": 90.0 - float(v.get("polar", 90.0)), "clip_similarity": NAN}
                 for i, v in enumerate(views_meta)]
     reference = views = None
     try:
-        reference = composite_white(_read_rgba(out / result.get("outputs", {}).get("reference", "reference.png")))
+        reference = _read_rgba(out / result.get("outputs", {}).get("reference", "reference.png"))
     except Exception as err:  # noqa: BLE001
         status.append(f"reference: {_reason(err)}")
     try:
-        views = np.stack([composite_white(_read_rgba(out / v["file"])) for v in views_meta]) if views_meta else None
+        views = np.stack([_read_rgba(out / v["file"]) for v in views_meta]) if views_meta else None
         if views is None:
             raise FileNotFoundError(f"no orbit views in {out / 'views'}")
     except Exception as err:  # noqa: BLE001
@@ -117,8 +141,9 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
 
     if reference is not None and views is not None:
         def clip_sim():
+            ref, each_view = proto.image(reference, proto.clip_size), [proto.image(v, proto.clip_size) for v in views]
             with models.lock:
-                mean, each = models.clip(reference, views)
+                mean, each = models.clip(ref, np.stack(each_view))
             values["clip_similarity"] = float(mean)
             for row, v in zip(per_view, each):
                 row["clip_similarity"] = float(v)
@@ -128,16 +153,17 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
 
     ref_render = None
     try:
-        ref_render = composite_white(_read_rgba(out / result.get("outputs", {}).get("ref_render",
-                                                                                    "views/ref_render.png")))
+        ref_render = _read_rgba(out / result.get("outputs", {}).get("ref_render", "views/ref_render.png"))
     except Exception as err:  # noqa: BLE001
         status.append(f"ref_render: {_reason(err)}")
     if reference is not None and ref_render is not None:
-        attempt("psnr", lambda: values.__setitem__("psnr", psnr(ref_render, reference)))
+        attempt("psnr", lambda: values.__setitem__(
+            "psnr", psnr(proto.image(ref_render, proto.psnr_size), proto.image(reference, proto.psnr_size))))
 
         def lp():
             with models.lock:
-                values["lpips"] = models.lpips(ref_render, reference)
+                values["lpips"] = models.lpips(proto.image(ref_render, proto.lpips_size),
+                                               proto.image(reference, proto.lpips_size))
         attempt("lpips", lp)
     else:
         status += [f"{m}: inputs missing" for m in ("psnr", "lpips")]
@@ -149,12 +175,14 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
         except Exception as err:  # noqa: BLE001
             status += [f"{m}: true views: {_reason(err)}" for m in ("novel_psnr", "novel_lpips")]
         if truth is not None and views is not None:
-            attempt("novel_psnr", lambda: values.__setitem__(
-                "novel_psnr", float(np.mean([psnr(v, t) for v, t in zip(views, truth)]))))
+            attempt("novel_psnr", lambda: values.__setitem__("novel_psnr", float(np.mean(
+                [psnr(proto.image(v, proto.psnr_size), proto.image(t, proto.psnr_size)) for v, t in zip(views, truth)]))))
 
             def novel_lp():
                 with models.lock:
-                    values["novel_lpips"] = float(np.mean([models.lpips(v, t) for v, t in zip(views, truth)]))
+                    values["novel_lpips"] = float(np.mean([models.lpips(proto.image(v, proto.lpips_size),
+                                                                        proto.image(t, proto.lpips_size))
+                                                           for v, t in zip(views, truth)]))
             attempt("novel_lpips", novel_lp)
 
         def chamfer():
@@ -165,26 +193,23 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
     values["metric_status"] = "ok" if not status else "; ".join(status)
     resolution = int(views.shape[1]) if views is not None else int(
         result.get("config", {}).get("train", {}).get("eval_size", 0) or 0)
-    values.update(protocol_of(models, len(per_view), resolution))
+    values.update(protocol_columns(proto, len(per_view), resolution))
     values["per_view"] = per_view
     return values
 
 
-def failed_case_metrics(models: MetricModels, num_views: int, resolution: int) -> dict:
+def failed_case_metrics(protocol: MetricProtocol, num_views: int, resolution: int) -> dict:
     """The metric columns of a case that did not finish: NaN everywhere, status says why."""
-    row = {k: NAN for k in ("clip_similarity", "psnr", "lpips", "novel_psnr", "novel_lpips", "chamfer")}
+    row = {k: NAN for k in METRICS}
     row["metric_status"] = "not computed: case failed"
-    row.update(protocol_of(models, num_views, resolution))
+    row.update(protocol_columns(protocol, num_views, resolution))
     row["per_view"] = []
     return row
 
 
-def metrics_key(case_key: str, clip_model: str, lpips_net: str, allow_random_lpips: bool,
-                scene: str | None) -> str:
-    """Key of a case's cached metrics: its result key and the requested protocol."""
-    return cache.metrics_key(case_key, {"clip_model": clip_model, "lpips_net": lpips_net,
-                                        "allow_random_lpips": allow_random_lpips, "scene": scene,
-                                        "background": "white"})
+def metrics_key(case_key: str, protocol: MetricProtocol, scene: str | None) -> str:
+    """Key of a case's cached metrics: its result key, the resolved protocol and the ground-truth scene."""
+    return cache.metrics_key(case_key, {**dataclasses.asdict(protocol), "scene": scene})
 
 
 def cached_metrics(case_dir: str | Path, key: str) -> dict | None:
@@ -227,7 +252,7 @@ def _views_on_disk(out: Path) -> list[dict]:
 
 
 def _true_views(scene: str, views_meta: list[dict], result: dict, size) -> np.ndarray:
-    """The synthetic scene rendered (on white) at the cameras of the saved orbit views."""
+    """The synthetic scene rendered at the cameras of the saved orbit views: uint8 RGBA, like the views."""
     import torch
 
     from c123.cameras import orbit_cameras
@@ -240,8 +265,7 @@ def _true_views(scene: str, views_meta: list[dict], result: dict, size) -> np.nd
     azimuth = torch.tensor([float(v.get("azimuth", 0.0)) for v in views_meta])
     cams = orbit_cameras(polar, azimuth, float(cam_cfg.get("ref_radius", 3.2)), float(cam_cfg.get("fovy", 20.0)))
     rendered = get_scene(scene).render(cams, int(size[0]), int(size[1]))
-    rgba = rendered["rgba"].clamp(0, 1).numpy()
-    return rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+    return np.rint(rendered["rgba"].clamp(0, 1).numpy() * 255).astype(np.uint8)
 
 
 def _mesh_points(path: Path, n: int = CHAMFER_POINTS) -> np.ndarray:
@@ -266,7 +290,6 @@ def _scene_points(scene: str, n: int = CHAMFER_POINTS) -> np.ndarray:
 
 
 def _none_to_nan(data: dict) -> dict:
-    out = {k: (NAN if v is None and k in ("clip_similarity", "psnr", "lpips", "novel_psnr", "novel_lpips",
-                                           "chamfer") else v) for k, v in data.items()}
+    out = {k: (NAN if v is None and k in METRICS else v) for k, v in data.items()}
     out["per_view"] = [{k: (NAN if v is None else v) for k, v in row.items()} for row in data.get("per_view", [])]
     return out

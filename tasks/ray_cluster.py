@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from c123.atomic import write_atomic
 
 RAY_HOME_ENV = "C123_RAY_HOME"
 """Folder used as HOME of the Ray processes (default ~/.cache/c123/ray-home)."""
@@ -43,7 +46,7 @@ def ray_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     boot = home / "ray_bootstrap_config.yaml"
     if not boot.is_file():
-        _write(boot, "{}\n")
+        write_atomic(boot, "{}\n")
     return home
 
 
@@ -63,16 +66,16 @@ def local_auth_env() -> None:
     token = ray_home() / ".ray" / "auth_token"
     if not token.is_file():
         from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-        token.parent.mkdir(parents=True, exist_ok=True)
-        _write(token, generate_new_authentication_token(), mode=0o600)
+        write_atomic(token, generate_new_authentication_token(), mode=0o600)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
 
 
 def worker_env() -> dict[str, str]:
     """Environment the Ray workers get back: the real HOME, offline model loading, the repo importable."""
-    env = {"HOME": os.environ.get("HOME", str(Path.home())),
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE",
-                                            "0" if os.environ.get("C123_ALLOW_DOWNLOAD") == "1" else "1"),
+    from c123.provenance import offline_defaults
+
+    offline_defaults()
+    env = {"HOME": os.environ.get("HOME", str(Path.home())), "HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"],
            "PYTHONPATH": os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)}
     for key in ("C123_TINY_MODELS", "C123_DATA", "C123_CACHE", "TORCH_HOME", "HF_HOME", "HF_HUB_CACHE",
                 "OMP_NUM_THREADS"):
@@ -106,7 +109,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
                 local_auth_env()
                 from ray._raylet import Config
                 Config.initialize("")  # Ray read RAY_AUTH_MODE when imported; make it see the mode set now
-            with _loopback_init(loopback, home=ray_home() if local else None):
+            if local:  # the cluster ends with this process, however it ends
+                from c123_pipeline.tasks import lifeline
+                lifeline.arm()
+            with _loopback_init(loopback, home=ray_home() if local else None), _keep_sigterm_handler():
                 if local:
                     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
                              **kwargs)
@@ -116,6 +122,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         res = ray.cluster_resources()
         return ClusterInfo(address=ray.get_runtime_context().gcs_address, started=started,
                            num_cpus=float(res.get("CPU", 0)), num_gpus=float(res.get("GPU", 0)))
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler with sys.exit; keep the caller's (e.g. c123's, which ends a
+    run with its resume line) instead."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -158,10 +177,3 @@ def shutdown_ray() -> None:
 def started_here() -> bool:
     """Whether this process started the cluster it is connected to (and so owns its shutdown)."""
     return _STARTED_HERE
-
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

@@ -33,14 +33,43 @@ def find_latest_baseline(run_dir: str | Path, dataset: str, preset: str) -> Path
     return best
 
 
+def check_baseline(baseline: str | None, run_dir: Path, dataset: str, preset: str, case_ids: list[str],
+                   log=None) -> Path | None:
+    """The baseline run folder to judge against, checked before any compute: readable, of the same dataset,
+    sharing at least one case with this run (else the verdict would compare nothing and say "OK").
+    'latest' is the newest earlier run of the dataset and preset beside `run_dir` (None when there is none)."""
+    from c123_pipeline.reports.runs import load_run
+
+    if baseline is None:
+        return None
+    if baseline == "latest":
+        found = find_latest_baseline(run_dir, dataset, preset)
+        if found is None:
+            if log is not None:
+                log.warning("baseline 'latest': no earlier finished run of this dataset and preset; no verdict")
+            return None
+        baseline = str(found)
+    path = Path(baseline).expanduser().resolve()
+    if path == Path(run_dir).resolve():
+        raise C123Error(f"baseline {path} is this run's own folder: pass an earlier run folder")
+    base = load_run(path)
+    theirs = {str(d).lower() for d in base.per_case["dataset"].unique()} | (
+        {str(base.info["dataset"]).lower()} if base.info.get("dataset") else set())
+    if theirs != {dataset.lower()}:
+        raise C123Error(f"baseline {path} is a run of {', '.join(sorted(theirs)) or 'no dataset'}, not {dataset}: "
+                        "pass a run folder of the same dataset")
+    if not set(base.per_case["case"].astype(str)) & set(case_ids):
+        raise C123Error(f"baseline {path} shares no case with this run ({', '.join(case_ids[:5])}"
+                        f"{', ...' if len(case_ids) > 5 else ''}): pass a run of the same cases")
+    return path
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(run_dir: str, baseline: str | None = None, thresholds: dict | list | None = None,
                 publish_artifact: bool = True) -> dict:
     """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report."""
-    from reports.build import build_report
+    from c123_pipeline.reports.build import build_report
 
-    if baseline is not None and not (Path(baseline) / "per_case.parquet").is_file():
-        raise C123Error(f"baseline {baseline} has no per_case.parquet: pass a finished benchmark run folder")
     paths = build_report([run_dir], Path(run_dir) / "report", baseline=baseline, thresholds=thresholds)
     out = {"index_html": str(paths.index_html), "tables_md": str(paths.tables_md),
            "tables_tex": str(paths.tables_tex), "plots": {k: str(v) for k, v in (paths.plots or {}).items()},

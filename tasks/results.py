@@ -1,7 +1,11 @@
-"""per_case / per_view tables with the exact docs/ARCHITECTURE.md schema and dtypes; atomic Parquet writes."""
+"""The per_case / per_view records and their Parquet files: one dataclass per table, the Arrow schema derived
+from it (docs/ARCHITECTURE.md lists the same columns), atomic writes."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -9,73 +13,121 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
 from c123.atomic import atomic_path
 
-PER_CASE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("dataset", pa.string()), ("case", pa.string()), ("category", pa.string()),
-    ("variant", pa.string()), ("weight_shape", pa.string()), ("preset", pa.string()), ("seed", pa.int64()),
-    ("status", pa.string()), ("error", pa.string()), ("switch_iteration", pa.int64()),
-    ("seconds_nerf", pa.float64()), ("seconds_dmtet", pa.float64()), ("seconds_export", pa.float64()),
-    ("seconds_total", pa.float64()), ("clip_similarity", pa.float64()), ("psnr", pa.float64()),
-    ("lpips", pa.float64()), ("metric_status", pa.string()), ("novel_psnr", pa.float64()),
-    ("novel_lpips", pa.float64()), ("chamfer", pa.float64()), ("clip_model", pa.string()),
-    ("num_views", pa.int64()), ("resolution", pa.int64()), ("background", pa.string()),
-    ("lpips_net", pa.string()), ("config_hash", pa.string()), ("code_version", pa.string()),
-    ("device", pa.string()), ("case_dir", pa.string()), ("cache_key", pa.string()),
-])
-"""per_case.parquet; nullable: category, error, switch_iteration (Int64 in pandas); floats NaN when unknown."""
 
-PER_VIEW_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("dataset", pa.string()), ("case", pa.string()), ("variant", pa.string()),
-    ("seed", pa.int64()), ("view_index", pa.int64()), ("azimuth", pa.float64()), ("elevation", pa.float64()),
-    ("clip_similarity", pa.float64()), ("weight_shape", pa.string()),
-])
-"""per_view.parquet: ARCHITECTURE.md's columns, then weight_shape (two shapes of a variant are two methods)."""
+@dataclass
+class CaseRow:
+    """One row of per_case.parquet: a (case, variant, seed) of a run, its outcome, metrics and provenance."""
 
-_PANDAS_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
-NULLABLE_INT = {"switch_iteration"}
+    run_id: str
+    dataset: str
+    case: str
+    category: str | None
+    variant: str
+    weight_shape: str
+    preset: str
+    seed: int
+    status: str
+    """'ok' or 'failed'."""
+    error: str | None
+    """One line, e.g. 'InputError: ... is not a readable image ...'."""
+    switch_iteration: int | None
+    """NeRF step of the 3D -> dynamic switch (None when failed or never)."""
+    seconds_nerf: float
+    seconds_dmtet: float
+    seconds_export: float
+    seconds_total: float
+    clip_similarity: float
+    psnr: float
+    lpips: float
+    metric_status: str
+    """'ok', or '; '-joined 'metric: reason'; 'not computed: case failed'."""
+    novel_psnr: float
+    novel_lpips: float
+    chamfer: float
+    protocol: str
+    """Name of the metric protocol (c123.metrics.PROTOCOLS); the next five columns are its resolved values."""
+    clip_model: str
+    num_views: int
+    resolution: int
+    background: str
+    lpips_net: str
+    config_hash: str
+    code_version: str
+    device: str
+    case_dir: str
+    """Case folder relative to the run folder."""
+    cache_key: str
 
 
-def _frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
+@dataclass
+class ViewRow:
+    """One row of per_view.parquet: the CLIP-similarity of one orbit view of a case."""
+
+    run_id: str
+    dataset: str
+    case: str
+    variant: str
+    seed: int
+    view_index: int
+    azimuth: float
+    elevation: float
+    clip_similarity: float
+    weight_shape: str
+
+
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+
+
+def _column_types(cls) -> list[tuple[str, type, bool]]:
+    """(name, base type, nullable) of each field of a row record; `X | None` is nullable X."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        out.append((f.name, args[0] if args else hints[f.name], bool(args)))
+    return out
+
+
+def arrow_schema(cls) -> pa.Schema:
+    """The Arrow schema of a row record: str -> string, int -> int64, float -> float64 (NaN when unknown)."""
+    return pa.schema([(name, _ARROW[base]) for name, base, _ in _column_types(cls)])
+
+
+PER_CASE_SCHEMA = arrow_schema(CaseRow)
+PER_VIEW_SCHEMA = arrow_schema(ViewRow)
+
+
+def frame(rows: list, cls) -> pd.DataFrame:
+    """Row records -> DataFrame in schema order; dtypes: string, int64 (Int64 when nullable), float64."""
+    records = [dataclasses.asdict(r) for r in rows]
     data = {}
-    for f in schema:
-        values = [row.get(f.name) for row in rows]
-        if f.type == pa.float64():
-            data[f.name] = pd.array([float("nan") if v is None else float(v) for v in values], dtype="float64")
-        elif f.type == pa.int64():
-            if f.name in NULLABLE_INT:
-                data[f.name] = pd.array([None if v is None or v != v else int(v) for v in values], dtype="Int64")
-            else:
-                data[f.name] = pd.array([int(v) for v in values], dtype="int64")
+    for name, base, nullable in _column_types(cls):
+        values = [r[name] for r in records]
+        if base is float:
+            data[name] = pd.array([float("nan") if v is None else float(v) for v in values], dtype="float64")
+        elif base is int:
+            data[name] = pd.array([None if v is None or v != v else int(v) for v in values],
+                                  dtype="Int64" if nullable else "int64")
         else:
-            data[f.name] = pd.array([None if v is None else str(v) for v in values], dtype="string")
-    return pd.DataFrame(data, columns=[f.name for f in schema])
-
-
-def per_case_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows (dicts) -> per_case DataFrame in schema order and dtypes (unknown keys dropped)."""
-    return _frame(rows, PER_CASE_SCHEMA)
-
-
-def per_view_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows (dicts) -> per_view DataFrame in schema order and dtypes."""
-    return _frame(rows, PER_VIEW_SCHEMA)
+            data[name] = pd.array([None if v is None else str(v) for v in values], dtype="string")
+    return pd.DataFrame(data, columns=[name for name, _, _ in _column_types(cls)])
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> Path:
     """Write with the explicit Arrow schema via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-    return path
+    return Path(path)
 
 
 @task(name="write-parquet", cache_policy=NO_CACHE)
-def write_results_task(run_dir: str, case_rows: list[dict], view_rows: list[dict]) -> dict:
+def write_results_task(run_dir: str, case_rows: list[CaseRow], view_rows: list[ViewRow]) -> dict:
     """RUN/per_case.parquet and RUN/per_view.parquet (atomic); returns their paths."""
     run = Path(run_dir)
-    per_case = write_parquet(per_case_frame(case_rows), run / "per_case.parquet", PER_CASE_SCHEMA)
-    per_view = write_parquet(per_view_frame(view_rows), run / "per_view.parquet", PER_VIEW_SCHEMA)
+    per_case = write_parquet(frame(case_rows, CaseRow), run / "per_case.parquet", PER_CASE_SCHEMA)
+    per_view = write_parquet(frame(view_rows, ViewRow), run / "per_view.parquet", PER_VIEW_SCHEMA)
     return {"per_case": str(per_case), "per_view": str(per_view)}

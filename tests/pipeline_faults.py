@@ -1,4 +1,5 @@
-"""Work functions the pipeline's fault tests inject into Ray actors ('tests.pipeline_faults:NAME').
+"""Work functions the pipeline's fault tests inject into Ray actors ('pipeline_faults:NAME'; tests/ is on the
+actors' PYTHONPATH, see pipeline_support).
 
 No side effects on import: the actors import this module.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# ---- work functions injected into actors (as "tests.pipeline_faults:NAME") ------------
+# ---- work functions injected into actors (as "pipeline_faults:NAME") ------------
 KILL_MARKER = "KILL_ACTOR"
 """A file of this name in a case's output folder makes `die_once_mid_case` kill its actor once."""
 
@@ -16,9 +17,9 @@ KILL_MARKER = "KILL_ACTOR"
 def die_once_mid_case(job, priors, progress):
     """The real reconstruction, but the actor process dies (os._exit) in the NeRF stage after the first
     checkpoint when the case folder holds KILL_ACTOR (removed first, so the retry completes)."""
-    from tasks.actors import reconstruct_case
+    from c123_pipeline.tasks.actors import reconstruct_case
 
-    marker = Path(job["out_dir"]) / KILL_MARKER
+    marker = Path(job.out_dir) / KILL_MARKER
 
     def hook(info):
         progress(info)
@@ -32,6 +33,13 @@ def die_once_mid_case(job, priors, progress):
 def always_die(job, priors, progress):
     """An actor that dies on every case."""
     os._exit(3)
+
+
+def refuse_input(job, priors, progress):
+    """A case whose input is refused (a C123Error), on every case."""
+    from c123.errors import InputError
+
+    raise InputError(f"{job.case_id}: refused by the test's work function")
 
 
 def raise_runtime_error(job, priors, progress):
@@ -53,7 +61,7 @@ def threads_seen(job, priors, progress):
 
     import torch
 
-    if job["case_id"] == "long":
+    if job.case_id == "long":
         deadline = time.time() + 60
         while torch.get_num_threads() == 1 and time.time() < deadline:
             progress({"stage": "nerf", "step": 0, "total": 1})

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 SESSION = Path(tempfile.mkdtemp(prefix="c123-pipeline-tests-"))
+TESTS = Path(__file__).resolve().parent
 os.environ.pop("PREFECT_API_URL", None)  # a user's server must not receive test runs
+# the Ray workers (and served flow runs) import the work functions of pipeline_faults from tests/
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
 os.environ.update(
     PREFECT_HOME=str(SESSION / "prefect"),
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
@@ -30,7 +33,7 @@ os.environ.update(
 )
 atexit.register(shutil.rmtree, SESSION, True)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = TESTS.parent
 DATA = Path(os.environ.get("C123_DATA") or REPO.parent / "shared" / "datasets")
 needs_data = pytest.mark.skipif(not (DATA / "c10").is_dir() or not (DATA / "realfusion15").is_dir(),
                                 reason=f"shared datasets not found under {DATA} (set C123_DATA)")
@@ -44,7 +47,7 @@ FAST = ["train.nerf_iters=8", "train.dmtet_iters=4", "schedule.check_start=2", "
 @functools.cache
 def ray_cluster():
     """One local Ray cluster (2 CPUs) for the whole test process; the flows join it instead of starting one."""
-    from tasks.ray_cluster import ensure_ray, shutdown_ray
+    from c123_pipeline.tasks.ray_cluster import ensure_ray, shutdown_ray
 
     info = ensure_ray(num_cpus=2)
     atexit.register(shutdown_ray)

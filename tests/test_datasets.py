@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from c123.errors import DatasetError
-from datasets.fetch import fetch, files, main as fetch_main
-from datasets.registry import default_data_root, filter_cases, load_dataset
+from c123_pipeline.datasets.fetch import fetch, files, main as fetch_main
+from c123_pipeline.datasets.registry import default_data_root, filter_cases, load_dataset
 
 SHARED = default_data_root()
 needs_data = pytest.mark.skipif(not (SHARED / "c10").is_dir(), reason="shared datasets not available")
@@ -78,7 +78,7 @@ def test_malformed_folders(tmp_path):
     flat.mkdir()
     (flat / "prompts.tsv").write_text("case\tcategory\tprompt\napple\tfruit\ta red apple\npear\tfruit\ta pear\n")
     Image.new("RGBA", (8, 8)).save(flat / "apple_rgba.png")
-    with pytest.raises(DatasetError, match="lacks pear_rgba.png listed in prompts.tsv"):
+    with pytest.raises(DatasetError, match=r"prompts.tsv line 3 names pear_rgba.png, which is not in"):
         load_dataset(flat)
     (flat / "prompts.tsv").write_text("case\tcaption\napple\ta red apple\n")
     with pytest.raises(DatasetError, match="lacks columns case and prompt"):
@@ -98,11 +98,14 @@ def test_plain_image_folder_with_prompts_csv(tmp_path):
                                                                 ("photo", "a photo", True)]
     inp = ds.cases[1].load(size=64)
     assert inp.rgba.shape == (64, 64, 4) and inp.prompt == "a photo"
+    Image.fromarray(rgba).save(tmp_path / "forgotten.png")
+    with pytest.raises(DatasetError, match=r"prompts.csv does not name forgotten.png: add a row for each image"):
+        load_dataset(tmp_path)
 
 
 def test_synthetic_dataset_carries_ground_truth(tmp_path, monkeypatch):
     from c123.synthetic import SCENES
-    from datasets import layouts
+    from c123_pipeline.datasets import layouts
 
     small = functools.partial(layouts.read_synthetic, size=32)   # 256 px by default: slow on a busy CPU
     monkeypatch.setattr(layouts, "read_synthetic", small)

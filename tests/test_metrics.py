@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from c123.errors import WeightsMissingError
-from c123.metrics import (ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
+from c123.metrics import (PROTOCOLS, ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
                           psnr)
 
 
@@ -100,6 +100,51 @@ def test_chamfer_identical_and_shifted_sets():
         chamfer_distance(grid, np.zeros((0, 3)))
 
 
-def test_metric_protocol_defaults():
-    p = MetricProtocol(clip_model="openai/clip-vit-base-patch16", num_views=8, resolution=512)
-    assert (p.background, p.lpips_net) == ("white", "alex")
+def test_metric_protocols_c123_default_and_magic123():
+    default = PROTOCOLS["c123"]
+    assert (default.clip_model, default.num_views, default.background, default.resize, default.lpips_net) == (
+        None, None, "white", "none", "alex")   # the preset's CLIP over the views the reconstruction writes
+    magic = PROTOCOLS["magic123"]
+    assert magic.clip_model == "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k" and magic.num_views == 100
+    assert (magic.clip_size, magic.lpips_size, magic.psnr_size) == (224, 224, 800)
+    assert magic.background == "white-where-transparent" and magic.resize == "area"
+    assert isinstance(MetricProtocol("x"), MetricProtocol)
+
+
+def test_area_resize_is_opencv_inter_area():
+    """Shrinking averages the covered pixels (fractionally at borders); enlarging repeats pixels and blends
+    only across a border, as cv2.resize(..., interpolation=cv2.INTER_AREA) does (values worked by hand)."""
+    from c123.metrics import area_resize
+
+    block = (np.arange(16, dtype=np.uint8).reshape(4, 4, 1) * 10)
+    assert area_resize(block, 2)[..., 0].tolist() == [[25, 45], [105, 125]]        # 2x2 means
+    row = np.array([[[0], [30], [60]]], np.uint8).repeat(3, 0)                    # 3 -> 2: weights 2/3, 1/3
+    assert area_resize(row, 2)[0, :, 0].tolist() == [10, 50]
+    two = np.array([[[10], [20]]], np.uint8).repeat(2, 0)
+    assert area_resize(two, 4)[0, :, 0].tolist() == [10, 10, 20, 20]             # x2: nearest
+    assert area_resize(two, 3)[0, :, 0].tolist() == [10, 15, 20]                 # x1.5: one blended pixel
+
+
+def test_magic123_reads_images_white_only_where_transparent():
+    from c123.metrics import PROTOCOLS
+
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (200, 100, 0, 0)      # transparent: white
+    rgba[0, 1] = (200, 100, 0, 128)    # half transparent: its colour as stored (not blended)
+    rgba[1, :] = (0, 0, 250, 255)
+    magic = PROTOCOLS["magic123"].image(rgba)
+    assert np.allclose(magic[0, 0], 1) and np.allclose(magic[0, 1] * 255, (200, 100, 0))
+    default = PROTOCOLS["c123"].image(rgba)
+    assert np.allclose(default[0, 1], composite_white(rgba)[0, 1])   # c123 composites on white
+    assert PROTOCOLS["magic123"].image(rgba, 4).shape == (4, 4, 3)
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
+def test_the_random_lpips_backbone_is_the_same_in_every_load():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 32, 32, 3), dtype=np.float32)
+    torch.manual_seed(123)
+    first = LpipsMetric("alex", "cpu", random_backbone=True)(a, b)
+    torch.rand(1000)  # whatever happened to the global generator before, the backbone is drawn alike
+    second = LpipsMetric("alex", "cpu", random_backbone=True)(a, b)
+    assert first == second and first > 0

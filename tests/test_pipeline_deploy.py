@@ -29,7 +29,7 @@ def _get(url: str):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(api_url, env, runs_dir): a Prefect server and the served deployments, stopped afterwards."""
-    from flows.serve import start_server, stop_server
+    from c123_pipeline.flows.serve import start_server, stop_server
 
     cluster = ray_cluster()  # the served runs join this cluster instead of starting their own
     home = SESSION / "prefect-server"
@@ -88,3 +88,25 @@ def test_prefect_deployment_run_evaluate_c10(served, tmp_path):
     assert per_case["psnr"].notna().all()
     assert (out / "per_view.parquet").is_file() and (out / "report" / "index.html").is_file()
     assert json.loads((out / "run.json").read_text())["dataset"] == "c10"
+
+
+def test_a_deployment_run_whose_cases_fail_is_failed_and_watch_exits_1(served, tmp_path):
+    """Every case fails (its input is refused): the flow run ends Failed, as the API says, and
+    `prefect deployment run --watch` exits 1 (it used to say "finished successfully in 'Completed'")."""
+    import re
+
+    api, env, runs = served
+    out = tmp_path / "run"
+    params = {"preset": "tiny", "cases": ["07", "12"], "overrides": FAST, "out": str(out), "num_actors": 1,
+              "data_root": str(DATA), "work_fn": "pipeline_faults:refuse_input"}
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.run([str(prefect), "deployment", "run", "benchmark/evaluate-c10", "--params", json.dumps(params),
+                           "--watch", "--watch-timeout", "600"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=700)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Flow run finished in state 'Failed'" in proc.stdout + proc.stderr
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
+    state = _get(f"{api}/flow_runs/{flow_run_id}")["state"]
+    assert state["type"] == "FAILED"
+    assert state["message"].startswith("2 failed of 2; first: consistent123/07/seed0: InputError: 07: refused")
+    assert (out / "per_case.parquet").is_file() and (out / "report" / "index.html").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _mtimes(run: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each dataset subset run twice into the same folder; returns {dataset: (run_dir, first, second, s1, s2, m1, m2)}."""
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     ray_cluster()
     out = {}
@@ -99,7 +100,7 @@ def test_rerun_of_the_same_run_folder_computes_nothing(runs, dataset):
 
 def test_changed_config_recomputes_only_that_variant(runs):
     """Another seed in the same run folder is computed; the finished seed-0 cases are reused."""
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     run, *_ = runs["c10"]
     summary = benchmark(dataset="c10", preset="tiny", cases=["07"], seeds=[0, 1], out=str(run), overrides=FAST,
@@ -110,12 +111,14 @@ def test_changed_config_recomputes_only_that_variant(runs):
 
 def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     """Novel-view PSNR/LPIPS and Chamfer against a synthetic scene, on a real output folder."""
-    from tasks.metrics import compute_case_metrics, load_metric_models
+    from c123.metrics import PROTOCOLS
+    from c123_pipeline.tasks.metrics import compute_case_metrics, load_metric_models, resolve_protocol
 
     run, first, *_ = runs["c10"]
     case_dir = run / "cases/consistent123/07/seed0"
     result = json.loads((case_dir / "result.json").read_text())
-    models = load_metric_models(result["config"]["prior"]["clip_model"], "alex", "cpu", allow_random_lpips=True)
+    protocol = resolve_protocol(PROTOCOLS["c123"], result["config"]["prior"]["clip_model"], 4, tiny=True)
+    models = load_metric_models(protocol, "cpu")
     values = compute_case_metrics(case_dir, result, models, scene="toy")
     for key in ("novel_psnr", "novel_lpips", "chamfer", "psnr", "lpips", "clip_similarity"):
         assert math.isfinite(values[key]) and values[key] != 0, key
@@ -135,7 +138,7 @@ def test_whole_dataset_tiny(dataset, tmp_path):
     """Every case of a dataset with the tiny preset (as shipped, no cut-down overrides)."""
     import pandas as pd
 
-    from flows.benchmark import benchmark
+    from c123_pipeline.flows.benchmark import benchmark
 
     ray_cluster()
     summary = benchmark(dataset=dataset, preset="tiny", out=str(tmp_path / "run"), data_root=str(DATA))
@@ -152,8 +155,8 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.benchmark import benchmark
-    from tasks.results import PER_CASE_SCHEMA, write_parquet
+    from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, write_parquet
 
     run, first, *_ = runs["c10"]
     base = tmp_path / "baseline"
@@ -176,6 +179,108 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     summary = benchmark(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(run), overrides=FAST,
                         data_root=str(DATA), baseline=str(base))
     assert summary["regressed"] is True and summary["computed"] == 0
+
+
+def latest_flow_run(out: Path):
+    """The newest flow run of this Prefect home, read from its API (checked to be the run into `out`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        run, = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    assert run.parameters["out"] == str(out)
+    return run
+
+
+def test_evaluate_with_a_failed_case_exits_1_and_its_flow_run_is_failed(runs, tmp_path, capsys):
+    """`c123 evaluate` as a user runs it: one case reused, one case whose image is now garbage."""
+    import shutil
+
+    from c123_pipeline.cli import main
+    from pipeline_support import copy_dataset
+
+    root = tmp_path / "data"
+    copy_dataset("c10", root / "c10")
+    (root / "c10" / "SpongeBob_rgba.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 40)
+    out = tmp_path / "run"
+    shutil.copytree(runs["c10"][0], out)  # the finished 07 is reused
+    code = main(["evaluate", "c10", "--preset", "tiny", "--cases", "07", "SpongeBob", "--data-root", str(root),
+                 "--out", str(out), "--actors", "1", "--set", *FAST])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "1 ok, 1 failed (1 reused, 1 computed)" in printed
+    assert "failed: consistent123/SpongeBob/seed0: InputError: " in printed
+    assert "flow run Failed: 1 failed of 2; first: consistent123/SpongeBob/seed0: InputError:" in printed
+    run = latest_flow_run(out)
+    assert run.state.type.value == "FAILED"
+    assert run.state.message.startswith("1 failed of 2; first: consistent123/SpongeBob/seed0: InputError: ")
+
+
+def test_a_full_disk_while_writing_the_tables_is_one_line_and_keeps_the_old_tables(runs, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import errno
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from c123_pipeline.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(runs["c10"][0], out)  # every case finished: the run only writes its tables and report
+    before = (out / "per_case.parquet").read_bytes()
+
+    def full(table, where, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(pq, "write_table", full)
+    code = main(["evaluate", "c10", "--preset", "tiny", "--cases", *SUBSETS["c10"], "--data-root", str(DATA),
+                 "--out", str(out), "--set", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"error: no space left on the device writing {out}/.per_case.parquet."), err
+    assert err.endswith("free space and rerun the same command (finished work is kept)")
+    assert (out / "per_case.parquet").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".per_case")]
+
+
+def test_two_identical_runs_give_identical_metrics(tmp_path):
+    """Same code, seed and inputs: the same per_case metric columns, to the bit (the tiny preset's LPIPS
+    backbone is random but seeded)."""
+    import pandas as pd
+
+    from c123_pipeline.flows.benchmark import benchmark
+
+    columns = ["clip_similarity", "psnr", "lpips", "switch_iteration", "lpips_net", "protocol", "cache_key"]
+    frames = []
+    for name in ("a", "b"):
+        summary = benchmark(dataset="c10", preset="tiny", cases=["07"], out=str(tmp_path / name), overrides=FAST,
+                            data_root=str(DATA), num_actors=1)
+        assert summary["computed"] == 1
+        frames.append(pd.read_parquet(summary["per_case"])[columns])
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_exact=True)
+    assert frames[0].loc[0, "lpips_net"] == "alex-random" and frames[0]["lpips"].notna().all()
+
+
+def test_magic123_protocol_requests_its_views_and_is_recorded_alike_in_rows_and_run_json(tmp_path):
+    import pandas as pd
+
+    from c123_pipeline.flows.benchmark import benchmark
+
+    tiny_clip = str(Path(os.environ["C123_TINY_MODELS"]) / "clip")  # bigG in its real layout is not here
+    out = tmp_path / "run"
+    overrides = [o for o in FAST if not o.startswith("train.eval_views=")]  # the protocol asks for its 100
+    summary = benchmark(dataset="c10", preset="tiny", cases=["07"], out=str(out), overrides=overrides,
+                        data_root=str(DATA), num_actors=1, protocol="magic123", clip_model=tiny_clip)
+    per_case = pd.read_parquet(summary["per_case"])
+    row = per_case.iloc[0]
+    assert row["status"] == "ok" and row["metric_status"] == "ok"
+    assert (row["protocol"], row["num_views"], row["background"]) == ("magic123", 100, "white-where-transparent")
+    assert len(pd.read_parquet(summary["per_view"])) == 100  # the flow asked the reconstruction for 100 views
+    assert len(list((out / row["case_dir"] / "views").glob("view_*.png"))) == 100
+    recorded = json.loads((out / "run.json").read_text())["protocol"]
+    for column in ("clip_model", "num_views", "background", "lpips_net"):
+        assert recorded[column] == row[column], column
+    assert recorded["name"] == row["protocol"] and recorded["resolution"] == row["resolution"]
+    assert (recorded["clip_size"], recorded["lpips_size"], recorded["psnr_size"]) == (224, 224, 800)
 
 
 @pytest.mark.browser

@@ -19,33 +19,45 @@ def _documented_columns(section: str) -> list[str]:
 
 
 def _row(**kw):
+    from c123_pipeline.tasks.results import CaseRow
+
     row = {"run_id": "r", "dataset": "c10", "case": "07", "category": None, "variant": "consistent123",
            "weight_shape": "exp", "preset": "tiny", "seed": 0, "status": "failed", "error": "InputError: x",
            "switch_iteration": None, "seconds_nerf": math.nan, "seconds_dmtet": None, "seconds_export": 1,
            "seconds_total": 1.5, "clip_similarity": math.nan, "psnr": None, "lpips": 0.1,
            "metric_status": "not computed: case failed", "novel_psnr": math.nan, "novel_lpips": math.nan,
-           "chamfer": math.nan, "clip_model": "m", "num_views": 8, "resolution": 64, "background": "white",
+           "chamfer": math.nan, "protocol": "c123", "clip_model": "m", "num_views": 8, "resolution": 64,
+           "background": "white",
            "lpips_net": "alex", "config_hash": "h", "code_version": "v", "device": "cpu",
            "case_dir": "cases/consistent123/07/seed0", "cache_key": "k"}
     row.update(kw)
-    return row
+    return CaseRow(**row)
 
 
-def test_parquet_columns_follow_architecture_md():
-    from tasks.results import PER_CASE_SCHEMA, PER_VIEW_SCHEMA
+def test_parquet_columns_follow_architecture_md_and_the_row_records():
+    import dataclasses
+
+    import pyarrow as pa
+
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, PER_VIEW_SCHEMA, CaseRow, ViewRow
 
     assert PER_CASE_SCHEMA.names == _documented_columns("per_case.parquet")
     assert PER_VIEW_SCHEMA.names == _documented_columns("per_view.parquet")
+    # the schemas are derived from the records: same names, str/int/float as string/int64/float64
+    assert PER_CASE_SCHEMA.names == [f.name for f in dataclasses.fields(CaseRow)]
+    assert PER_VIEW_SCHEMA.names == [f.name for f in dataclasses.fields(ViewRow)]
+    assert PER_CASE_SCHEMA.field("seed").type == pa.int64() and PER_CASE_SCHEMA.field("psnr").type == pa.float64()
+    assert PER_CASE_SCHEMA.field("error").type == pa.string()
 
 
 def test_parquet_dtypes_roundtrip(tmp_path):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from tasks.results import PER_CASE_SCHEMA, PER_VIEW_SCHEMA, per_case_frame, per_view_frame, write_parquet
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, PER_VIEW_SCHEMA, CaseRow, ViewRow, frame, write_parquet
 
     rows = [_row(), _row(case="12", status="ok", error=None, switch_iteration=35, category="ball", seed=3)]
-    df = per_case_frame(rows)
+    df = frame(rows, CaseRow)
     path = write_parquet(df, tmp_path / "per_case.parquet", PER_CASE_SCHEMA)
     assert pq.read_schema(path).remove_metadata() == PER_CASE_SCHEMA
     back = pd.read_parquet(path)
@@ -59,9 +71,9 @@ def test_parquet_dtypes_roundtrip(tmp_path):
     assert math.isnan(back.loc[0, "psnr"]) and math.isnan(back.loc[0, "seconds_dmtet"])  # None -> NaN, never 0
     assert back.loc[0, "seconds_export"] == 1.0 and back.loc[1, "seed"] == 3
 
-    views = per_view_frame([{"run_id": "r", "dataset": "c10", "case": "07", "variant": "consistent123",
-                             "weight_shape": "exp", "seed": 0, "view_index": i, "azimuth": 90.0 * i,
-                             "elevation": 0.0, "clip_similarity": 0.5} for i in range(4)])
+    views = frame([ViewRow(run_id="r", dataset="c10", case="07", variant="consistent123", weight_shape="exp", seed=0,
+                           view_index=i, azimuth=90.0 * i, elevation=0.0, clip_similarity=0.5) for i in range(4)],
+                  ViewRow)
     vpath = write_parquet(views, tmp_path / "per_view.parquet", PER_VIEW_SCHEMA)
     assert pq.read_schema(vpath).remove_metadata() == PER_VIEW_SCHEMA
     assert str(pd.read_parquet(vpath)["view_index"].dtype) == "int64"
@@ -71,9 +83,9 @@ def test_parquet_write_is_atomic(tmp_path, monkeypatch):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from tasks import results
+    from c123_pipeline.tasks import results
 
-    path = results.write_parquet(results.per_case_frame([_row()]), tmp_path / "per_case.parquet",
+    path = results.write_parquet(results.frame([_row()], results.CaseRow), tmp_path / "per_case.parquet",
                                  results.PER_CASE_SCHEMA)
     before = path.read_bytes()
 
@@ -83,16 +95,16 @@ def test_parquet_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", broken)
     with pytest.raises(OSError):
-        results.write_parquet(results.per_case_frame([_row(), _row(case="12")]), path, results.PER_CASE_SCHEMA)
+        results.write_parquet(results.frame([_row(), _row(case="12")], results.CaseRow), path, results.PER_CASE_SCHEMA)
     assert path.read_bytes() == before and len(pd.read_parquet(path)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["per_case.parquet"]  # no temp file left behind
 
 
 @needs_data
 def test_cache_key_follows_input_bytes_config_and_code(tmp_path):
-    from datasets.case import Case
-    from flows.benchmark import resolve_config
-    from tasks import cache
+    from c123_pipeline.datasets.case import Case
+    from c123_pipeline.flows.benchmark import resolve_config
+    from c123_pipeline.tasks import cache
 
     src = DATA / "c10" / "07_rgba.png"
     img = tmp_path / "07_rgba.png"
@@ -119,7 +131,7 @@ def test_cache_key_follows_input_bytes_config_and_code(tmp_path):
 
 def test_variants_and_configs_resolve():
     from c123.errors import C123Error
-    from flows.benchmark import parse_variant, resolve_config, variant_folder
+    from c123_pipeline.flows.benchmark import parse_variant, resolve_config, variant_folder
 
     assert parse_variant("consistent123") == ("consistent123", None)
     assert parse_variant("consistent123:linear") == parse_variant("consistent123@linear") == ("consistent123", "linear")
@@ -135,7 +147,7 @@ def test_variants_and_configs_resolve():
 
 
 def test_tiny_models_dir_is_overridable(monkeypatch):
-    from flows.benchmark import base_config
+    from c123_pipeline.flows.benchmark import base_config
 
     monkeypatch.setenv("C123_TINY_MODELS", "/somewhere/tiny")
     assert base_config("tiny").prior.clip_model == "/somewhere/tiny/clip"
@@ -143,21 +155,9 @@ def test_tiny_models_dir_is_overridable(monkeypatch):
     assert base_config("tiny").prior.clip_model == "~/.cache/c123/tiny-models/clip"
 
 
-@needs_data
-def test_evaluate_fails_fast_with_one_line(tmp_path, capsys):
-    from c123.errors import C123Error
-    from flows.evaluate import evaluate_main
-
-    with pytest.raises(C123Error, match="no case of 'c10' matches nope"):
-        evaluate_main(["c10", "--preset", "tiny", "--cases", "nope", "--out", str(tmp_path / "r")])
-    with pytest.raises(C123Error, match="unknown variant"):
-        evaluate_main(["c10", "--preset", "tiny", "--variant", "best", "--out", str(tmp_path / "r")])
-    assert not (tmp_path / "r").exists()
-
-
 def test_prepare_run_json_refuses_another_dataset(tmp_path):
     from c123.errors import C123Error
-    from flows.benchmark import prepare_run_json
+    from c123_pipeline.tasks.run_folder import prepare_run_json
 
     info = {"run_id": "a", "dataset": "c10", "preset": "tiny", "created_at": "t0"}
     prepare_run_json(tmp_path, dict(info))

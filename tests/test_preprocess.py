@@ -9,7 +9,7 @@ from PIL import Image
 
 from c123.errors import InputError
 from c123.preprocess import estimate_depth, load_input
-from datasets.registry import default_data_root
+from c123_pipeline.datasets.registry import default_data_root
 
 REALFUSION = default_data_root() / "realfusion15"
 needs_data = pytest.mark.skipif(not REALFUSION.is_dir(), reason="RealFusion15 not available (c123 fetch)")
@@ -157,3 +157,88 @@ def test_paths_may_be_strings(tmp_path):
     _rgb_and_mask(tmp_path)
     inp = load_input(str(tmp_path / "photo.png"), mask=str(tmp_path / "mask.png"))
     assert inp.case_id == "photo" and Path(inp.sources["mask"]).name == "mask.png"
+
+
+def _exif_rotated(path: Path, pixels: np.ndarray, orientation: int = 6) -> None:
+    """Save `pixels` as stored by a camera that tags the picture with an EXIF orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+
+
+def test_exif_orientation_is_applied_to_image_and_mask(tmp_path):
+    """A camera JPEG stored sideways with orientation 6 (turn 90 degrees clockwise to view) and its mask,
+    drawn on the picture as people see it; the cut-out must land on the object, also when square."""
+    from PIL import ImageOps
+
+    upright = np.zeros((40, 40, 3), np.uint8)
+    upright[5:35, 10:20] = (250, 20, 20)            # a red bar, left of centre
+    stored = np.rot90(upright, k=1).copy()          # what the sensor wrote; orientation 6 turns it back
+    _exif_rotated(tmp_path / "photo.png", stored)
+    assert (np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo.png"))) == upright).all()
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:35, 10:20] = 255                          # drawn on the upright picture
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    inp = load_input(tmp_path / "photo.png", mask=tmp_path / "mask.png", recenter=False)
+    inside = inp.rgba[..., 3] > 127
+    assert (inp.rgba[inside][:, :3] == (250, 20, 20)).all()  # the mask covers the red bar, not the background
+
+    # a mask stored sideways with its own orientation tag is turned upright too
+    _exif_rotated(tmp_path / "mask_tagged.png", np.rot90(mask, k=1).copy())
+    again = load_input(tmp_path / "photo.png", mask=tmp_path / "mask_tagged.png", recenter=False)
+    assert (again.rgba == inp.rgba).all()
+
+
+def test_large_inputs_are_worked_on_at_a_bounded_size(tmp_path):
+    from c123.preprocess import MAX_SIDE
+
+    strip = np.zeros((1, 4000, 4), np.uint8)
+    strip[0, 100:3900] = (20, 200, 30, 255)
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    assert load_input(tmp_path / "strip.png").rgba.shape == (MAX_SIDE, MAX_SIDE, 4)  # not 4000 x 4000
+
+    big = np.zeros((3000, 2500, 3), np.uint8)
+    big[1000:2000, 500:1500] = (10, 10, 240)
+    mask = np.zeros((3000, 2500), np.uint8)
+    mask[1000:2000, 500:1500] = 255
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(mask).save(tmp_path / "big_mask.png")
+    inp = load_input(tmp_path / "big.png", mask=tmp_path / "big_mask.png")
+    inside = inp.rgba[..., 3] > 127
+    assert inp.rgba.shape == (MAX_SIDE, MAX_SIDE, 4)
+    assert (inp.rgba[inside][:, 2] > 200).mean() > 0.99  # image and mask were scaled alike: still aligned
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch, capsys):
+    from c123.cli import main
+
+    Image.new("RGBA", (100, 100)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's guard, scaled down: 100 x 100 > 2 x 1000
+    with pytest.raises(InputError, match=r"bomb.png is too large to decode safely .*: pass an image of at most "
+                                         r"1,000 pixels"):
+        load_input(tmp_path / "bomb.png")
+    code = main(["reconstruct", str(tmp_path / "bomb.png"), "--prompt", "x", "--preset", "tiny",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "bomb.png is too large to decode safely" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("values,problem", [("nan", "has NaN or infinite values inside the mask"),
+                                            ("inf", "has NaN or infinite values inside the mask"),
+                                            ("flat", "does not vary inside the mask")])
+def test_unusable_depth_is_dropped_with_a_warning(tmp_path, values, problem):
+    _rgb_and_mask(tmp_path)
+    depth = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
+    if values == "flat":
+        depth[:] = 0.5
+    else:
+        depth[20, 25] = float(values)
+    Image.fromarray(depth, "F").save(tmp_path / "depth.tiff")
+    inp = load_input(tmp_path / "photo.png", mask=tmp_path / "mask.png", depth=tmp_path / "depth.tiff")
+    assert inp.depth is None
+    assert inp.warnings == [f"depth map {tmp_path / 'depth.tiff'} {problem}: the depth loss is off"]
+    good = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
+    Image.fromarray(good, "F").save(tmp_path / "good.tiff")
+    inp = load_input(tmp_path / "photo.png", mask=tmp_path / "mask.png", depth=tmp_path / "good.tiff")
+    assert inp.depth is not None and inp.warnings == []

@@ -15,7 +15,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from datasets.registry import default_data_root
+from c123_pipeline.datasets.registry import default_data_root
 
 DATA = default_data_root() / "realfusion15"
 CASE = "cactus"

@@ -9,7 +9,7 @@ import pytest
 
 from browser import assert_report_renders, needs_chromium
 from fixtures_runs import make_run
-from reports.build import build_report
+from c123_pipeline.reports.build import build_report
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_checker_catches_console_errors_and_broken_images(tmp_path):
 
 def test_trend_plot_needs_two_runs(tmp_path):
     """The nightly trend appears once a run has an earlier point (its baseline), not for a lone run."""
-    from reports.plots import make_plots
-    from reports.runs import load_run
+    from c123_pipeline.reports.plots import make_plots
+    from c123_pipeline.reports.runs import load_run
 
     first = make_run(tmp_path, "nightly-1", created_at="2026-11-19T02:00:00Z")
     second = make_run(tmp_path, "nightly-2", created_at="2026-11-20T02:00:00Z")

@@ -7,9 +7,9 @@ import pytest
 
 from c123.errors import C123Error
 from fixtures_runs import case_row, make_run
-from reports.build import main
-from reports.regression import compare, parse_thresholds
-from reports.runs import load_run
+from c123_pipeline.reports.build import main
+from c123_pipeline.reports.regression import compare, parse_thresholds
+from c123_pipeline.reports.runs import load_run
 
 
 def _verdict(tmp_path, **current):
@@ -82,3 +82,33 @@ def test_metric_that_newly_failed_is_flagged():
     verdict = compare(cur, base)
     (lost,) = [f for f in verdict.findings if f.regressed]
     assert (lost.kind, lost.metric, lost.case, lost.detail) == ("metric_lost", "lpips", "12", "lpips: weights missing")
+
+
+@pytest.mark.parametrize("name,damage", [("per_case.parquet", b"PAR1 not a parquet file"),
+                                         ("per_case.parquet", b""),
+                                         ("per_view.parquet", b"\x00" * 64),
+                                         ("run.json", b'{"run_id": "x", "created'),
+                                         ("run.json", b'["a list"]')])
+def test_a_damaged_run_file_is_one_line_naming_it_and_how_to_rebuild_it(tmp_path, capsys, name, damage):
+    run = make_run(tmp_path, "nightly-1", media=False)
+    (run / name).write_bytes(damage)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main([str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: {run / name} cannot be read ("), err
+    assert err.endswith(f"rebuild it by rerunning `c123 evaluate` with --out {run} (finished cases are reused, "
+                        "not recomputed)")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before and not (run / "report").exists()
+
+
+def test_a_per_case_table_without_its_key_columns_is_named(tmp_path, capsys):
+    run = make_run(tmp_path, "nightly-1", media=False)
+    pd.read_parquet(run / "per_case.parquet").drop(columns=["status"]).to_parquet(run / "per_case.parquet")
+    assert main([str(run)]) == 2
+    assert "(ValueError: columns status missing)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["psnr=nan", "psnr=inf", "lpips=-0.1"])
+def test_thresholds_must_be_finite_and_not_negative(bad):
+    with pytest.raises(C123Error, match=r"must be a finite number >= 0"):
+        parse_thresholds([bad])

@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 from fixtures_runs import case_row, write_per_case
-from reports import tables
-from reports.runs import all_cases, load_runs
+from c123_pipeline.reports import tables
+from c123_pipeline.reports.runs import all_cases, load_runs
 
-BIG_G = {"clip_model": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "num_views": 100, "resolution": 512}
+BIG_G = {"protocol": "magic123", "clip_model": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "num_views": 100,
+         "resolution": 512}
 
 # c10 consistent123: A ok, B ok but its LPIPS failed (NaN), C failed; realfusion15: D failed.
 # c10 3d-only: A ok, measured with a smaller CLIP, 8 views, 64 px (footnoted).
@@ -25,7 +26,7 @@ EXPECTED = """\
 | consistent123 · exp · tiny | reproduced | – | – | – | 0 / 1 | **0.790 ± 0.014** | 25.000 ± 1.414 | **0.050** | 2 / 3 |
 | 3d-only · exp · tiny [a] | reproduced | – | – | – | – | 0.700 | 20.000 | 0.100 | 1 / 1 |
 
-[a] Protocol differs: CLIP model openai/clip-vit-base-patch16 (reference ViT-bigG-14); 8 views (reference 100); resolution 64 px (reference 512).  
+[a] Protocol differs: metric protocol c123 (reference magic123); CLIP model openai/clip-vit-base-patch16 (reference ViT-bigG-14); 8 views (reference 100); resolution 64 px (reference 512).  
 \\* Make-it-3D trains on CLIP similarity, so the paper discounts its CLIP-sim value.  
 Reported rows: paper Table 1. The paper does not publish its CLIP model, number of views or resolution; reproduced rows are checked against the closest public protocol (Magic123: ViT-bigG-14, 100 views) at 512 px.
 """
