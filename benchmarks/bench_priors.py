@@ -10,7 +10,6 @@ figures measure the plumbing (resize, VAE encode/backward, CFG batch) rather tha
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from c123.config import PriorConfig
+from c123.provenance import offline_defaults
 from c123.priors.stable_diffusion import StableDiffusionPrior
 from c123.priors.tiny import write_tiny_models
 from c123.priors.zero123 import Zero123Prior
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--models-dir", default=None, help="tiny models folder (default: a temporary one)")
     parser.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="prior.precision (CUDA only)")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline_defaults()
     dirs = write_tiny_models(args.models_dir or tempfile.mkdtemp(prefix="c123-bench-"))
     cfg = PriorConfig(zero123_size=256, sd_size=512, precision=args.precision)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

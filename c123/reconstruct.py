@@ -126,7 +126,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     device = resolve_device(cfg.train.device)
     report = progress or (lambda info: None)
     gen = seed_everything(cfg.seed)
-    warnings: list[str] = list(getattr(inp, "warnings", []))
+    warnings: list[str] = list(inp.warnings)  # what preprocessing noticed (a dropped depth map, ...)
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
 
