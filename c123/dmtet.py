@@ -82,8 +82,9 @@ def _in_cell_and_delaunay(points: np.ndarray, tet: tuple[int, ...]) -> bool:
 def tet_grid(resolution: int, cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A15 tetrahedral grid of size `resolution` over [-1,1]^3: (verts float32[V,3], tets int32[T,4]).
 
-    Every cell's 46 tets are kept, so the grid is conforming (neighbouring tets share whole faces) and covers
-    [-1,1]^3 up to its saw-tooth boundary (vertices reach a few grid steps past it). Generated once and cached
+    The 46 tets of each of the (R/4)^3 cells are kept, so the grid is conforming (neighbouring tets share whole
+    faces) and fills a volume of 8 with a saw-tooth boundary about [-1,1]^3 (vertices reach one grid step past
+    its low faces); the official quartet grid conforms to the cube instead. Generated once and cached
     as `<cache_dir>/a15_<resolution>.npz` (default ~/.cache/c123/tets).
     """
     if resolution < 4 or resolution % 4:
@@ -186,11 +187,13 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) ->
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals [V,3]."""
+    """Unit vertex normals [V,3]: the normalised sum of the unit normals of the faces around each vertex, +z where
+    they cancel (run_dmtet's vn)."""
     v = verts[faces]
-    face_n = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    face_n = F.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1, eps=1e-10)
     n = torch.zeros_like(verts).index_add(0, faces.reshape(-1), face_n.repeat_interleave(3, 0))
-    return F.normalize(n, dim=-1, eps=1e-12)
+    n = torch.where((n * n).sum(-1, keepdim=True) > 1e-20, n, n.new_tensor([0.0, 0.0, 1.0]))
+    return F.normalize(n, dim=-1)
 
 
 @dataclass
