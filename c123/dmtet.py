@@ -215,11 +215,13 @@ class Mesh:
 
 @torch.no_grad()
 def mean_density(density_fn, bound: float, resolution: int = 128, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None, chunk: int = 1 << 18) -> float:
+                 device: torch.device | str | None = None, chunk: int = 1 << 16) -> float:
     """Mean density over a resolution^3 grid of cell-jittered probes of [-bound, bound]^3.
 
     One update of the official cuda_ray density grid (renderer.py `update_extra_state`: points
     2 i / (G - 1) - 1 scaled by bound - bound / G, jittered by up to bound / G), whose mean is `mean_density`.
+    The official grid keeps the maximum over its updates (every 16 steps, decayed by 0.95 each); this probes the
+    final field once, so a field still changing at the end reads lower here. Pass `device`: the field's device.
     """
     half = bound / resolution
     axis = torch.arange(resolution, dtype=torch.float32, device=device) * (2.0 / (resolution - 1)) - 1.0
@@ -243,7 +245,7 @@ def init_threshold(density_fn, bound: float, cfg: DMTetConfig, generator: torch.
 
 
 class DMTet(nn.Module):
-    """Learnable SDF and deformation on the A15 tet grid, rescaled to the object's box. State: sdf, deform, tet_scale."""
+    """Learnable SDF and deformation on the A15 tet grid rescaled to the object's box; state: sdf, deform, tet_scale."""
 
     def __init__(self, cfg: DMTetConfig, cache_dir: str | os.PathLike | None = None):
         super().__init__()

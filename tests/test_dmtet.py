@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 from c123.cameras import orbit_cameras
-from c123.config import DMTetConfig
+from c123.config import DMTetConfig, paper
 from c123.dmtet import (DMTet, Mesh, a15_cell_tets, init_threshold, marching_tets, mean_density, mesh_laplacian,
                         mesh_normal_consistency, render_mesh, tet_grid)
 from c123.errors import C123Error, GeometryError
@@ -196,6 +196,13 @@ def test_init_threshold_is_the_mean_density_capped_at_10():
     # a ball of density 8 and radius 0.5 fills pi/48 of the cube
     ball = mean_density(lambda x: 8.0 * (x.norm(dim=-1) < 0.5), 1.0, 64, torch.Generator().manual_seed(0))
     assert ball == pytest.approx(8.0 * math.pi / 48, rel=0.03)
+
+
+def test_paper_dmtet_is_init_tet_and_run_dmtet():
+    cfg = paper().dmtet
+    assert cfg.tet_resolution == 256 and 46 * (cfg.tet_resolution // 4) ** 3 == 12_058_624   # official ~12M tets
+    assert (cfg.init_density_threshold, cfg.mean_density_resolution, cfg.scale_margin, cfg.deform_scale) == (
+        10.0, 128, 0.1, 1.0)
 
 
 def test_empty_mesh_and_empty_field_are_geometry_errors():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import c123.volume_render as vr
 from c123.cameras import orbit_cameras, reference_camera
-from c123.config import CameraConfig, NerfConfig
+from c123.config import CameraConfig, NerfConfig, paper
 from c123.errors import GeometryError
 from c123.nerf import NeRFField
 from c123.volume_render import OccupancyGrid, render_nerf, render_rays
@@ -145,6 +145,17 @@ def test_level_ratio_limits_the_hash_levels_the_field_sees():
     with torch.no_grad():
         field.encoder.embeddings[field.encoder.level_sizes[0]:] = 0.0   # finer levels no longer matter
     assert torch.equal(field(x)[0], coarse) and not torch.allclose(coarse, full)
+
+
+def test_paper_field_is_the_official_network_grid():
+    cfg = paper().nerf
+    field = NeRFField(cfg)
+    assert (cfg.interpolation, cfg.progressive_level, cfg.normal_eps) == ("smoothstep", True, 1e-2)
+    assert (cfg.blob_density, cfg.blob_radius) == (10.0, 0.2)             # main.py defaults, exp activation
+    # sigma_net = MLP(32, 4, hidden 64, 3 layers) on a 16-level, 2-feature grid of finest resolution 2048
+    linears = [m for m in field.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 64), (64, 64), (64, 4)]
+    assert field.encoder.resolutions[-1] == 2048 and field.encoder.interpolation == "smoothstep"
 
 
 def test_grid_and_other_parameters_partition_the_parameters():
