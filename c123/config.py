@@ -44,10 +44,10 @@ class CameraConfig:
 
 @dataclass
 class NerfConfig:
-    """Instant-NGP style field: hash grid + small MLPs, exp density with a blob prior."""
+    """Instant-NGP style field as the official nerf/network_grid.py: hash grid + MLP, exp density with a blob."""
 
     num_levels: int = 16
-    """Hash-grid levels."""
+    """Hash-grid levels (gridencoder num_levels)."""
     level_dim: int = 2
     """Features per level."""
     log2_hashmap_size: int = 19
@@ -55,17 +55,23 @@ class NerfConfig:
     base_resolution: int = 16
     """Coarsest grid resolution."""
     finest_resolution: int = 2048
-    """Finest grid resolution."""
+    """Finest grid resolution per unit of bound (the official desired_resolution is 2048 * bound)."""
+    interpolation: str = "smoothstep"
+    """Corner weights of the hash grid: 'smoothstep' (network_grid.py) or 'linear' (Instant-NGP)."""
+    progressive_level: bool = True
+    """Coarse-to-fine hash levels: the loop activates min(1, 0.25 + 2 * stage progress) of them, in each stage."""
     hidden_dim: int = 64
-    """Width of the density/albedo MLP."""
+    """Width of the density/albedo MLP (sigma_net)."""
     num_layers: int = 3
-    """Depth of the density/albedo MLP."""
+    """Depth of the density/albedo MLP (sigma_net)."""
     bound: float = 1.0
     """The field lives in [-bound, bound]^3."""
     blob_density: float = 10.0
-    """Peak of the Gaussian density prior at the origin."""
+    """Peak of the Gaussian density prior at the origin (main.py --blob_density)."""
     blob_radius: float = 0.2
-    """Radius (std) of the Gaussian density prior."""
+    """Radius (std) of the Gaussian density prior (main.py --blob_radius)."""
+    normal_eps: float = 1e-2
+    """Step of the central differences that give normals (network_grid.py finite_difference_normal)."""
     num_samples: int = 64
     """Stratified samples per ray."""
     num_importance: int = 32
@@ -84,16 +90,20 @@ class NerfConfig:
 
 @dataclass
 class DMTetConfig:
-    """Refinement stage: tetrahedral SDF + deformation, texture field, rasterised renders."""
+    """Refinement stage as the official renderer.py (init_tet, run_dmtet): tet SDF + deformation, rasterised."""
 
     tet_resolution: int = 256
-    """Tetrahedral grid resolution (grid cells per side)."""
+    """Tet grid size (official tet_grid_size): A15 lattice with grid step 2 / size over [-1,1]^3, multiple of 4."""
     render_size: int = 1024
     """Rasterised novel-view size."""
     init_density_threshold: float = 10.0
-    """init sdf = clamp(density - threshold, -1, 1)."""
+    """Cap of the init threshold: threshold = min(mean NeRF density, cap); sdf = clamp(density - threshold, -1, 1)."""
+    mean_density_resolution: int = 128
+    """Grid on which the mean NeRF density is probed (the official cuda_ray density grid is 128^3)."""
+    scale_margin: float = 0.1
+    """The grid is rescaled to the bounding box of the occupied vertices plus this margin per axis (init_tet)."""
     deform_scale: float = 1.0
-    """Vertex offsets are limited to this many grid cells (tanh-scaled)."""
+    """Vertex offsets are deform_scale * tanh(deform) / tet_resolution (run_dmtet: tanh(deform) / tet_grid_size)."""
     backend: str = "auto"
     """Rasteriser backend: 'auto' (nvdiffrast if importable and on CUDA), 'torch' or 'nvdiffrast'."""
 
@@ -315,7 +325,7 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg = ReconstructConfig(preset="tiny")
     cfg.nerf = NerfConfig(num_levels=6, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
                           num_layers=2, num_samples=24, num_importance=0, occupancy_resolution=32)
-    cfg.dmtet = DMTetConfig(tet_resolution=16, render_size=64)
+    cfg.dmtet = DMTetConfig(tet_resolution=32, render_size=64, mean_density_resolution=32)
     cfg.prior.zero123_model = f"{models_dir}/zero123"
     cfg.prior.sd_model = f"{models_dir}/stable-diffusion"
     cfg.prior.clip_model = f"{models_dir}/clip"

@@ -1,12 +1,19 @@
-"""DMTet refinement stage: a tetrahedral grid with a learnable SDF and deformation, marching tetrahedra,
-a hash-grid texture field, rasterised mesh renders and the mesh regularisers.
+"""DMTet refinement stage as the authors' nerf/renderer.py (`init_tet`, `run_dmtet`): an SDF and a deformation on
+a tetrahedral grid, marching tetrahedra, rasterised mesh renders and the mesh regularisers. The texture is not
+here: renders take an albedo function (the NeRF's colour network, as the official DMTet run).
 
-Sign convention (as DMTet and METHOD.md's init sdf = clamp(density - threshold, -1, 1)): sdf > 0 is inside.
+The grid is the acute A15 lattice that the official grids come from (quartet, tets/generate_tets.py): a grid of
+size R has R/4 cubic cells of side 8/R per side of [-1,1]^3, 8 vertices and 46 tetrahedra per cell (the
+Delaunay tetrahedra of the A15 points, all dihedral angles between 53 and 79 degrees). Generated here and
+cached, never downloaded. Grid vertices and tet indices are constants: plain attributes, outside state_dict.
+
+Sign convention (as DMTet and the official init sdf = clamp(density - threshold, -1, 1)): sdf > 0 is inside.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,44 +23,97 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c123.atomic import atomic_path
 from c123.cameras import Cameras, generate_rays, projection_matrix
-from c123.config import DMTetConfig, NerfConfig
-from c123.errors import GeometryError
-from c123.hashgrid import HashGrid
+from c123.config import DMTetConfig
+from c123.errors import C123Error, GeometryError
 from c123.rasterizer import get_rasterizer
 from c123.volume_render import RenderOutput
 
 _TET_EDGES = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 NEAR, FAR = 0.1, 100.0
+A15_SITES = np.array([(0, 0, 2), (2, 2, 0),                    # the body-centred pair (12 neighbours each)
+                      (0, 1, 0), (0, 3, 0), (2, 0, 1), (2, 0, 3), (1, 2, 2), (3, 2, 2)])  # the three chains
+"""A15 points in a cubic cell of side 4 grid steps, placed as in the official grids (cube corner at the origin)."""
+SDF_EPS = 1e-3
+"""marching_tets moves |sdf| below this to +-SDF_EPS, so no surface vertex lands on a grid vertex."""
+
+
+def a15_cell_tets() -> np.ndarray:
+    """The 46 tets of one A15 cell: int[46, 4, 4] rows of (cell offset x, y, z, site), positively oriented.
+
+    They are the Delaunay tetrahedra of the A15 points whose centroid lies in the cell [0,4)^3: the 4-cliques of
+    the graph of point pairs at most sqrt(6) apart (the longest A15 edge) whose circumsphere holds no other point.
+    """
+    offsets = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
+    label = np.array([(*o, s) for o in offsets for s in range(len(A15_SITES))])
+    points = (label[:, :3] * 4 + A15_SITES[label[:, 3]]).astype(np.float64)
+    near = ((points[:, None] - points[None]) ** 2).sum(-1) <= 6.0 + 1e-9
+    np.fill_diagonal(near, False)
+    tets = []
+    for i, j in zip(*np.nonzero(np.triu(near))):
+        common = np.nonzero(near[i] & near[j])[0]
+        for k, l in itertools.combinations(common[common > j], 2):
+            if near[k, l] and _in_cell_and_delaunay(points, (i, j, k, l)):
+                tets.append((i, j, k, l))
+    corners = points[np.array(tets)]
+    volume = np.linalg.det(corners[:, 1:] - corners[:, :1]) / 6
+    if len(tets) != 46 or not np.isclose(np.abs(volume).sum(), 64.0):
+        raise RuntimeError(f"A15 cell has {len(tets)} tets of volume {np.abs(volume).sum()}: expected 46 filling 64")
+    tets = np.array(tets)
+    tets[volume < 0] = tets[volume < 0][:, [1, 0, 2, 3]]
+    return label[tets]
+
+
+def _in_cell_and_delaunay(points: np.ndarray, tet: tuple[int, ...]) -> bool:
+    corners = points[list(tet)]
+    if not ((corners.mean(0) >= 0) & (corners.mean(0) < 4)).all():
+        return False
+    # circumcentre c: |c - p_i|^2 equal for the 4 corners
+    a = 2 * (corners[1:] - corners[0])
+    b = (corners[1:] ** 2).sum(1) - (corners[0] ** 2).sum()
+    if abs(np.linalg.det(a)) < 1e-9:
+        return False
+    centre = np.linalg.solve(a, b)
+    radius2 = ((corners[0] - centre) ** 2).sum()
+    return bool((((points - centre) ** 2).sum(1) >= radius2 - 1e-9).all())
 
 
 def tet_grid(resolution: int, cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tetrahedral grid of [-1,1]^3 with `resolution` cells per side, each cube split into 6 tets (Kuhn/Freudenthal).
+    """A15 tetrahedral grid of size `resolution` over [-1,1]^3: (verts float32[V,3], tets int32[T,4]).
 
-    The 6 tets of a cell share its main diagonal, so neighbouring cells agree on their shared faces and the
-    grid is conforming. Generated once and cached as `<cache_dir>/<resolution>_tets.npz`.
+    The 46 tets of each of the (R/4)^3 cells are kept, so the grid is conforming (neighbouring tets share whole
+    faces) and fills a volume of 8 with a saw-tooth boundary about [-1,1]^3 (vertices reach one grid step past
+    its low faces); the official quartet grid conforms to the cube instead. Generated once and cached
+    as `<cache_dir>/a15_<resolution>.npz` (default ~/.cache/c123/tets).
     """
+    if resolution < 4 or resolution % 4:
+        raise C123Error(f"dmtet.tet_resolution={resolution} is not a positive multiple of 4: the A15 lattice cell "
+                        "is 4 grid steps (use e.g. 64, 128 or 256)")
     cache = Path(cache_dir or Path.home() / ".cache" / "c123" / "tets").expanduser()
-    path = cache / f"{resolution}_tets.npz"
+    path = cache / f"a15_{resolution}.npz"
     if path.exists():
         data = np.load(path)
-        return torch.from_numpy(data["verts"]), torch.from_numpy(data["tets"]).long()
-    n = resolution + 1
-    axis = np.linspace(-1.0, 1.0, n, dtype=np.float32)
-    verts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    origin = np.arange(n ** 3, dtype=np.int32).reshape(n, n, n)[:-1, :-1, :-1].reshape(-1)
-    stride = np.array([n * n, n, 1], dtype=np.int32)
-    tets = []
-    for order in itertools.permutations(range(3)):
-        # walk from the cell's lowest corner to its highest one, one axis at a time
-        path_ids = np.cumsum([0] + [stride[a] for a in order])
-        tets.append(origin[:, None] + path_ids[None].astype(np.int32))
-    tets = np.concatenate(tets, 0)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, verts=verts, tets=tets)
-    os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
-    return torch.from_numpy(verts), torch.from_numpy(tets).long()
+        return torch.from_numpy(data["verts"]), torch.from_numpy(data["tets"])
+    cells = resolution // 4
+    # lattice point ids over cells -1..cells (tets reach one cell out): ((x * m + y) * m + z) * 8 + site, with
+    # cell coordinates shifted by +1; a tet corner's id is its cell's base id plus the template's offset
+    m = cells + 2
+    axis = np.arange(1, cells + 1, dtype=np.int32)
+    base = ((axis[:, None, None] * m + axis[None, :, None]) * m + axis[None, None, :]).reshape(-1, 1, 1) * 8
+    template = a15_cell_tets()                                                  # [46,4,4]
+    offset = ((template[..., 0] * m + template[..., 1]) * m + template[..., 2]) * 8 + template[..., 3]
+    ids = (base + offset.astype(np.int32)[None]).reshape(-1, 4)                  # [cells^3 * 46, 4]
+    used = np.zeros(m ** 3 * 8, dtype=bool)
+    used[ids.reshape(-1)] = True
+    tets = (np.cumsum(used) - 1).astype(np.int32)[ids]
+    lattice = np.nonzero(used)[0]
+    site, cell_id = lattice % 8, lattice // 8
+    cell_xyz = np.stack([cell_id // (m * m), cell_id // m % m, cell_id % m], -1) - 1
+    verts = ((cell_xyz * 4 + A15_SITES[site]) * (2.0 / resolution) - 1.0).astype(np.float32)
+    with atomic_path(path) as tmp:  # concurrent workers never read a half-written file
+        np.savez(tmp, verts=verts, tets=tets)
+    return torch.from_numpy(verts), torch.from_numpy(tets)
 
 
 def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,15 +144,19 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) ->
     """Zero level set of `sdf` (> 0 inside) on a tet mesh: (mesh_verts[M,3], faces[F,3] long), outward winding.
 
     Table-driven as DMTet/Kaolin; the vertex positions interpolate along crossing edges, so they are
-    differentiable w.r.t. both `verts` and `sdf`.
+    differentiable w.r.t. both `verts` and `sdf`. An sdf of magnitude below SDF_EPS (exact zeros included,
+    which count as outside) is moved to +-SDF_EPS first, with the gradient passed straight through: otherwise
+    the surface vertices of all edges at such a grid vertex coincide and make zero-area triangles.
     """
     device = verts.device
+    nudged = torch.where(sdf > 0, sdf.clamp(min=SDF_EPS), sdf.clamp(max=-SDF_EPS))
+    sdf = sdf + (nudged - sdf).detach()
     with torch.no_grad():
         inside = sdf > 0
         occ = inside[tets]
         n_in = occ.sum(1)
         active = (n_in > 0) & (n_in < 4)
-        tets, occ = tets[active], occ[active]
+        tets, occ = tets[active].long(), occ[active]
         edges = tets[:, torch.tensor(_TET_EDGES, device=device)].sort(-1).values.reshape(-1, 2)
         keys, edge_id = torch.unique(edges[:, 0] * verts.shape[0] + edges[:, 1], return_inverse=True)
         ends = torch.stack([keys // verts.shape[0], keys % verts.shape[0]], -1)
@@ -123,11 +187,13 @@ def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) ->
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals [V,3]."""
+    """Unit vertex normals [V,3]: the normalised sum of the unit normals of the faces around each vertex, +z where
+    they cancel (run_dmtet's vn)."""
     v = verts[faces]
-    face_n = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    face_n = F.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1, eps=1e-10)
     n = torch.zeros_like(verts).index_add(0, faces.reshape(-1), face_n.repeat_interleave(3, 0))
-    return F.normalize(n, dim=-1, eps=1e-12)
+    n = torch.where((n * n).sum(-1, keepdim=True) > 1e-20, n, n.new_tensor([0.0, 0.0, 1.0]))
+    return F.normalize(n, dim=-1)
 
 
 @dataclass
@@ -147,55 +213,84 @@ class Mesh:
             self.normals = vertex_normals(self.verts, self.faces)
 
 
-class DMTet(nn.Module):
-    """Learnable SDF and deformation on a tet grid, plus a hash-grid texture field (sigmoid albedo)."""
+@torch.no_grad()
+def mean_density(density_fn, bound: float, resolution: int = 128, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None, chunk: int = 1 << 16) -> float:
+    """Mean density over a resolution^3 grid of cell-jittered probes of [-bound, bound]^3.
 
-    def __init__(self, cfg: DMTetConfig, nerf_cfg: NerfConfig, bound: float = 1.0):
+    One update of the official cuda_ray density grid (renderer.py `update_extra_state`: points
+    2 i / (G - 1) - 1 scaled by bound - bound / G, jittered by up to bound / G), whose mean is `mean_density`.
+    The official grid keeps the maximum over its updates (every 16 steps, decayed by 0.95 each); this probes the
+    final field once, so a field still changing at the end reads lower here. Pass `device`: the field's device.
+    """
+    half = bound / resolution
+    axis = torch.arange(resolution, dtype=torch.float32, device=device) * (2.0 / (resolution - 1)) - 1.0
+    total, count = 0.0, 0
+    for xs in axis.split(max(1, chunk // resolution ** 2)):
+        grid = torch.stack(torch.meshgrid(xs, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        gen_device = generator.device if generator is not None else grid.device
+        jitter = torch.rand(grid.shape, generator=generator, device=gen_device).to(grid.device) * 2 - 1
+        sigma = density_fn(grid * (bound - half) + jitter * half).float()
+        total, count = total + float(sigma.sum()), count + sigma.numel()
+    if not math.isfinite(total):
+        raise GeometryError("the NeRF density has non-finite values: the checkpoint is corrupt or training diverged")
+    return total / count
+
+
+def init_threshold(density_fn, bound: float, cfg: DMTetConfig, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> float:
+    """The DMTet init threshold: min(mean density, cap) as init_tet with cuda_ray (density_thresh = 10)."""
+    return min(mean_density(density_fn, bound, cfg.mean_density_resolution, generator, device),
+               cfg.init_density_threshold)
+
+
+class DMTet(nn.Module):
+    """Learnable SDF and deformation on the A15 tet grid rescaled to the object's box; state: sdf, deform, tet_scale."""
+
+    def __init__(self, cfg: DMTetConfig, cache_dir: str | os.PathLike | None = None):
         super().__init__()
-        self.cfg, self.bound = cfg, bound
-        verts, tets = tet_grid(cfg.tet_resolution)
-        self.register_buffer("grid_verts", verts * bound)
-        self.register_buffer("tets", tets)
-        self.sdf = nn.Parameter(torch.zeros(verts.shape[0]))
-        self.deform = nn.Parameter(torch.zeros(verts.shape[0], 3))
-        self.encoder = HashGrid(nerf_cfg.num_levels, nerf_cfg.level_dim, nerf_cfg.log2_hashmap_size,
-                                nerf_cfg.base_resolution, nerf_cfg.finest_resolution, bound, nerf_cfg.backend)
-        layers, width = [], self.encoder.output_dim
-        for _ in range(nerf_cfg.num_layers - 1):
-            layers += [nn.Linear(width, nerf_cfg.hidden_dim), nn.ReLU()]
-            width = nerf_cfg.hidden_dim
-        self.texture_mlp = nn.Sequential(*layers, nn.Linear(width, 3))
+        self.cfg = cfg
+        # constants regenerated from the cache, outside state_dict and any average; moved to sdf's device on use
+        self.grid_verts, self.tets = tet_grid(cfg.tet_resolution, cache_dir)
+        self.register_buffer("tet_scale", torch.ones(3))
+        self.sdf = nn.Parameter(torch.zeros(self.grid_verts.shape[0]))
+        self.deform = nn.Parameter(torch.zeros(self.grid_verts.shape[0], 3))
+
+    def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.grid_verts.device != self.sdf.device:
+            self.grid_verts, self.tets = self.grid_verts.to(self.sdf.device), self.tets.to(self.sdf.device)
+        return self.grid_verts, self.tets
 
     def vertices(self) -> torch.Tensor:
-        """Deformed grid vertices: offsets limited to deform_scale grid cells by a tanh."""
-        cell = 2.0 * self.bound / self.cfg.tet_resolution
-        return self.grid_verts + self.cfg.deform_scale * cell * torch.tanh(self.deform)
+        """Deformed grid vertices: scaled grid + deform_scale * tanh(deform) / tet_resolution."""
+        grid, _ = self._grid()
+        return grid * self.tet_scale + self.cfg.deform_scale * torch.tanh(self.deform) / self.cfg.tet_resolution
 
     @torch.no_grad()
     def init_from_density(self, density_fn, threshold: float, chunk: int = 1 << 16) -> None:
-        """sdf := clamp(density(grid vertex) - threshold, -1, 1), deformation reset to zero."""
-        density = torch.cat([density_fn(p).reshape(-1) for p in self.grid_verts.split(chunk)])
-        if not torch.isfinite(density).all():
-            raise GeometryError("density_fn returned non-finite values at the tet grid: check the NeRF checkpoint")
-        self.sdf.copy_((density - threshold).clamp(-1.0, 1.0))
+        """init_tet: scale the grid to the box of vertices with density > threshold (+ scale_margin per axis),
+        then sdf := clamp(density(scaled vertex) - threshold, -1, 1); deformation reset to zero."""
+        grid, _ = self._grid()
+
+        def density_at(points):
+            density = torch.cat([density_fn(p).reshape(-1) for p in points.split(chunk)])
+            if not torch.isfinite(density).all():
+                raise GeometryError("density_fn returned non-finite values at the tet grid: check the NeRF checkpoint")
+            return density
+
+        occupied = density_at(grid) > threshold
+        if not occupied.any():
+            raise GeometryError(f"no tet grid vertex has density above {threshold:.3g}: the NeRF is empty; "
+                                "check its training or lower dmtet.init_density_threshold")
+        self.tet_scale.copy_(grid[occupied].abs().amax(0) + self.cfg.scale_margin)
+        self.sdf.copy_((density_at(grid * self.tet_scale) - threshold).clamp(-1.0, 1.0))
         self.deform.zero_()
 
     def get_mesh(self) -> Mesh:
         """The current surface (GeometryError if empty)."""
-        verts, faces = marching_tets(self.vertices(), self.sdf, self.tets)
+        _, tets = self._grid()
+        verts, faces = marching_tets(self.vertices(), self.sdf, tets)
         return Mesh(verts, faces)
-
-    def albedo(self, points: torch.Tensor) -> torch.Tensor:
-        """Albedo [N,3] in [0,1] at surface points [N,3]."""
-        return torch.sigmoid(self.texture_mlp(self.encoder(points)))
-
-    def grid_parameters(self):
-        """Hash-grid tables (trained with the x10 grid learning rate)."""
-        return list(self.encoder.parameters())
-
-    def other_parameters(self):
-        """SDF, deformation and texture MLP."""
-        return [self.sdf, self.deform, *self.texture_mlp.parameters()]
 
 
 def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
@@ -258,21 +353,26 @@ def _edge_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mesh_normal_consistency(mesh: Mesh) -> torch.Tensor:
-    """Mean (1 - cos) between the normals of faces sharing an edge."""
+    """Mean of 1 - cos between the unit normals of faces sharing an edge (renderer.py `normal_consistency`).
+
+    On the closed meshes marching tets makes, every edge pairs its two faces as the official edge-to-face map
+    does; an open edge is skipped (the official pairs it with face 0).
+    """
     v = mesh.verts[mesh.faces]
-    n = F.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1, eps=1e-12)
+    n = F.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1, eps=1e-10)
     f0, f1 = _edge_faces(mesh.faces)
-    return (1.0 - (n[f0] * n[f1]).sum(-1)).mean()
+    return (1.0 - (n[f0] * n[f1]).sum(-1).clamp(-1.0, 1.0)).mean()
 
 
 def mesh_laplacian(mesh: Mesh) -> torch.Tensor:
-    """Uniform Laplacian smoothness: mean distance of each vertex from the centroid of its neighbours."""
+    """Uniform Laplacian loss mean_i |(D - A) v|_i = |deg_i v_i - sum of neighbours| (renderer.py
+    `laplacian_smooth_loss` with `laplacian_uniform`): deg_i times the distance from the neighbours' centroid."""
     n = mesh.verts.shape[0]
     ends = torch.stack([mesh.faces, mesh.faces.roll(-1, 1)], -1).reshape(-1, 2).sort(-1).values
     key = torch.unique(ends[:, 0] * n + ends[:, 1])
     a, b = key // n, key % n
     src, dst = torch.cat([a, b]), torch.cat([b, a])
-    total = torch.zeros_like(mesh.verts).index_add(0, src, mesh.verts[dst])
-    degree = torch.zeros(mesh.verts.shape[0], device=mesh.verts.device).index_add(
-        0, src, torch.ones_like(src, dtype=torch.float32)).clamp(min=1).to(mesh.verts.dtype)
-    return (total / degree[:, None] - mesh.verts).norm(dim=-1).mean()
+    neighbours = torch.zeros_like(mesh.verts).index_add(0, src, mesh.verts[dst])
+    degree = torch.zeros(n, device=mesh.verts.device, dtype=mesh.verts.dtype).index_add(
+        0, src, torch.ones_like(src, dtype=mesh.verts.dtype))
+    return (degree[:, None] * mesh.verts - neighbours).norm(dim=-1).mean()

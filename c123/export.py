@@ -39,13 +39,28 @@ def mesh_from_nerf(field, resolution: int, threshold: float, chunk: int = 1 << 1
             torch.from_numpy(faces.astype(np.int64)).to(device))
 
 
+def clean_mesh(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge vertices at the same position, then drop the faces left degenerate (a repeated index or a zero
+    normal) and the vertices no face uses. A safety net for any mesh source: marching tets already avoids
+    coincident vertices, marching cubes can make them where a density equals the threshold."""
+    mesh = trimesh.Trimesh(verts, faces, process=False)
+    mesh.merge_vertices()
+    mesh.update_faces(mesh.nondegenerate_faces(height=None))
+    mesh.remove_unreferenced_vertices()
+    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.uint32)
+
+
 def export_textured_mesh(verts, faces, albedo_fn, out_dir, texture_size: int, name: str = "mesh") -> dict[str, str]:
-    """UV-unwrap with xatlas, bake albedo_fn into a texture, write <name>.obj/.mtl/.png and <name>.glb."""
+    """Clean the mesh, UV-unwrap it with xatlas, bake albedo_fn into a texture, write <name>.obj/.mtl/.png and
+    <name>.glb."""
     device = verts.device if torch.is_tensor(verts) else torch.device("cpu")
     verts_np = _numpy(verts).astype(np.float32)
     faces_np = _numpy(faces).astype(np.uint32)
     if len(faces_np) == 0 or len(verts_np) == 0:
         raise GeometryError("cannot export an empty mesh: the reconstruction produced no surface")
+    verts_np, faces_np = clean_mesh(verts_np, faces_np)
+    if len(faces_np) == 0:
+        raise GeometryError("cannot export the mesh: every face is degenerate (zero area)")
     vmap, faces_uv, uv = xatlas.parametrize(verts_np, faces_np)
     verts_uv = verts_np[vmap]
     texture = bake_texture(torch.from_numpy(verts_uv).to(device), torch.from_numpy(faces_uv.astype(np.int64)).to(device),

@@ -1,9 +1,16 @@
-"""Multiresolution hash encoding (Instant-NGP): a vectorised PyTorch version and a tiny-cuda-nn wrapper.
+"""Multiresolution hash encoding as the authors' code runs it (stable-dreamfusion's gridencoder, `align_corners`
+off, smoothstep interpolation), in vectorised PyTorch, plus a tiny-cuda-nn wrapper behind the same interface.
 
-Level l has resolution floor(base * b^l) cells per side, with b chosen so the last level reaches the finest
-resolution. A level whose (resolution + 1)^3 vertices fit in the table is indexed densely; larger levels use
-the spatial hash (x * 1) ^ (y * 2654435761) ^ (z * 805459861) mod table size. Features of the 8 cell corners
-are blended trilinearly, so the encoding is differentiable w.r.t. both the table and the input points.
+Level l has resolution ceil(base * s^l) with s = (finest / base)^(1 / (L - 1)) and finest = 2048 * bound; its
+table holds min(2^log2_hashmap_size, resolution^3) rows rounded up to a multiple of 8. A point u in [0,1]^3 sits
+at u * resolution - 0.5 (clamped to [0, resolution - 1]) on the level's lattice of `resolution` vertices per
+side; a level whose vertices fit in its table is indexed densely (x + y r + z r^2), larger ones use the spatial
+hash (x * 1) ^ (y * 2654435761) ^ (z * 805459861) mod the table size. The 8 corner features are blended with
+smoothstep weights t^2 (3 - 2t) (or trilinear ones). Points outside [-bound, bound]^3 encode to zeros. Only the
+first ceil(max_level * L) levels are computed; the others are zeros (the coarse-to-fine ramp).
+
+The level layout (resolutions, offsets) is constant data derived from the config: it lives in plain attributes,
+not in buffers, so it is neither averaged nor checkpointed. The table is the only state.
 """
 
 from __future__ import annotations
@@ -16,6 +23,21 @@ from torch import nn
 from c123.errors import C123Error
 
 PRIMES = (1, 2654435761, 805459861)
+INTERPOLATIONS = ("smoothstep", "linear")
+
+
+def level_ratio(progress: float) -> float:
+    """The coarse-to-fine ramp: fraction of levels active at `progress` (iteration / iterations) of a stage.
+
+    Official nerf/utils.py `train_step` with progressive_level: max_level = min(1, 0.25 + 2 * exp_iter_ratio),
+    where exp_iter_ratio restarts at 0 in the DMTet run.
+    """
+    return min(1.0, 0.25 + 2.0 * progress)
+
+
+def active_levels(max_level: float, num_levels: int) -> int:
+    """How many levels a fraction computes (gridencoder: max(min(ceil(max_level * L), L), 1))."""
+    return max(min(math.ceil(max_level * num_levels), num_levels), 1)
 
 
 def _tcnn():
@@ -31,15 +53,20 @@ class HashGrid(nn.Module):
 
     def __init__(self, num_levels: int = 16, level_dim: int = 2, log2_hashmap_size: int = 19,
                  base_resolution: int = 16, finest_resolution: int = 2048, bound: float = 1.0,
-                 backend: str = "auto"):
+                 backend: str = "auto", interpolation: str = "smoothstep"):
         super().__init__()
         if backend not in ("auto", "torch", "tcnn"):
             raise C123Error(f"unknown hash-grid backend '{backend}': use 'auto', 'torch' or 'tcnn'")
+        if interpolation not in INTERPOLATIONS:
+            raise C123Error(f"unknown hash-grid interpolation '{interpolation}': use 'smoothstep' or 'linear'")
         if backend == "tcnn" and _tcnn() is None:
             raise C123Error("hash-grid backend 'tcnn' needs tinycudann: pip install the gpu extra or use 'torch'")
         self.num_levels, self.level_dim, self.bound = num_levels, level_dim, bound
-        self.output_dim = num_levels * level_dim
-        self.per_level_scale = math.exp(math.log(finest_resolution / base_resolution) / max(num_levels - 1, 1))
+        self.interpolation, self.output_dim = interpolation, num_levels * level_dim
+        self.max_level = 1.0
+        """Fraction of the levels computed (set by the loop from `level_ratio`); the rest encode to zeros."""
+        # finest = 2048 * bound as network_grid.py's desired_resolution
+        self.per_level_scale = 2.0 ** (math.log2(finest_resolution * bound / base_resolution) / max(num_levels - 1, 1))
         # tcnn only runs on CUDA, so 'auto' picks it only when a GPU is there to run it
         self.backend = "tcnn" if backend == "tcnn" or (
             backend == "auto" and _tcnn() is not None and torch.cuda.is_available()) else "torch"
@@ -47,45 +74,57 @@ class HashGrid(nn.Module):
             self.tcnn = _tcnn().Encoding(3, {
                 "otype": "HashGrid", "n_levels": num_levels, "n_features_per_level": level_dim,
                 "log2_hashmap_size": log2_hashmap_size, "base_resolution": base_resolution,
-                "per_level_scale": self.per_level_scale}, dtype=torch.float32)
+                "per_level_scale": self.per_level_scale, "interpolation": interpolation.capitalize()},
+                dtype=torch.float32)
             return
-        table = 2 ** log2_hashmap_size
-        resolutions = [int(math.floor(base_resolution * self.per_level_scale ** level)) for level in range(num_levels)]
-        sizes = [min((res + 1) ** 3, table) for res in resolutions]
-        offsets = [0] + list(torch.tensor(sizes).cumsum(0).tolist())
-        self.resolutions = resolutions
-        self.register_buffer("_res", torch.tensor(resolutions, dtype=torch.long), persistent=False)
-        self.register_buffer("_offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
-        # resolutions grow with the level, so the dense levels are a prefix
-        self._num_dense, self._table = sum((r + 1) ** 3 <= table for r in resolutions), table
+        self._table = 2 ** log2_hashmap_size
+        self.resolutions = [math.ceil(base_resolution * self.per_level_scale ** level) for level in range(num_levels)]
+        self.level_sizes = [8 * math.ceil(min(self._table, r ** 3) / 8) for r in self.resolutions]
+        offsets = [0] + torch.tensor(self.level_sizes).cumsum(0).tolist()
+        # resolutions grow with the level, so the dense levels (all vertices fit the table) are a prefix
+        self._num_dense = sum(r ** 3 <= size for r, size in zip(self.resolutions, self.level_sizes))
+        # constants, not buffers: kept out of state_dict and of any average, moved to the points' device on use
+        self._res = torch.tensor(self.resolutions, dtype=torch.long)
+        self._offset = torch.tensor(offsets[:-1], dtype=torch.long)
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], level_dim).uniform_(-1e-4, 1e-4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features [N, output_dim] (float32) of points x[N,3]; points outside the bound are clamped to it."""
-        unit = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
+        """Features [N, output_dim] (float32) of points x[N,3]; zero outside the bound and beyond max_level."""
+        unit = (x + self.bound) / (2 * self.bound)
+        inside = ((unit >= 0) & (unit <= 1)).all(-1, keepdim=True)
+        levels = active_levels(self.max_level, self.num_levels)
         if self.backend == "tcnn":
             if not x.is_cuda:
                 raise C123Error("hash-grid backend 'tcnn' got CPU points: move the field to CUDA or use 'torch'")
-            return self.tcnn(unit).float()
-        return self._encode(unit)
+            feats = self.tcnn(unit.clamp(0.0, 1.0)).float()[:, :levels * self.level_dim]
+        else:
+            feats = self._encode(unit.clamp(0.0, 1.0), levels)
+        feats = feats * inside
+        return torch.cat([feats, feats.new_zeros(x.shape[0], self.output_dim - feats.shape[1])], 1)
 
-    def _encode(self, unit: torch.Tensor) -> torch.Tensor:
-        res = self._res.to(unit.dtype)
-        pos = unit[:, None, :] * res[None, :, None]                                  # [N,L,3]
-        cell = pos.detach().floor().clamp(max=res[None, :, None] - 1)
+    def _encode(self, unit: torch.Tensor, levels: int) -> torch.Tensor:
+        if self._res.device != unit.device:
+            self._res, self._offset = self._res.to(unit.device), self._offset.to(unit.device)
+        res_i = self._res[:levels]
+        res = res_i.to(unit.dtype)[None, :, None]
+        pos = torch.minimum((unit[:, None, :] * res - 0.5).clamp(min=0.0), res - 1)      # [N,L,3]
+        cell = pos.detach().floor()
         frac = pos - cell
+        if self.interpolation == "smoothstep":
+            frac = frac * frac * (3.0 - 2.0 * frac)
         # per-axis corner coordinates and weights [N,L,3,2]; the 8 corners are their outer products, which
         # keeps the arithmetic on [N,L,2] tensors and only the final combination on [N,L,8]
-        c = cell.long()[..., None] + torch.arange(2, device=unit.device)
+        low = cell.long()
+        c = torch.stack([low, torch.minimum(low + 1, res_i[None, :, None] - 1)], -1)
         w = torch.stack([1 - frac, frac], -1)
-        weights = _outer(w[:, :, 0], w[:, :, 1], w[:, :, 2], torch.mul)             # [N,L,8]
-        nd = self._num_dense
-        side = self._res[:nd, None] + 1
+        weights = _outer(w[:, :, 0], w[:, :, 1], w[:, :, 2], torch.mul)              # [N,L,8]
+        nd = min(self._num_dense, levels)
+        side = res_i[:nd, None]
         dense = _outer(c[:, :nd, 0], c[:, :nd, 1] * side, c[:, :nd, 2] * side * side, torch.add)
         hashed = _outer(c[:, nd:, 0] * PRIMES[0], c[:, nd:, 1] * PRIMES[1], c[:, nd:, 2] * PRIMES[2],
                         torch.bitwise_xor) & (self._table - 1)
         # products stay below 2^63 in int64; the low bits match uint32 arithmetic since the table is 2^k
-        idx = torch.cat([dense, hashed], 1) + self._offset[None, :, None]
+        idx = torch.cat([dense, hashed], 1) + self._offset[None, :levels, None]
         # index_select's backward (index_add) is several times faster on CPU than advanced indexing's
         feats = self.embeddings.index_select(0, idx.reshape(-1)).reshape(*idx.shape, -1)   # [N,L,8,F]
         return (feats * weights[..., None].to(feats.dtype)).sum(2).reshape(unit.shape[0], -1)

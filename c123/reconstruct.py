@@ -25,7 +25,7 @@ from c123.atomic import atomic_path, write_atomic
 from c123.cameras import orbit, reference_camera
 from c123.checkpoint import CheckpointIdentity, find_resumable, input_digest
 from c123.config import ReconstructConfig
-from c123.dmtet import DMTet, render_mesh
+from c123.dmtet import DMTet, init_threshold, render_mesh
 from c123.errors import InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
@@ -167,13 +167,13 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     # ---- Stage 3: DMTet refinement under the same dynamic prior ---------------------------------
     dmtet = None
     if cfg.train.dmtet_iters > 0:
-        dmtet = DMTet(cfg.dmtet, cfg.nerf, bound=cfg.nerf.bound).to(device)
+        dmtet = DMTet(cfg.dmtet).to(device)
         stage = dmtet_stage(field_, dmtet, rgba, priors, cfg, gen, device)
         if in_dmtet:
             stage.load_state_dict(resume.payload["stage"])
         else:
-            threshold = min(mean_density(field_, occupancy, cfg, gen), cfg.dmtet.init_density_threshold)
-            dmtet.init_from_density(field_.density, threshold)
+            field_.set_level_ratio(1.0)  # init_tet queries the whole field
+            dmtet.init_from_density(field_.density, dmtet_threshold(field_, occupancy, cfg, gen, device))
         run_stage(stage, loop)
 
     # ---- Export: what the official writes comes from the live (not averaged) models --------------
@@ -204,14 +204,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def mean_density(field_: NeRFField, occupancy: OccupancyGrid | None, cfg: ReconstructConfig,
-                 gen: torch.Generator) -> float:
-    """The density grid's mean (init_tet thresholds at min(mean, 10)); without a grid, one probe of the field."""
+def dmtet_threshold(field_: NeRFField, occupancy: OccupancyGrid | None, cfg: ReconstructConfig,
+                    gen: torch.Generator, device) -> float:
+    """init_tet's min(mean density, 10): the mean of the NeRF stage's density grid (cuda_ray keeps it), or
+    without a grid one probe of the field."""
     if occupancy is None:
-        occupancy = OccupancyGrid(cfg.nerf.bound, cfg.nerf.occupancy_resolution, cfg.nerf.occupancy_threshold,
-                                  device=next(field_.parameters()).device)
-        occupancy.update(field_, gen)
-    return occupancy.mean_density
+        return init_threshold(field_.density, cfg.nerf.bound, cfg.dmtet, gen, device)
+    return min(occupancy.mean_density, cfg.dmtet.init_density_threshold)
 
 
 # ---- export --------------------------------------------------------------------------------------

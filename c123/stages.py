@@ -21,6 +21,7 @@ from c123.cameras import Cameras, orbit, progressive_ratio, reference_camera, sa
 from c123.config import ReconstructConfig
 from c123.dmtet import DMTet, mesh_laplacian, mesh_normal_consistency, render_mesh
 from c123.ema import ParameterEMA
+from c123.hashgrid import level_ratio
 from c123.nerf import NeRFField
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
@@ -86,17 +87,11 @@ def prior_terms(priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: fl
     return terms
 
 
-def level_ramp(step_in_stage: int, stage_iters: int) -> float:
-    """Fraction of hash-grid levels in use: min(1, 0.25 + 2 * ratio) (train_step, progressive_level); it
-    restarts with the DMTet run, whose global_step counts from 0 again."""
-    return min(1.0, 0.25 + 2.0 * step_in_stage / max(stage_iters, 1))
-
-
-def set_level_ratio(field: NeRFField, ratio: float) -> None:
-    """TEMPORARY until the hash-grid level ramp lands in c123/nerf.py."""
-    setter = getattr(field, "set_level_ratio", None)
-    if setter is not None:
-        setter(ratio)
+def ramp_levels(field: NeRFField, cfg: ReconstructConfig, step_in_stage: int, stage_iters: int) -> None:
+    """Coarse-to-fine hash levels (train_step's progressive_level); the ramp restarts in the DMTet stage, whose
+    official run counts its global_step from 0 again."""
+    on = cfg.nerf.progressive_level
+    field.set_level_ratio(level_ratio(step_in_stage / max(stage_iters, 1)) if on else 1.0)
 
 
 def needs_normals(cfg: ReconstructConfig) -> bool:
@@ -118,7 +113,7 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
                   generator=gen)
 
     def before_step(step: int) -> None:
-        set_level_ratio(field, level_ramp(step, iters))
+        ramp_levels(field, cfg, step, iters)
         if occupancy is not None and (step - 1) % cfg.nerf.occupancy_every == 0:
             occupancy.update(field, gen)
 
@@ -217,7 +212,7 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
     albedo = lambda points: field(points)[1]  # the NeRF's colour network is the texture
 
     def before_step(step: int) -> None:
-        set_level_ratio(field, level_ramp(step - first + 1, t.dmtet_iters))
+        ramp_levels(field, cfg, step - first + 1, t.dmtet_iters)
 
     def loss_terms(step: int, reference: bool, w3d: float, w2d: float) -> LossTerms:
         mesh = dmtet.get_mesh()

@@ -70,7 +70,7 @@ def fit_nerf_to_scene(scene: SyntheticScene, views: int = 16, size: int = 64, it
     opt = torch.optim.Adam([{"params": field.grid_parameters()}, {"params": field.other_parameters()}],
                            lr=lr, betas=(0.9, 0.99), eps=1e-15)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.1 ** min(1.0, i / iters))
-    grid = OccupancyGrid(cfg.bound, decay=0.8)
+    grid = OccupancyGrid(cfg.bound, resolution=32, density_threshold=0.5, decay=0.8)
     start = time.perf_counter()
     for i in range(iters):
         if i % 8 == 3:   # exp densities start as a fog that fills every cell: probe often while it clears

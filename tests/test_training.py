@@ -42,7 +42,7 @@ def test_ema_update_is_shadow_minus_one_minus_decay_times_difference():
 
 def tiny_models():
     cfg = C.tiny()
-    return torch.nn.ModuleDict({"field": NeRFField(cfg.nerf), "dmtet": DMTet(cfg.dmtet, cfg.nerf)})
+    return torch.nn.ModuleDict({"field": NeRFField(cfg.nerf), "dmtet": DMTet(cfg.dmtet)})
 
 
 def test_the_averaged_model_never_changes_non_floating_state():
