@@ -1,6 +1,6 @@
 """Typed configuration of a reconstruction, with the named presets `paper`, `fast` and `tiny`.
 
-`paper` holds every published default of METHOD.md section 2 (following the authors' code where it
+`paper` holds every published default of docs/METHOD.md section 2 (following the authors' code where it
 differs from the paper). `fast` trades iterations and resolution for speed on one GPU. `tiny` runs the
 whole method on CPU with the tiny random-weight models that `c123 models tiny DIR` writes.
 """
@@ -301,7 +301,7 @@ class ReconstructConfig:
 
 
 def paper() -> ReconstructConfig:
-    """Every published default (METHOD.md section 2)."""
+    """Every default of the authors' code (docs/METHOD.md section 2)."""
     return ReconstructConfig(preset="paper")
 
 

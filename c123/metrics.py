@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHOD.md section 6): PSNR, LPIPS, CLIP similarity, Chamfer distance.
+"""Evaluation metrics (docs/METHOD.md section 4): PSNR, LPIPS, CLIP similarity, Chamfer distance.
 
 Images are channel-last [..., H, W, 3] in [0, 1], already composited on white (`composite_white`).
 A metric that cannot be computed raises; it never returns 0. The pipeline records NaN and the reason.

@@ -162,7 +162,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
         nerf.load_state_dict(resume.payload["stage"])
     if not in_dmtet:
         run_stage(nerf, loop)
-        nerf.ema.copy_to(field_)  # the DMTet stage starts from the averaged NeRF (the official df.pth)
+        if cfg.train.dmtet_iters > 0:
+            nerf.ema.copy_to(field_)  # the DMTet stage starts from the averaged NeRF (the official df.pth)
 
     # ---- Stage 3: DMTet refinement under the same dynamic prior ---------------------------------
     dmtet = None

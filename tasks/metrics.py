@@ -1,4 +1,4 @@
-"""Metrics of one finished case folder (METHOD.md section 6) under a metric protocol, as a Prefect task.
+"""Metrics of one finished case folder (docs/METHOD.md section 4) under a metric protocol, as a Prefect task.
 
 - CLIP-similarity: mean cosine between the CLIP image embedding of the reference and each orbit view
   `views/view_*.png`; per-view values go to per_view.parquet.

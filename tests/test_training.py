@@ -218,3 +218,85 @@ def test_run_state_round_trips_with_its_rng(tmp_path):
     gen2 = torch.Generator().manual_seed(99)
     write_state.restore_rng(gen2)
     assert torch.equal(torch.rand(4, generator=gen2), expected)
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+def quadratic_stage(cfg, first=1, last=25):
+    """A real Stage over a tiny module whose loss pulls its weight towards 3 (no priors needed)."""
+    from c123.training import Stage
+
+    module = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(module.weight)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    terms = lambda step, ref, w3d, w2d: {"pull": ((module.weight - 3.0) ** 2).sum()}  # noqa: E731
+    return Stage("nerf", first, last, module, opt, terms, ema=ParameterEMA(module, 0.95))
+
+
+def loop_for(cfg, tmp_path, events):
+    from c123.training import Loop
+
+    return Loop(cfg, RunState.start(cfg), torch.Generator().manual_seed(0), tmp_path, identity(), events.append)
+
+
+def test_the_ema_updates_once_per_epoch_and_at_the_stage_end(tmp_path):
+    from c123.training import run_stage
+
+    cfg = C.tiny()
+    cfg.schedule.variant = "3d-only"
+    cfg.train.ema_every, cfg.train.checkpoint_every = 10, 0
+    stage, events = quadratic_stage(cfg), []
+    seen = []
+    update = stage.ema.update
+    stage.ema.update = lambda module: seen.append(len(events) + 1) or update(module)  # before its progress
+    run_stage(stage, loop_for(cfg, tmp_path, events))
+    assert seen == [10, 20, 25] and stage.ema.num_updates == 3   # steps 10, 20 and the last, 25
+    assert (tmp_path / "nerf.pt").is_file() and events[-1]["step"] == 25
+
+
+def test_a_resumed_stage_continues_after_its_last_step(tmp_path):
+    from c123.training import run_stage
+
+    cfg = C.tiny()
+    cfg.schedule.variant = "3d-only"
+    events = []
+    loop = loop_for(cfg, tmp_path, events)
+    loop.state.step = 20
+    run_stage(quadratic_stage(cfg), loop)
+    assert [e["step"] for e in events] == [21, 22, 23, 24, 25]
+
+
+def test_dmtet_starts_from_the_averaged_nerf_and_export_reads_the_live_models(tmp_path, monkeypatch):
+    from c123 import reconstruct as R
+    from c123.preprocess import ReconstructionInput
+
+    cfg = C.tiny(str(tmp_path / "models"))
+    cfg.schedule.variant = "3d-only"
+    cfg.train.nerf_iters, cfg.train.dmtet_iters, cfg.train.ema_every = 12, 2, 5
+    cfg.train.export_mesh, cfg.train.video_frames, cfg.train.eval_views = False, 1, 1
+    rgba = np.zeros((48, 48, 4), np.uint8)
+    rgba[12:36, 12:36] = (200, 100, 50, 255)
+    seen = {}
+    real_init, real_export, real_run = R.DMTet.init_from_density, R.export, R.run_stage
+
+    def spy_run(stage, loop):
+        real_run(stage, loop)
+        if stage.name == "nerf":
+            seen["ema"] = [t.clone() for t in stage.ema.shadow]
+            seen["live"] = [p.detach().clone() for p in stage.module.parameters()]
+
+    def spy_init(self, density_fn, threshold, **kw):
+        seen["init"] = [p.detach().clone() for p in density_fn.__self__.parameters()]
+        return real_init(self, density_fn, threshold, **kw)
+
+    def spy_export(field_, dmtet, *args):
+        seen["export"] = (field_, dmtet, [p.detach().clone() for p in field_.parameters()])
+        return real_export(field_, dmtet, *args)
+
+    monkeypatch.setattr(R, "run_stage", spy_run)
+    monkeypatch.setattr(R.DMTet, "init_from_density", spy_init)
+    monkeypatch.setattr(R, "export", spy_export)
+    R.reconstruct(ReconstructionInput("square", rgba), cfg, tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(seen["init"], seen["ema"]))
+    assert not all(torch.equal(a, b) for a, b in zip(seen["ema"], seen["live"]))
+    field_, dmtet, exported = seen["export"]
+    assert dmtet is not None and all(torch.equal(a, b.detach()) for a, b in zip(exported, field_.parameters()))
