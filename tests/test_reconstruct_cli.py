@@ -16,6 +16,7 @@ import trimesh
 from PIL import Image
 
 from c123_pipeline.datasets.registry import default_data_root
+from mesh_checks import mesh_defects
 
 DATA = default_data_root() / "realfusion15"
 CASE = "cactus"
@@ -107,13 +108,8 @@ def test_tiny_preset_runs_the_full_two_stage_method(tiny_run):
 def test_the_exported_mesh_has_no_degenerate_faces_and_no_non_manifold_edges(tiny_run):
     out, _, _ = tiny_run
     for name in ("mesh.glb", "mesh.obj"):
-        mesh = trimesh.load(out / "mesh" / name, force="mesh", process=False)
-        welded = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)  # UV seams split vertices
-        faces = welded.faces
-        repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
-        assert not repeated.any() and (welded.area_faces > 0).all(), name
-        edges, counts = np.unique(np.sort(welded.edges, axis=1), axis=0, return_counts=True)
-        assert counts.max() <= 2, f"{name}: {(counts > 2).sum()} non-manifold edges of {len(edges)}"
+        degenerate, non_manifold, faces = mesh_defects(out / "mesh" / name)
+        assert faces > 0 and degenerate == 0 and non_manifold == 0, (name, degenerate, non_manifold, faces)
 
 
 def test_unreadable_image_is_a_one_line_error(tmp_path):
