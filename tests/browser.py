@@ -62,6 +62,7 @@ def chromium_page(width: int = 1400) -> Iterator[tuple[object, list[str]]]:
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type in ("error", "assert") else None)
             page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
             page.on("requestfailed", lambda r: errors.append(f"log: {r.failure} {r.url}"))
+            page.on("response", lambda r: errors.append(f"http: {r.status} {r.url}") if r.status >= 400 else None)
             yield page, errors
         finally:
             browser.close()

@@ -148,6 +148,15 @@ def test_ground_truth_metrics_get_their_own_table(tmp_path):
     assert tables.ground_truth_table(cases[cases["dataset"] != "synthetic"]) is None
 
 
+def test_a_run_from_before_case_ids_lost_rgba_reads_with_the_new_ids(tmp_path):
+    """Runs of image folders named `<case>_rgba.png` once had ids with the suffix; they compare with newer runs."""
+    write_per_case(tmp_path / "per_case.parquet", [case_row("r1", "apple_rgba", None, preset="paper"),
+                                                   case_row("r1", "07", "fruit", preset="paper")])
+    (run,) = load_runs([tmp_path])
+    assert sorted(run.per_case["case"]) == ["07", "apple"]
+    assert sorted(run.per_case["case_dir"]) == ["cases/consistent123/07/seed0", "cases/consistent123/apple_rgba/seed0"]
+
+
 def test_reports_import_neither_prefect_nor_ray():
     code = "import sys, reports.build; assert not {'prefect', 'ray'} & set(sys.modules), 'prefect/ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

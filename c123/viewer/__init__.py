@@ -128,6 +128,8 @@ def find_entries(root: Path) -> list[Entry]:
             result = json.loads((folder / "result.json").read_text())
             if not isinstance(result, dict):
                 raise ValueError("not a JSON object")
+            if folder == root and result.get("case"):
+                title = f"{result['case']} · {folder.name}"
             entries.append(Entry(folder, title, result))
         except (OSError, ValueError) as err:
             entries.append(Entry(folder, title, error=f"result.json cannot be read ({type(err).__name__}: "
@@ -158,6 +160,7 @@ def build_view(folder: str | Path, out: str | Path | None = None, embed: bool = 
     title = f"c123 view: {root.name}"
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            '<link rel="icon" href="data:,">'  # served pages: no favicon request (and no 404)
             f"<title>{escape(title)}</title><style>{STYLE}</style><script>{TURNTABLE_SCRIPT}</script>"
             f'<script src="static/{MODEL_VIEWER}"></script></head>\n<body>\n'
             f"<h1>{escape(title)}</h1><p>{len(entries)} reconstruction(s) in <code>{escape(str(root))}</code>"
