@@ -38,20 +38,23 @@ class Priors:
     zero123, sd = GreyPrior(), None
 
 
-def run(cfg, out: Path, device, log: bool) -> tuple[float, int]:
-    """(seconds for both stages, log calls) of one run from scratch."""
+def run(cfg, out: Path, device, log: bool) -> tuple[float, int, float]:
+    """(seconds for both stages, log calls, seconds inside the log) of one run from scratch."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     rgba = torch.zeros(1, 4, 256, 256)
     rgba[:, :, 64:192, 80:176] = torch.tensor([0.8, 0.3, 0.2, 1.0])[None, :, None, None]
     state = RunState.start(cfg)
     runlog = RunLog(out, cfg, device) if log else None
-    calls = 0
+    calls, inside = 0, 0.0
 
     def counted(rec):
-        nonlocal calls
-        calls += 1
+        nonlocal calls, inside
+        sync(device)
+        tic = time.perf_counter()
         runlog(rec)
+        sync(device)
+        calls, inside = calls + 1, inside + time.perf_counter() - tic
 
     loop = Loop(cfg, state, gen, out / "checkpoints", CheckpointIdentity("bench", cfg.hash(), "bench"),
                 lambda info: None, counted if log else None)
@@ -68,7 +71,7 @@ def run(cfg, out: Path, device, log: bool) -> tuple[float, int]:
     seconds = time.perf_counter() - start
     if runlog is not None:
         runlog.close()
-    return seconds, calls
+    return seconds, calls, inside
 
 
 def sync(device) -> None:
@@ -102,12 +105,14 @@ def main() -> None:
     if args.preset == "paper":
         cfg.dmtet.tet_resolution, cfg.dmtet.render_size = 128, 512  # the fast preset's grid: no 256^3 tet build
     run(cfg, args.out / "warmup", device, log=True)  # CUDA init, tet grid cache, first allocations
-    off, _ = run(cfg, args.out / "off", device, log=False)
-    on, calls = run(cfg, args.out / "on", device, log=True)
+    off, _, _ = run(cfg, args.out / "off", device, log=False)
+    on, calls, inside = run(cfg, args.out / "on", device, log=True)
     steps = args.nerf_steps + args.dmtet_steps
+    events = events_summary(args.out / "on")
     summary = {"device": str(device), "steps": steps, "seconds_log_off": round(off, 2), "seconds_log_on": round(on, 2),
-               "log_calls": calls, "ms_per_step_off": round(1000 * off / steps, 2),
-               "ms_per_log_call": round(1000 * (on - off) / calls, 2), "events": events_summary(args.out / "on")}
+               "ms_per_step_log_off": round(1000 * off / steps, 2), "log_calls": calls,
+               "strips": len(events["strip_steps"]), "ms_inside_log_per_call": round(1000 * inside / calls, 2),
+               "events": events}
     print(json.dumps(summary, indent=1))
     (args.out / "bench_runlog.json").write_text(json.dumps(summary, indent=1))
 

@@ -68,9 +68,10 @@ def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
     from c123.config_checks import validate
     from c123.config_files import resolve_config
 
-    log = {"none": ["log.tensorboard=false"], "tensorboard": ["log.tensorboard=true"]}.get(getattr(args, "log", None), [])
+    log = getattr(args, "log", None)
+    flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
     cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
-                         variant=getattr(args, "variant", None), overrides=log + args.set)
+                         variant=getattr(args, "variant", None), overrides=flags + args.set)
     return validate(cfg, check_device=check_device)
 
 
@@ -183,9 +184,13 @@ def view_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    """--preset, --config, --set: how every command that resolves a config takes it."""
-    p.add_argument("--preset", help="paper | fast | tiny (default: the config file's preset, else paper)")
+def add_config_arguments(p: argparse.ArgumentParser, preset_flag: bool = True) -> None:
+    """--preset (or a positional PRESET), --config, --set: how every command that resolves a config takes it."""
+    preset_help = "paper | fast | tiny (default: the config file's preset, else paper)"
+    if preset_flag:
+        p.add_argument("--preset", help=preset_help)
+    else:
+        p.add_argument("preset", nargs="?", help=preset_help)
     p.add_argument("--config", metavar="FILE.yaml",
                    help="config file with any subset of the fields below (e.g. from `c123 config show paper`)")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -223,9 +228,7 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     config_sub.add_parser("list", help="the presets and their config hashes").set_defaults(run=config_main)
     show = config_sub.add_parser("show", help="a preset (+ file, + overrides) as commented YAML",
                                  epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
-    show.add_argument("preset", nargs="?", help="paper | fast | tiny (default: the config file's, else paper)")
-    show.add_argument("--config", metavar="FILE.yaml", help="config file to start from")
-    show.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help="overrides")
+    add_config_arguments(show, preset_flag=False)
     show.set_defaults(run=config_main)
 
     view = sub.add_parser("view", help="a page with the turntable, views, curves and a 3D viewer of a result")

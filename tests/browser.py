@@ -43,7 +43,8 @@ PROBE = """() => {
 
 SETTLED = """() => {
   const videos = [...document.querySelectorAll('video')];
-  return videos.every(v => v.readyState >= 1 || v.dataset.fellBack === '1') && [...document.images].every(i => i.complete);
+  return videos.every(v => v.readyState >= 1 || v.dataset.fellBack === '1')
+    && [...document.images].every(i => i.complete);
 }"""
 """Videos have their metadata (or fell back to their gif) and every image finished loading."""
 

@@ -215,7 +215,8 @@ def _facts_html(r: dict, folder: Path, page_dir: Path) -> str:
     """Switch, final weights, last S^k / R^k, run identity, timings, warnings and links, as a small table."""
     det, weights = r.get("detector") or {}, r.get("weights") or {}
     switch = r.get("switch_iteration")
-    rows = [("method", f"preset {r.get('preset', '–')} · variant {r.get('variant', '–')} · seed {r.get('seed', '–')}"),
+    method = f"preset {r.get('preset', '–')} · variant {r.get('variant', '–')} · seed {r.get('seed', '–')}"
+    rows = [("method", method),
             ("switch", "–" if switch is None else f"step {switch}" + (" (forced)" if det.get("forced") else ""))]
     if weights.get("w3d"):
         rows.append(("final weights", f"w3D {weights['w3d'][-1]:.3f} · w2D {weights['w2d'][-1]:.3f}"))
