@@ -1,4 +1,5 @@
-"""The method's commands: `reconstruct` (one image to a mesh) and `models tiny` (tiny test priors).
+"""The method's commands: `reconstruct` (one image to a mesh), `config` (presets as YAML), `view` (a page to look
+at results) and `models tiny` (tiny test priors).
 
 `build_parser` and `main` take further sub-commands from the layer above (which installs the `c123` console
 script with them); this package itself knows nothing of them.
@@ -62,47 +63,80 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
+    """The checked config of a command's --preset, --config, --seed, --variant, --log and --set."""
+    from c123.config_checks import validate
+    from c123.config_files import resolve_config
+
+    log = getattr(args, "log", None)
+    flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
+    cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
+                         variant=getattr(args, "variant", None), overrides=flags + args.set)
+    return validate(cfg, check_device=check_device)
+
+
+def take_positional(args: argparse.Namespace, name: str, required: bool) -> None:
+    """`--set` takes KEY=VALUE items; a word without '=' among them is the positional `name` that argparse
+    let `--set` swallow (`--set train.nerf_iters=10 IMAGE`)."""
+    words = [item for item in args.set if "=" not in item]
+    args.set = [item for item in args.set if "=" in item]
+    if getattr(args, name) is None and words:
+        setattr(args, name, words.pop(0))
+    if words:
+        raise C123Error(f"override '{words[0]}' is not KEY=VALUE: write e.g. --set train.nerf_iters=100")
+    if required and getattr(args, name) is None:
+        raise C123Error(f"c123 {args.command}: the {name} is missing (see c123 {args.command} --help)")
+
+
 def reconstruct_main(args: argparse.Namespace) -> int:
-    """`c123 reconstruct IMAGE --prompt TEXT ...`: one image to OUT/{result.json,mesh,video,views}."""
+    """`c123 reconstruct IMAGE --prompt TEXT ...`: one image to OUT/{result.json,config.yaml,mesh,video,views,tb}."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from c123.config import apply_overrides, preset
-    from c123.config_checks import validate
+    from c123 import __version__
+    from c123.outputs import case_name, new_run_dir
     from c123.preprocess import load_input
     from c123.provenance import resolve_device
     from c123.reconstruct import check_prompt, load_priors, reconstruct
 
-    cfg = preset(args.preset)
-    cfg.seed = args.seed
-    cfg.schedule.variant = args.variant
-    validate(apply_overrides(cfg, args.set or []))
-    inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "")
-    out = Path(args.out or Path("outputs") / Path(args.image).stem)
-    args.resume = f"rerun the same command to resume {out} from its last checkpoint"
+    take_positional(args, "image", required=True)
+    cfg = resolve_args_config(args)
+    case = case_name(args.image)
+    inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", case_id=case)
     check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
     warn_input(inp)
+    where = args.out or f"outputs/{case}/<new stamp>"
+    print(f"c123 {__version__}: {case}, preset {cfg.preset}, variant {cfg.schedule.variant}, seed {cfg.seed}, "
+          f"config {cfg.hash()} -> {where}", flush=True)
     priors = load_priors(cfg, resolve_device(cfg.train.device))
+    out = Path(args.out) if args.out else new_run_dir(Path("outputs") / case)
+    args.resume = (f"rerun the same command to resume {out} from its last checkpoint" if args.out else
+                   f"rerun the same command with --out {out} to resume it from its last checkpoint")
 
     columns = [TextColumn("{task.fields[stage]:>6}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("w3D {task.fields[w3d]:.3f} w2D {task.fields[w2d]:.3f} S {task.fields[s]}"),
+               TextColumn("w3D {task.fields[w3d]:.3f} w2D {task.fields[w2d]:.3f} S {task.fields[s]} "
+                          "switch {task.fields[switch]}"),
                TimeElapsedColumn()]
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("reconstruct", total=cfg.train.nerf_iters + cfg.train.dmtet_iters,
-                            stage="load", w3d=1.0, w2d=0.0, s="-")
+                            stage="load", w3d=1.0, w2d=0.0, s="-", switch="-")
 
         def progress(info: dict) -> None:
             if info["stage"] == "notice":
                 bar.console.print(f"notice: {info['message']}")
                 return
-            s = info.get("S")
+            s, switch = info.get("S"), info.get("switch")
             bar.update(task, completed=info["step"], stage=info["stage"], w3d=info.get("w3d", 1.0),
-                       w2d=info.get("w2d", 0.0), s="-" if s is None else f"{s:.4f}")
+                       w2d=info.get("w2d", 0.0), s="-" if s is None else f"{s:.4f}",
+                       switch="-" if switch is None else switch)
             if info["stage"] == "resume":
                 bar.console.print(f"resumed from step {info['step']}")
 
         result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
-    print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'mesh'}, "
-          f"{out / 'video'}, {out / 'views'}")
+    print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'config.yaml'}, "
+          f"{out / 'mesh'}, {out / 'video'}, {out / 'views'}")
+    if "events" in result["outputs"]:
+        print(f"loss curves: tensorboard --logdir {out / result['outputs']['events']}")
+    print(f"look at it: c123 view {out}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     return 0
@@ -123,22 +157,86 @@ def models_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
-    sub = parser.add_subparsers(dest="command", required=True)
+def config_main(args: argparse.Namespace) -> int:
+    """`c123 config list` and `c123 config show [PRESET] [--config FILE] [--set KEY=VALUE ...]`."""
+    from c123.config import PRESETS
+    from c123.config_files import header_lines, to_yaml
 
-    rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views")
-    rec.add_argument("image", help="RGBA image (or RGB with --mask)")
+    if args.what == "list":
+        for name, make in PRESETS.items():
+            doc = (make.__doc__ or "").strip().splitlines()[0]
+            print(f"{name:<6} config {make().hash()}  {doc}")
+        return 0
+    take_positional(args, "preset", required=False)
+    cfg = resolve_args_config(args, check_device=False)
+    print(to_yaml(cfg, header_lines(cfg)), end="")
+    return 0
+
+
+def view_main(args: argparse.Namespace) -> int:
+    """`c123 view RUN_OR_CASE_DIR [--out DIR] [--serve]`: a static page to look at results."""
+    from c123.viewer import build_view, serve
+
+    page = build_view(args.dir, args.out, embed=not args.serve)  # from disk, the page carries the GLBs itself
+    print(f"viewer: {page}")
+    if args.serve:
+        serve(page, args.dir, args.port)
+    return 0
+
+
+def add_config_arguments(p: argparse.ArgumentParser, preset_flag: bool = True) -> None:
+    """--preset (or a positional PRESET), --config, --set: how every command that resolves a config takes it."""
+    preset_help = "paper | fast | tiny (default: the config file's preset, else paper)"
+    if preset_flag:
+        p.add_argument("--preset", help=preset_help)
+    else:
+        p.add_argument("preset", nargs="?", help=preset_help)
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="config file with any subset of the fields below (e.g. from `c123 config show paper`)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="field overrides on top of the preset and the file, e.g. train.nerf_iters=100 (the fields "
+                        "are listed below)")
+
+
+def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
+    from c123.config_files import fields_help
+    from c123.provenance import code_version
+
+    parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
+    parser.add_argument("--version", action="version", version=f"c123 {code_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fields = "config fields (--set KEY=VALUE, or in a --config file as section: / field: value):\n" + fields_help()
+
+    rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views",
+                         epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rec.add_argument("image", nargs="?", help="RGBA image (or RGB with --mask)")
     rec.add_argument("--prompt", default="", help="text prompt (needed by Stable Diffusion and the detector)")
     rec.add_argument("--mask", help="mask PNG for an RGB image")
     rec.add_argument("--depth", help="depth PNG (larger = farther); without it the depth loss is off")
-    rec.add_argument("--preset", default="paper", help="paper | fast | tiny")
-    rec.add_argument("--variant", default="consistent123",
-                     help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d")
-    rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--out", help="output folder (default outputs/<image name>)")
-    rec.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.nerf_iters=100")
+    rec.add_argument("--variant", help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d "
+                                       "(default: the config's, consistent123)")
+    rec.add_argument("--seed", type=int, help="global seed (default: the config's, 0)")
+    rec.add_argument("--out", help="output folder, used as given (resumes a run there); default: a new "
+                                   "outputs/<case>/<YYYYmmdd-HHMMSS>/")
+    rec.add_argument("--log", choices=("tensorboard", "none"),
+                     help="TensorBoard events in OUT/tb (default: the config's log.tensorboard, on)")
+    add_config_arguments(rec)
     rec.set_defaults(run=reconstruct_main)
+
+    config = sub.add_parser("config", help="list the presets, show a resolved config as YAML")
+    config_sub = config.add_subparsers(dest="what", required=True)
+    config_sub.add_parser("list", help="the presets and their config hashes").set_defaults(run=config_main)
+    show = config_sub.add_parser("show", help="a preset (+ file, + overrides) as commented YAML",
+                                 epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(show, preset_flag=False)
+    show.set_defaults(run=config_main)
+
+    view = sub.add_parser("view", help="a page with the turntable, views, curves and a 3D viewer of a result")
+    view.add_argument("dir", metavar="RUN_OR_CASE_DIR", help="a reconstruction folder or a folder of them")
+    view.add_argument("--out", metavar="DIR", help="where the page goes (default RUN_OR_CASE_DIR/view)")
+    view.add_argument("--serve", action="store_true", help="also serve it on http://127.0.0.1:PORT until Ctrl-C")
+    view.add_argument("--port", type=count(0), default=8123, help="port of --serve (default 8123; 0: any free one)")
+    view.set_defaults(run=view_main)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="what", required=True)

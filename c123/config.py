@@ -8,6 +8,7 @@ whole method on CPU with the tiny random-weight models that `c123 models tiny DI
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -269,6 +270,23 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """What a run records for the researcher besides result.json: TensorBoard events (c123/runlog.py). Logging
+    never changes the result, so these fields are left out of the config hash."""
+
+    tensorboard: bool = True
+    """Write TensorBoard events to OUT/tb/: loss terms, w3D/w2D, S^k/R^k, switch step, learning rates, gradient
+    norms (the official Trainer writes train/loss and train/lr with tensorboardX); `--log none` turns it off."""
+    strip_every: int = 100
+    """Render the validation strip every this many steps and at each stage's end (0: never); the official
+    evaluates every epoch (--eval_interval 1 x 100 steps)."""
+    strip_views: int = 4
+    """Orbit views in the validation strip (elevation 0, evenly spaced in azimuth from the reference's)."""
+    strip_size: int = 128
+    """Pixel size of each view of the validation strip."""
+
+
+@dataclass
 class ReconstructConfig:
     """Everything a reconstruction needs besides its inputs."""
 
@@ -290,13 +308,18 @@ class ReconstructConfig:
     """Detector and dynamic prior."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Run logs (not part of the hash)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable hash of the resolved config (used as part of the result cache key)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Stable hash of the resolved config (used as part of the result cache key); `log` is left out, since
+        what a run records does not change what it computes."""
+        data = self.to_dict()
+        del data["log"]
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -339,6 +362,7 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.schedule.check_start, cfg.schedule.check_end, cfg.schedule.check_interval = 20, 50, 3
     cfg.schedule.render_size = 32
     cfg.schedule.fixed_switch_step = 20
+    cfg.log.strip_every, cfg.log.strip_size = 20, 32
     return cfg
 
 
@@ -394,12 +418,26 @@ def _split(item: str) -> tuple[str, str]:
 
 
 def _get(obj, name, key):
-    if not hasattr(obj, name):
-        raise C123Error(f"unknown config key '{key}': see c123/config.py for the fields")
+    if not is_dataclass(obj) or name not in {f.name for f in fields(obj)}:
+        known = _field_paths(ReconstructConfig())
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise C123Error(f"unknown config key '{key}': {hint}`c123 config show paper` lists every field")
     return getattr(obj, name)
 
 
+def _field_paths(obj, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf field ('train.nerf_iters', ...)."""
+    paths = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        paths += _field_paths(value, f"{prefix}{f.name}.") if is_dataclass(value) else [prefix + f.name]
+    return paths
+
+
 def _coerce(value, current, key):
+    if value is None:
+        return None  # null: c123.config_checks refuses it where the field's type has no None
     if isinstance(value, str):
         try:
             value = json.loads(value)

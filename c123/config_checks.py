@@ -161,6 +161,9 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "train.eval_size": at_least(1),
     "train.video_frames": at_least(1),
     "train.texture_size": at_least(1),
+    "log.strip_every": at_least(0),
+    "log.strip_views": at_least(1),
+    "log.strip_size": at_least(8),
 }
 """Range or choice of each field that has one (a callable builds its Rule when first needed)."""
 

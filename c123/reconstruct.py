@@ -25,6 +25,7 @@ from c123.atomic import atomic_path, write_atomic
 from c123.cameras import orbit, reference_camera
 from c123.checkpoint import CheckpointIdentity, find_resumable, input_digest
 from c123.config import ReconstructConfig
+from c123.config_files import header_lines, to_yaml
 from c123.dmtet import DMTet, init_threshold, render_mesh
 from c123.errors import InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
@@ -32,6 +33,7 @@ from c123.nerf import NeRFField
 from c123.preprocess import ReconstructionInput
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
+from c123.runlog import EVENTS_DIR, open_runlog
 from c123.schedules import get_variant
 from c123.stages import detector_score, dmtet_stage, nerf_stage, reference_view
 from c123.training import Loop, ProgressFn, RunState, run_stage
@@ -123,6 +125,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     out = Path(out_dir)
     for sub in ("mesh", "video", "views", "checkpoints"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", to_yaml(cfg, header_lines(cfg)))  # the resolved config, rerunnable
     device = resolve_device(cfg.train.device)
     report = progress or (lambda info: None)
     gen = seed_everything(cfg.seed)
@@ -150,7 +153,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     resumed_from = None if resume.payload is None else state.step
     if resumed_from is not None:
         report({"stage": "resume", "step": state.step, "total": cfg.train.nerf_iters + cfg.train.dmtet_iters})
-    loop = Loop(cfg, state, gen, out / "checkpoints", identity, report)
+    runlog = open_runlog(out, cfg, device, resumed_from)  # TensorBoard events in OUT/tb (None: log.tensorboard off)
+    loop = Loop(cfg, state, gen, out / "checkpoints", identity, report, runlog)
 
     # ---- Stages 1 and 2: NeRF under the 3D prior, then the dynamic prior --------------------------
     field_ = NeRFField(cfg.nerf).to(device)
@@ -181,6 +185,9 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     tic = time.perf_counter()
     outputs, views = export(field_, dmtet, inp, cfg, out, device)
     state.seconds["export"] = time.perf_counter() - tic
+    outputs["config"] = "config.yaml"
+    if runlog is not None:
+        outputs["events"] = EVENTS_DIR
 
     result = {
         "case": inp.case_id, "prompt": inp.prompt, "seed": cfg.seed, "preset": cfg.preset,
@@ -193,6 +200,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
         "views": views, "outputs": outputs,
     }
     write_atomic(out / "result.json", json.dumps(result, indent=2, default=str))
+    if runlog is not None:
+        runlog.close()
     last = {k: state.history[k][-1] for k in ("w3d", "w2d") if state.history[k]}
     report({"stage": "done", "step": loop.total, "total": loop.total, **last,
             "S": state.detector["S"][-1] if state.detector.get("S") else None, "switch": state.switch})

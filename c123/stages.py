@@ -94,6 +94,11 @@ def ramp_levels(field: NeRFField, cfg: ReconstructConfig, step_in_stage: int, st
     field.set_level_ratio(level_ratio(step_in_stage / max(stage_iters, 1)) if on else 1.0)
 
 
+def white(device) -> torch.Tensor:
+    """The white background of renders that are looked at (validation strips)."""
+    return torch.ones(3, device=device)
+
+
 def needs_normals(cfg: ReconstructConfig) -> bool:
     """Whether any NeRF regulariser uses normals."""
     return cfg.loss.orientation > 0 or cfg.loss.normal_smooth_3d > 0 or cfg.loss.normal_smooth_2d > 0
@@ -141,12 +146,17 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
         terms, out = reference_terms(step) if reference else novel_terms(step, w3d, w2d)
         return {**terms, **nerf_regularisers(field, out, step, iters, cfg, gen)}
 
-    groups = [{"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale},
-              {"params": field.other_parameters(), "lr": t.lr}]
+    def preview(cams: Cameras, size: int) -> torch.Tensor:
+        return render_nerf(field, cams, size, size, shading="albedo", perturb=False, bg_color=white(device),
+                           occupancy=occupancy, num_samples=cfg.nerf.num_samples,
+                           num_importance=cfg.nerf.num_importance).rgb
+
+    groups = [{"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
+              {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
     score = None if clip_score is None else (lambda: clip_score(field, occupancy))
     stage = Stage("nerf", 1, iters, field, make_optimizer(groups, cfg), loss_terms, before_step, score,
                   ema=ParameterEMA(field, t.ema_decay), extras={} if occupancy is None else {"occupancy": occupancy},
-                  scaler=make_scaler(cfg, device))
+                  scaler=make_scaler(cfg, device), preview=preview)
     return stage, occupancy
 
 
@@ -231,9 +241,13 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
         terms["mesh_laplacian"] = cfg.loss.mesh_laplacian * mesh_laplacian(mesh)
         return terms
 
-    groups = [{"params": list(dmtet.parameters()), "lr": t.lr},
-              {"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale},
-              {"params": field.other_parameters(), "lr": t.lr}]
+    def preview(cams: Cameras, size: int) -> torch.Tensor:
+        return render_mesh(dmtet.get_mesh(), albedo, cams, size, size, shading="albedo", bg_color=white(device),
+                           rasterizer=rasterizer).rgb
+
+    groups = [{"params": list(dmtet.parameters()), "lr": t.lr, "name": "tet"},
+              {"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
+              {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
     module = nn.ModuleDict({"dmtet": dmtet, "field": field})
     return Stage("dmtet", first, t.nerf_iters + t.dmtet_iters, module, make_optimizer(groups, cfg), loss_terms,
-                 before_step, scaler=make_scaler(cfg, device))
+                 before_step, scaler=make_scaler(cfg, device), preview=preview)

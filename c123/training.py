@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from c123.cameras import Cameras
 from c123.checkpoint import CheckpointIdentity, save_checkpoint
 from c123.config import ReconstructConfig
 from c123.ema import ParameterEMA
@@ -93,6 +94,9 @@ class Stage:
     """More state a checkpoint keeps, by name: objects with state_dict / load_state_dict (occupancy grid)."""
     scaler: torch.amp.GradScaler | None = None
     """Loss scaling for fp16 priors on CUDA (the official GradScaler under -O); None: no scaling."""
+    preview: Callable[[Cameras, int], torch.Tensor] | None = None
+    """(cameras, size) -> [N,size,size,3] renders of the current model on white, no gradients, no random draws
+    (the run log's validation strip); None: the stage has none."""
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -123,6 +127,19 @@ class Stage:
 
 
 @dataclass
+class StepLog:
+    """What the loop hands `Loop.log` every log_every steps and at a stage's last step: values it holds anyway."""
+
+    stage: Stage
+    step: int
+    w3d: float
+    w2d: float
+    terms: LossTerms
+    detector: BoundaryDetector
+    switch: int | None
+
+
+@dataclass
 class Loop:
     """What every stage's loop shares: the config, the run state and where checkpoints go."""
 
@@ -132,6 +149,8 @@ class Loop:
     ckpt_dir: Path
     identity: CheckpointIdentity
     progress: ProgressFn
+    log: Callable[[StepLog], None] | None = None
+    """The run log (c123.runlog.RunLog); None: nothing is logged besides result.json's history."""
 
     @property
     def total(self) -> int:
@@ -164,6 +183,8 @@ def run_stage(stage: Stage, loop: Loop) -> None:
         state.stage, state.step, state.detector = stage.name, step, detector.to_dict()
         if step % loop.log_every == 0 or step == stage.last:
             record(state.history, step, w3d, w2d, terms)
+            if loop.log is not None:
+                loop.log(StepLog(stage, step, w3d, w2d, terms, detector, state.switch))
         loop.progress({"stage": stage.name, "step": step, "total": loop.total, "w3d": w3d, "w2d": w2d,
                        "S": detector.scores[-1] if detector.scores else None, "switch": state.switch,
                        "loss": float(loss) if step % loop.log_every == 0 else None})

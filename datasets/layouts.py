@@ -3,7 +3,8 @@
 - flat:      `<case>_rgba.png` (+ `<case>_depth.png`) and prompts.tsv, as Consistent123 publishes RealFusion15
              (columns consistent123_name, consistent123_prompt) and C10 (columns case, category, prompt)
 - original:  RealFusion's release, `<folder>/image.png + mask.png`; prompts from a prompts.tsv beside or above
-- images:    any images + prompts.tsv / prompts.csv with columns file, prompt (optional category, mask, depth)
+- images:    any images + prompts.tsv / prompts.csv with columns file, prompt (optional category, mask, depth);
+             the case id is the file's stem without a trailing `_rgba`
 - synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
@@ -25,6 +26,7 @@ from PIL import Image
 
 from c123.atomic import atomic_path
 from c123.errors import DatasetError
+from c123.outputs import case_name
 from c123_pipeline.datasets.case import Case, check_case_id
 
 
@@ -152,7 +154,7 @@ def read_images(root: Path, table: Path) -> list[Case]:
         if missing:
             raise DatasetError(f"{row.where} names {', '.join(missing)}, which is not in {root}: fix the table or "
                                "the folder")
-        case_id = check_case_id(paths["file"].stem, row.where)
+        case_id = check_case_id(case_name(paths["file"]), row.where)  # 'x_rgba.png' is case x, as in `c123 reconstruct`
         located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row["prompt"],
                              row.get("category") or None, recenter=True), row.where))
     named = {p for case, _ in located for p in (case.rgba_path, case.mask_path, case.depth_path) if p}

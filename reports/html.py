@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from html import escape
 from pathlib import Path
-from urllib.parse import quote
 
 import pandas as pd
 
+from c123.viewer import TURNTABLE_SCRIPT, href, turntable_html
 from c123_pipeline.reports import published as pub
 from c123_pipeline.reports.regression import Verdict
 from c123_pipeline.reports.runs import Run, all_cases
@@ -29,17 +28,6 @@ figure img{max-width:100%;border:1px solid #ddd}
 .ok{color:#070}
 """
 
-# If the mp4 cannot be played (codec, missing file), show the gif next to the hidden <video>.
-SCRIPT = """
-function gifFallback(source){var v=source.parentNode;var img=v.querySelector('img');
-if(!img||v.dataset.fellBack){return;}v.dataset.fellBack='1';var gif=img.cloneNode();gif.className='gif';
-v.hidden=true;v.insertAdjacentElement('afterend',gif);}
-"""
-
-
-def _href(target: Path, out_dir: Path) -> str:
-    """A relative, URL-quoted link from the page's folder to `target`."""
-    return quote(Path(os.path.relpath(target, out_dir)).as_posix())
 
 
 def table_html(table: Table) -> str:
@@ -76,23 +64,18 @@ def _case_cell(run: Run, row, out_dir: Path) -> str:
     folder = run.case_dir(row.case_dir)
     result = run.result(row.case_dir) or {}
     outputs = result.get("outputs", {})
-    parts = []
-    mp4, gif = folder / outputs.get("video_rgb", "video/rgb.mp4"), folder / outputs.get("gif_rgb", "video/rgb.gif")
-    if mp4.is_file():
-        fallback = f'<img src="{_href(gif, out_dir)}" alt="turntable {escape(row.case)}">' if gif.is_file() else ""
-        parts.append(f'<video controls loop muted autoplay playsinline preload="metadata">'
-                     f'<source src="{_href(mp4, out_dir)}" type="video/mp4" onerror="gifFallback(this)">'
-                     f"{fallback}</video>")
-    elif gif.is_file():
-        parts.append(f'<img class="gif" src="{_href(gif, out_dir)}" alt="turntable {escape(row.case)}">')
+    parts = [turntable_html(folder / outputs.get("video_rgb", "video/rgb.mp4"),
+                            folder / outputs.get("gif_rgb", "video/rgb.gif"), out_dir, f"turntable {row.case}")]
     views = [folder / v["file"] for v in result.get("views", [])] or sorted(folder.glob("views/view_*.png"))
-    thumbs = "".join(f'<img src="{_href(v, out_dir)}" alt="{escape(v.stem)}">'
+    thumbs = "".join(f'<img src="{href(v, out_dir)}" alt="{escape(v.stem)}">'
                      for v in views if v.is_file())
     if thumbs:
         parts.append(f'<div class="views">{thumbs}</div>')
     metrics = " · ".join(f"{pub.METRIC_LABELS[m].rstrip(' ↑↓')} {getattr(row, m):.3f}" for m in pub.METRICS
                          if not pd.isna(getattr(row, m)))
-    parts.append(f'<div class="foot">seed {row.seed}{" · " + metrics if metrics else ""}</div>')
+    events = folder / outputs.get("events", "tb")
+    tb = f' · <a href="{href(events, out_dir)}/">TensorBoard</a>' if events.is_dir() else ""
+    parts.append(f'<div class="foot">seed {row.seed}{" · " + metrics if metrics else ""}{tb}</div>')
     return "<td>" + "".join(parts) + "</td>"
 
 
@@ -110,7 +93,7 @@ def grid_html(runs: list[Run], out_dir: Path) -> str:
             first = {r.label: r for r in order.drop_duplicates("label").itertuples()}
             refs = [by_id[r.run_id].case_dir(r.case_dir) / "reference.png"
                     for r in first.values() if isinstance(r.case_dir, str)]
-            ref = next((f'<img class="ref" src="{_href(p, out_dir)}" alt="reference {escape(str(case))}">'
+            ref = next((f'<img class="ref" src="{href(p, out_dir)}" alt="reference {escape(str(case))}">'
                         for p in refs if p.is_file()), "")
             category = group["category"].dropna()
             name = escape(str(case)) + (f"<br><small>{escape(str(category.iloc[0]))}</small>" if len(category) else "")
@@ -119,6 +102,13 @@ def grid_html(runs: list[Run], out_dir: Path) -> str:
             out.append(f"<tr><td>{name}</td><td>{ref}</td>" + "".join(cells) + "</tr>")
         out.append("</tbody></table>")
     return "\n".join(out)
+
+
+def _events_hint(run: Run) -> str:
+    """How to open the run's TensorBoard events (every case folder's tb/), when it has any."""
+    if not any(run.path.glob("cases/**/tb")):
+        return ""
+    return f"; loss curves: <code>tensorboard --logdir {escape(str(run.path / 'cases'))}</code>"
 
 
 def verdict_html(verdict: Verdict) -> str:
@@ -144,9 +134,10 @@ def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], ou
     summary = "".join(
         f"<li><code>{escape(r.run_id)}</code>: {escape(', '.join(sorted(r.per_case['dataset'].astype(str).unique())))}"
         f", {len(r.per_case)} case runs, {int((r.per_case['status'] == 'ok').sum())} ok, "
-        f"created {escape(r.created_at.isoformat())}, code {escape(str(r.info.get('code_version', '–')))}</li>"
+        f"created {escape(r.created_at.isoformat())}, code {escape(str(r.info.get('code_version', '–')))}"
+        f"{_events_hint(r)}</li>"
         for r in runs)
-    figures = "".join(f'<figure><img src="{_href(p, out_dir)}" alt="{escape(name)}">'
+    figures = "".join(f'<figure><img src="{href(p, out_dir)}" alt="{escape(name)}">'
                       f"<figcaption>{escape(name)}</figcaption></figure>" for name, p in plots.items())
     body = [f"<h1>c123 benchmark report</h1><ul>{summary}</ul>"]
     if verdict is not None:
@@ -156,5 +147,5 @@ def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], ou
              f'<section id="cases"><h2>Cases</h2>{grid_html(runs, out_dir)}</section>']
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>c123 report</title><style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n"
+            f"<title>c123 report</title><style>{STYLE}</style><script>{TURNTABLE_SCRIPT}</script></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

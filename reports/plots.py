@@ -1,8 +1,8 @@
-"""Matplotlib (Agg, no pyplot state) PNGs: per-case metric strips, detector S^k curves, prior weights, nightly trend."""
+"""Matplotlib (Agg, no pyplot state) PNGs: per-case metric strips, detector S^k curves and prior weights per method
+(c123.viewer.curves draws those), nightly trend."""
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -10,16 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from c123.viewer.curves import detector_plot, save_figure, weights_plot
 from c123_pipeline.reports import published as pub
-from c123.atomic import write_atomic
 from c123_pipeline.reports.runs import Run, all_cases
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """Render to PNG in memory, then write atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return write_atomic(path, buf.getvalue())
 
 
 def slug(text: str) -> str:
@@ -27,13 +20,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
 
 
-def strip_plot(cases: pd.DataFrame, path: Path) -> Path:
+def strip_plot(cases: pd.DataFrame, path: Path, metrics=pub.METRICS,
+               title: str = "Per-case metrics (succeeded cases; bar = mean)") -> Path:
     """One panel per metric, one jittered column of per-case values per method; x labels count ok / cases."""
     labels = list(dict.fromkeys(cases["label"]))
-    fig = Figure(figsize=(max(6.0, 1.6 * len(labels) * len(pub.METRICS)), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.6 * len(labels) * len(metrics)), 4.5), layout="constrained")
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same picture
-    for i, metric in enumerate(pub.METRICS):
-        ax = fig.add_subplot(1, len(pub.METRICS), i + 1)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
         ticks = []
         for x, label in enumerate(labels):
             group = cases[cases["label"] == label]
@@ -44,53 +38,10 @@ def strip_plot(cases: pd.DataFrame, path: Path) -> Path:
             ticks.append(f"{label}\n{int((group['status'] == 'ok').sum())} ok / {len(group)}")
         ax.set_xticks(range(len(labels)), ticks, rotation=30, ha="right", fontsize=7)
         ax.set_xlim(-0.6, len(labels) - 0.4)
-        ax.set_title(pub.METRIC_LABELS[metric])
+        ax.set_title(pub.metric_label(metric))
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Per-case metrics (succeeded cases; bar = mean)")
-    return _save(fig, path)
-
-
-def detector_plot(results: dict[str, dict], title: str, path: Path) -> Path:
-    """S^k against iteration per case, a dashed line at each case's switch (forced switches hollow)."""
-    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    for case, result in results.items():
-        det = result.get("detector") or {}
-        if not det.get("iterations"):
-            continue
-        (line,) = ax.plot(det["iterations"], det["S"], marker=".", label=case)
-        switch = det.get("switch_iteration", result.get("switch_iteration"))
-        if switch is not None:
-            ax.axvline(switch, color=line.get_color(), linestyle="--", linewidth=1)
-            at = np.interp(switch, det["iterations"], det["S"])
-            ax.plot([switch], [at], "o", color=line.get_color(), mfc="none" if det.get("forced") else line.get_color())
-    ax.set_xlabel("NeRF iteration")
-    ax.set_ylabel("S^k (mean CLIP image-text cosine)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
-
-
-def weights_plot(results: dict[str, dict], title: str, path: Path) -> Path:
-    """w3D (solid) and w2D (dashed) against iteration per case."""
-    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    for case, result in results.items():
-        w = result.get("weights") or {}
-        if not w.get("iterations"):
-            continue
-        (line,) = ax.plot(w["iterations"], w["w3d"], label=f"{case} w3D")
-        ax.plot(w["iterations"], w["w2d"], linestyle="--", color=line.get_color(), label=f"{case} w2D")
-    ax.set_xlabel("iteration (NeRF then DMTet)")
-    ax.set_ylabel("prior weight")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 def trend_plot(runs: list[Run], path: Path) -> Path:
@@ -115,7 +66,7 @@ def trend_plot(runs: list[Run], path: Path) -> Path:
     if len(table):
         fig.axes[0].legend(fontsize=7)
     fig.suptitle("Nightly trend: mean per run")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_plots(runs: list[Run], out_dir: Path, trend_runs: list[Run] | None = None) -> dict[str, Path]:
@@ -123,6 +74,11 @@ def make_plots(runs: list[Run], out_dir: Path, trend_runs: list[Run] | None = No
     plots_dir = Path(out_dir) / "plots"
     cases = all_cases(runs)
     made = {"per-case metrics": strip_plot(cases, plots_dir / "per_case_metrics.png")} if len(cases) else {}
+    truth = [m for m in pub.GROUND_TRUTH_METRICS if m in cases and cases[m].notna().any()]
+    if truth:
+        with_truth = cases[cases[truth].notna().any(axis=1)]
+        made["ground truth"] = strip_plot(with_truth, plots_dir / "ground_truth.png", truth,
+                                          "Against ground truth: per-case values (succeeded cases; bar = mean)")
     by_path = {r.run_id: r for r in runs}
     for label, group in cases.groupby("label", sort=False):
         results = {}

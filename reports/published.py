@@ -7,6 +7,19 @@ METRICS = ("clip_similarity", "psnr", "lpips")
 
 METRIC_LABELS = {"clip_similarity": "CLIP-sim ↑", "psnr": "PSNR ↑", "lpips": "LPIPS ↓"}
 
+GROUND_TRUTH_METRICS = tuple(m for m in HIGHER_IS_BETTER if m not in METRICS)
+"""Metrics against known ground truth (the synthetic dataset's true views and surface): every metric of
+c123.metrics beyond Table 1's, so one added there gets its column here."""
+
+_GROUND_TRUTH_NAMES = {"novel_psnr": "novel PSNR", "novel_lpips": "novel LPIPS", "chamfer": "Chamfer"}
+
+
+def metric_label(metric: str) -> str:
+    """'PSNR ↑', 'Chamfer ↓', ...: the column title of a metric, with the direction that is better."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    return f"{_GROUND_TRUTH_NAMES.get(metric, metric)} {'↑' if HIGHER_IS_BETTER[metric] else '↓'}"
+
 DATASETS = {"realfusion15": "RealFusion15", "c10": "C10"}
 """Dataset keys (lower case, as in per_case.parquet) -> the paper's names, in the paper's order."""
 

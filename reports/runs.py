@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from c123.errors import C123Error
+from c123.outputs import plain_case_id
 
 METHOD_KEY = ["run_id", "variant", "weight_shape", "preset"]
 """Columns that make one 'reproduced' method row: the same variant in two runs stays two rows."""
@@ -95,6 +96,9 @@ def load_run(run_dir: str | Path) -> Run:
     per_case["dataset"] = per_case["dataset"].astype(str).str.lower()  # 'C10' and 'c10' are one dataset
     per_view_path = path / "per_view.parquet"
     per_view = _read_parquet(per_view_path) if per_view_path.is_file() else pd.DataFrame()
+    for frame in (per_case, per_view):
+        if "case" in frame:  # runs before case ids lost the '_rgba' suffix compare with the runs after them
+            frame["case"] = frame["case"].astype(str).map(plain_case_id)
     run_id = str(info.get("run_id") or (per_case["run_id"].iloc[0] if len(per_case) else path.name))
     # Nightly trends need an order; a run.json without created_at falls back to the Parquet's mtime.
     created = info.get("created_at")

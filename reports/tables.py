@@ -16,6 +16,13 @@ DECIMALS = 3
 REFERENCE_NOTE = ("Reported rows: paper Table 1. The paper does not publish its CLIP model, number of views or "
                   "resolution; reproduced rows are checked against the closest public protocol "
                   "(Magic123: ViT-bigG-14, 100 views) at 512 px.")
+RANKING_NOTE = ("Bold: the best reported row and, separately, the best of two or more reproduced rows; rows with "
+                "random weights are never bold.")
+RANDOM_MARK = "†"
+RANDOM_NOTE = ("random weights: plumbing check only (the tiny preset's random priors or a random LPIPS backbone); "
+               "these numbers say nothing about the method and are never ranked.")
+GROUND_TRUTH_NOTE = ("Synthetic scenes with known geometry: novel-view PSNR and LPIPS against the true renders of the "
+                     "orbit views, Chamfer distance between the exported mesh and the true surface.")
 
 
 @dataclass
@@ -116,48 +123,96 @@ def dataset_order(datasets) -> list[str]:
     return [d for d in pub.DATASETS if d in present] + sorted(present - set(pub.DATASETS))
 
 
-def table1(cases: pd.DataFrame) -> Table:
-    """Table 1: published baselines ('reported') and our runs ('reproduced'), per dataset mean ± std."""
-    datasets = dataset_order(cases["dataset"].unique()) if len(cases) else list(pub.DATASETS)
-    columns = [Column(pub.DATASETS.get(d, d), name) for d in datasets
-               for name in [*(pub.METRIC_LABELS[m] for m in pub.METRICS), "ok / cases"]]
-    rows, values = [], []  # values[i][(dataset, metric)] = number behind rows[i]'s cell
-    for method in pub.METHODS:
-        cells, vals = [], {}
-        for d in datasets:
-            reported = pub.TABLE1.get(d, {}).get(method)
-            for i, m in enumerate(pub.METRICS):
-                v = reported[i] if reported else math.nan
-                discounted = (method, m) in pub.DISCOUNTED
-                cells.append(Cell(fmt(v), mark="*" if discounted and reported else ""))
-                vals[(d, m)] = math.nan if discounted else v
-            cells.append(Cell())
-        if any(c.text != DASH for c in cells):
-            rows.append(Row(method, "reported", cells))
-            values.append(vals)
-    notes: dict[str, str] = {}
+def random_weights(group: pd.DataFrame) -> bool:
+    """Whether rows were measured with random weights: the tiny preset's random priors, or a random LPIPS
+    backbone ('alex-random'). Their numbers check the plumbing, not the method."""
+    tiny = (group["preset"].astype(str) == "tiny").any()
+    lpips_random = "lpips_net" in group and group["lpips_net"].astype(str).str.endswith("-random").any()
+    return bool(tiny or lpips_random)
+
+
+def _measured_rows(cases: pd.DataFrame, datasets: list[str], metrics: tuple[str, ...] | list[str],
+                   notes: dict[str, str] | None) -> list[tuple[Row, dict, bool]]:
+    """(row, {(dataset, metric): mean}, random weights) per method label: mean ± std over succeeded cases and
+    'ok / cases' per dataset; `notes` collects protocol deviations as footnote marks (None: not marked)."""
+    out = []
     for label, group in cases.groupby("label", sort=False):
         cells, vals = [], {}
         for d in datasets:
             sub = group[group["dataset"] == d]
-            for m in pub.METRICS:
+            for m in metrics:
                 ok = _ok_values(sub, m)
                 mean = ok.mean() if len(ok) else math.nan
                 cells.append(Cell(fmt(mean, ok.std(ddof=1) if len(ok) > 1 else math.nan)))
                 vals[(d, m)] = mean
             cells.append(Cell(_ok_count(sub)))
-        deviation = _protocol_deviation(group)
+        deviation = _protocol_deviation(group) if notes is not None else ""
         marks = [notes.setdefault(deviation, chr(ord("a") + len(notes)))] if deviation else []
-        rows.append(Row(str(label), "reproduced", cells, marks))
-        values.append(vals)
+        random = random_weights(group)
+        out.append((Row(str(label), "reproduced", cells, marks + ([RANDOM_MARK] if random else [])), vals, random))
+    return out
+
+
+def _bold_ranked(ranked: list[tuple[Row, dict]], datasets: list[str], metrics, at_least: int) -> None:
+    """Bold the best of `ranked` per dataset and metric (cells laid out as metrics + 'ok / cases' per dataset)."""
+    width = len(metrics) + 1
     for j, d in enumerate(datasets):
-        for k, m in enumerate(pub.METRICS):
-            _bold_best([(row.cells[4 * j + k], vals[(d, m)]) for row, vals in zip(rows, values)], m)
+        for k, m in enumerate(metrics):
+            _bold_best([(row.cells[width * j + k], vals[(d, m)]) for row, vals in ranked], m, at_least)
+
+
+def table1(cases: pd.DataFrame) -> Table:
+    """Table 1: published baselines ('reported') and our runs ('reproduced'), per dataset mean ± std. Each kind
+    is ranked on its own (a reproduced number is never 'best' against a published one); rows measured with
+    random weights are never ranked and carry the RANDOM_MARK footnote."""
+    datasets = dataset_order(cases["dataset"].unique()) if len(cases) else list(pub.DATASETS)
+    columns = [Column(pub.DATASETS.get(d, d), name) for d in datasets
+               for name in [*(pub.METRIC_LABELS[m] for m in pub.METRICS), "ok / cases"]]
+    reported = []  # (row, {(dataset, metric): number behind the cell})
+    for method in pub.METHODS:
+        cells, vals = [], {}
+        for d in datasets:
+            published = pub.TABLE1.get(d, {}).get(method)
+            for i, m in enumerate(pub.METRICS):
+                v = published[i] if published else math.nan
+                discounted = (method, m) in pub.DISCOUNTED
+                cells.append(Cell(fmt(v), mark="*" if discounted and published else ""))
+                vals[(d, m)] = math.nan if discounted else v
+            cells.append(Cell())
+        if any(c.text != DASH for c in cells):
+            reported.append((Row(method, "reported", cells), vals))
+    notes: dict[str, str] = {}
+    reproduced = _measured_rows(cases, datasets, pub.METRICS, notes)
+    _bold_ranked(reported, datasets, pub.METRICS, at_least=1)
+    _bold_ranked([(row, vals) for row, vals, random in reproduced if not random], datasets, pub.METRICS,
+                 at_least=2)  # a lone run is not "best"
+    rows = [row for row, _ in reported] + [row for row, _, _ in reproduced]
     footnotes = [(mark, f"Protocol differs: {text}.") for text, mark in notes.items()]
     if any(c.mark == "*" for r in rows for c in r.cells):
         footnotes.append(("*", next(iter(pub.DISCOUNTED.values()))))
+    if any(random for _, _, random in reproduced):
+        footnotes.append((RANDOM_MARK, RANDOM_NOTE))
     return Table("Table 1: single-image reconstruction, mean ± std over succeeded cases", ("Method", "Source"),
-                 columns, rows, footnotes, [REFERENCE_NOTE])
+                 columns, rows, footnotes, [REFERENCE_NOTE, RANKING_NOTE])
+
+
+def ground_truth_table(cases: pd.DataFrame) -> Table | None:
+    """Metrics against known ground truth (novel-view PSNR/LPIPS, Chamfer, ...) per method and dataset, for
+    the datasets that have them (the synthetic one); None when no row has any."""
+    metrics = [m for m in pub.GROUND_TRUTH_METRICS if m in cases and cases[m].notna().any()]
+    if not metrics:
+        return None
+    has = cases[metrics].notna().any(axis=1)
+    datasets = dataset_order(cases.loc[has, "dataset"].unique())
+    subset = cases[cases["dataset"].isin(datasets)]
+    columns = [Column(pub.DATASETS.get(d, d), name) for d in datasets
+               for name in [*(pub.metric_label(m) for m in metrics), "ok / cases"]]
+    measured = _measured_rows(subset, datasets, metrics, notes=None)
+    _bold_ranked([(row, vals) for row, vals, random in measured if not random], datasets, metrics, at_least=2)
+    footnotes = [(RANDOM_MARK, RANDOM_NOTE)] if any(random for _, _, random in measured) else []
+    return Table("Ground truth: reconstructions against the true views and surface, mean ± std over succeeded "
+                 "cases", ("Method", "Source"), columns, [row for row, _, _ in measured], footnotes,
+                 [GROUND_TRUTH_NOTE])
 
 
 def table2(cases: pd.DataFrame) -> list[Table]:
@@ -166,6 +221,7 @@ def table2(cases: pd.DataFrame) -> list[Table]:
     tables, several = [], c10["run_id"].nunique() > 1
     for (run_id, preset), group in c10.groupby(["run_id", "preset"], sort=False):
         group = group.assign(category=group["category"].fillna("unknown").astype(str))
+        random = random_weights(group)
         extra = sorted(set(group["category"]) - set(pub.C10_CATEGORIES))
         columns = [Column(shape, name) for shape in pub.WEIGHT_SHAPES
                    for name in [*(pub.METRIC_LABELS[m] for m in pub.METRICS), "ok / cases"]]
@@ -182,7 +238,8 @@ def table2(cases: pd.DataFrame) -> list[Table]:
                     means[m][shape].append(mean)
                 cells.append(Cell(_ok_count(sub)))
             for m in pub.METRICS:
-                _bold_best(candidates[m], m, at_least=2)  # a lone shape is not "best"
+                if not random:
+                    _bold_best(candidates[m], m, at_least=2)  # a lone shape is not "best"
             rows.append(Row(category, "", cells))
         # Our average, like the paper's, is over categories (a category with several seeds counts once).
         avg = []
@@ -192,10 +249,12 @@ def table2(cases: pd.DataFrame) -> list[Table]:
             avg.append(Cell(_ok_count(sub)))
         paper = [Cell(f"{pub.TABLE2_AVERAGES[s][i]:.2f}" if i is not None else DASH)
                  for s in pub.WEIGHT_SHAPES for i in [0, 1, 2, None]]
-        rows += [Row("average (reproduced)", "", avg), Row("average (reported)", "", paper)]
+        rows += [Row("average (reproduced)", "", avg, [RANDOM_MARK] if random else []),
+                 Row("average (reported)", "", paper)]
         title = f"Table 2: C10 per category, consistent123 weight shapes, preset {preset}"
         tables.append(Table(title + (f", run {run_id}" if several else ""),
                             ("Category", ""), columns, rows,
+                            footnotes=[(RANDOM_MARK, RANDOM_NOTE)] if random else [],
                             notes=["Means over succeeded cases; best shape per category in bold."]))
     return tables
 
@@ -223,7 +282,7 @@ def to_markdown(table: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
-        "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$"}
+        "↑": r"$\uparrow$", "↓": r"$\downarrow$", "·": r"$\cdot$", "†": r"$\dagger$"}
 
 
 def _tex(text: str) -> str:
@@ -254,12 +313,12 @@ def to_latex(table: Table) -> str:
     head = [table.head[0], *([table.head[1]] if show_tag else []), *(c.name for c in table.columns)]
     lines += [" & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
     for row in table.rows:
-        label = _tex(row.label) + "".join(rf"\textsuperscript{{{m}}}" for m in row.marks)
+        label = _tex(row.label) + "".join(rf"\textsuperscript{{{_tex(m)}}}" for m in row.marks)
         cells = [(rf"\textbf{{{_tex(c.text)}}}" if c.bold else _tex(c.text)) + (r"$^*$" if c.mark == "*" else "")
                  for c in row.cells]
         lines.append(" & ".join([label, *([row.tag] if show_tag else []), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(table.title)}.}}", r"\end{table}"]
-    notes = [(rf"\textsuperscript{{{m}}}" if m != "*" else "$^*$") + " " + _tex(t) for m, t in table.footnotes]
+    notes = [(rf"\textsuperscript{{{_tex(m)}}}" if m != "*" else "$^*$") + " " + _tex(t) for m, t in table.footnotes]
     notes += [_tex(n) for n in table.notes]
     if notes:
         lines.insert(-1, r"\par\footnotesize " + r" \\ ".join(notes))
@@ -267,5 +326,7 @@ def to_latex(table: Table) -> str:
 
 
 def build_tables(cases: pd.DataFrame) -> list[Table]:
-    """Table 1, then one Table 2 per run and preset that has C10 consistent123 rows."""
-    return [table1(cases), *table2(cases)]
+    """Table 1, the ground-truth table (when some dataset has ground truth), then one Table 2 per run and preset
+    that has C10 consistent123 rows."""
+    truth = ground_truth_table(cases)
+    return [table1(cases), *([truth] if truth is not None else []), *table2(cases)]

@@ -82,9 +82,14 @@ def write_case(folder: Path, *, case: str, seed: int, switch: int, views: int = 
         "weights": {"iterations": w_its, "w3d": [1 - w for w in w2], "w2d": w2},
         "views": view_list,
         "outputs": {"reference": "reference.png", "ref_render": "views/ref_render.png", "video_rgb": "video/rgb.mp4",
-                    "gif_rgb": "video/rgb.gif"},
+                    "gif_rgb": "video/rgb.gif", "events": "tb"},
     }
     (folder / "result.json").write_text(json.dumps(result))
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder / "tb")) as events:  # what c123.runlog writes, in miniature
+        for step, w in zip(w_its, w2):
+            events.add_scalar("weights/w2D", w, step)
 
 
 def make_run(root: Path, run_id: str = "nightly-1", *, created_at: str = "2026-11-20T02:00:00Z",

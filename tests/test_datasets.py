@@ -103,6 +103,20 @@ def test_plain_image_folder_with_prompts_csv(tmp_path):
         load_dataset(tmp_path)
 
 
+def test_an_image_folder_names_cases_without_the_rgba_suffix(tmp_path):
+    """`apple_rgba.png` is case `apple`, as `c123 reconstruct apple_rgba.png` names it; two files that would
+    give one id are refused."""
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = 255
+    Image.fromarray(rgba).save(tmp_path / "apple_rgba.png")
+    (tmp_path / "prompts.csv").write_text("file,prompt\napple_rgba.png,an apple\n")
+    assert [c.id for c in load_dataset(tmp_path).cases] == ["apple"]
+    Image.fromarray(rgba).save(tmp_path / "apple.png")
+    (tmp_path / "prompts.csv").write_text("file,prompt\napple_rgba.png,an apple\napple.png,another apple\n")
+    with pytest.raises(DatasetError, match=r"line 3: case id 'apple' repeats .*line 2"):
+        load_dataset(tmp_path)
+
+
 def test_synthetic_dataset_carries_ground_truth(tmp_path, monkeypatch):
     from c123.synthetic import SCENES
     from c123_pipeline.datasets import layouts

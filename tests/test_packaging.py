@@ -101,8 +101,9 @@ def test_the_wheel_holds_the_pipeline_under_c123_pipeline_only(tmp_path):
     assert tops == {"c123", "c123_pipeline"}, tops
     for module in ("c123_pipeline/flows/benchmark.py", "c123_pipeline/tasks/lifeline.py",
                    "c123_pipeline/datasets/layouts.py", "c123_pipeline/reports/build.py", "c123_pipeline/cli.py",
-                   "c123/config_checks.py", "c123/priors/tiny.py"):
-        assert module in names, module
+                   "c123/config_checks.py", "c123/priors/tiny.py", "c123/viewer/__init__.py",
+                   "c123/viewer/static/model-viewer-umd.min.js", "c123/viewer/static/LICENSES.txt"):
+        assert module in names, module  # the viewer's model-viewer and its licences ship inside the package
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "c123 = c123_pipeline.cli:main" in entry
 
@@ -117,7 +118,7 @@ def test_the_console_script_offers_every_command_and_the_method_cli_only_its_own
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("reconstruct", "models", "evaluate", "report", "fetch"))
+    assert all(name in listed for name in ("reconstruct", "config", "view", "models", "evaluate", "report", "fetch"))
     assert "evaluate" not in build_parser().format_help()
 
 

@@ -67,6 +67,9 @@ def test_flow_writes_case_folders_parquet_and_report(runs, dataset):
     assert (per_case["metric_status"] == "ok").all()
     assert (per_case["num_views"] == 4).all() and (per_case["resolution"] == 32).all()
     assert (per_case["lpips_net"] == "alex-random").all()  # no AlexNet weights offline: the tiny fallback
+    for column in ("clip_model", "num_views", "background", "lpips_net"):  # run.json says what the rows say
+        assert set(per_case[column]) == {info["protocol"][column]}, column
+    assert set(per_case["protocol"]) == {info["protocol"]["name"]}
     assert set(per_case["device"]) == {"cpu"} and per_case["switch_iteration"].notna().all()
     for row in per_case.itertuples():
         case_dir = run / row.case_dir

@@ -24,8 +24,13 @@ def test_links_are_relative_and_resolve(report):
     page = report.read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert links and not [u for u in links if "://" in u or u.startswith("/")]
-    assert all((report.parent / unquote(u)).is_file() for u in links)
+    files, folders = [u for u in links if not u.endswith("/")], [u for u in links if u.endswith("/")]
+    assert all((report.parent / unquote(u)).is_file() for u in files)
     assert page.count("<video") >= 3 and 'type="video/mp4"' in page and "rgb.gif" in page
+    # every case shown links its TensorBoard events, a folder holding an events file
+    assert len(folders) == page.count("<video") and all(u.endswith("/tb/") for u in folders)
+    assert all(any((report.parent / unquote(u)).glob("events.out.tfevents.*")) for u in folders)
+    assert "tensorboard --logdir" in page
 
 
 def test_report_moves_with_its_runs(report, tmp_path):
@@ -42,6 +47,8 @@ def test_report_renders_in_chromium(report, tmp_path):
     shot = tmp_path / "report.png"
     dom = assert_report_renders(report, shot)
     assert dom["videos"] == 7  # 4 cases in nightly-1 + the 3 ok cases (lowest seed) of nightly-2
+    # the runs are tiny-preset runs: only the paper's published rows can be bold
+    assert set(dom["bold_texts"]) <= {"Consistent123", "Magic123", "Zero-1-to-3", "Make-it-3D", "RealFusion"}
     assert shot.stat().st_size > 10_000
 
 
