@@ -1,4 +1,5 @@
-"""The method's commands: `reconstruct` (one image to a mesh) and `models tiny` (tiny test priors).
+"""The method's commands: `reconstruct` (one image to a mesh), `preprocess` (a photo to the files
+`reconstruct` reads, to inspect and fix) and `models tiny` (tiny test models).
 
 `build_parser` and `main` take further sub-commands from the layer above (which installs the `c123` console
 script with them); this package itself knows nothing of them.
@@ -66,19 +67,16 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     """`c123 reconstruct IMAGE --prompt TEXT ...`: one image to OUT/{result.json,mesh,video,views}."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from c123.config import apply_overrides, preset
-    from c123.config_checks import validate
-    from c123.preprocess import load_input
+    from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
-    from c123.reconstruct import check_prompt, load_priors, reconstruct
+    from c123.reconstruct import check_prompt, load_priors, needed_priors, reconstruct
 
-    cfg = preset(args.preset)
-    cfg.seed = args.seed
-    cfg.schedule.variant = args.variant
-    validate(apply_overrides(cfg, args.set or []))
-    inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "")
+    cfg = resolved_config(args)
     out = Path(args.out or Path("outputs") / Path(args.image).stem)
     args.resume = f"rerun the same command to resume {out} from its last checkpoint"
+    # a plain photo gets its cut-out, depth and caption here, each step announced (and cached)
+    inp = prepare_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", cfg=cfg,
+                        need_prompt="sd" in needed_priors(cfg), announce=lambda line: print(f"preprocess: {line}"))
     check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
     warn_input(inp)
     priors = load_priors(cfg, resolve_device(cfg.train.device))
@@ -108,6 +106,42 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolved_config(args: argparse.Namespace):
+    """The preset with --seed (--variant, --concept where the command has them), then the --set overrides,
+    validated."""
+    from c123.config import apply_overrides, preset
+    from c123.config_checks import validate
+
+    cfg = preset(args.preset)
+    cfg.seed = args.seed
+    cfg.schedule.variant = getattr(args, "variant", cfg.schedule.variant)
+    cfg.concept.enabled = getattr(args, "concept", cfg.concept.enabled)
+    return validate(apply_overrides(cfg, args.set or []))
+
+
+def preprocess_main(args: argparse.Namespace) -> int:
+    """`c123 preprocess IMAGE [--out DIR]`: the cut-out, depth map and caption a reconstruction would
+    estimate, written as files to inspect, fix and pass back to `c123 reconstruct`."""
+    from c123.preprocess import missing_parts, read_input, write_preprocessed
+
+    cfg = resolved_config(args)
+    files = read_input(args.image, args.mask, args.depth)
+    out = Path(args.out or Path("preprocessed") / Path(args.image).stem)
+    parts = missing_parts(files, args.prompt or "", cfg.preprocess)
+    record = write_preprocessed(files, args.prompt or "", parts, cfg, out, announce=print)
+    for role, name in record.files.items():
+        print(f"{role}: {out / name}")
+    command = [f"c123 reconstruct {out / record.files['rgba']}"]
+    if "depth" in record.files:
+        command.append(f"--depth {out / record.files['depth']}")
+    if "caption" in record.files:
+        command.append(f'--prompt "$(cat {out / record.files["caption"]})"')
+    print("reconstruct it with: " + " ".join(command))
+    if "normal" not in record.files:
+        print("no normal map: the depth model gives none")
+    return 0
+
+
 def warn_input(inp) -> None:
     """Warnings about the input (e.g. a depth map that cannot be used), printed before the run starts."""
     for warning in getattr(inp, "warnings", []):
@@ -123,22 +157,35 @@ def models_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_arguments(cmd: argparse.ArgumentParser) -> None:
+    """What `reconstruct` and `preprocess` both take: the given parts of the input and the config."""
+    cmd.add_argument("--prompt", default="", help="text prompt (without it a caption model writes one)")
+    cmd.add_argument("--mask", help="mask PNG for an RGB image (without it a background remover cuts the object out)")
+    cmd.add_argument("--depth", help="depth PNG, larger = farther (without it a depth model estimates one)")
+    cmd.add_argument("--preset", default="paper", help="paper | fast | tiny")
+    cmd.add_argument("--seed", type=int, default=0)
+    cmd.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.nerf_iters=100")
+
+
 def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
     parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views")
-    rec.add_argument("image", help="RGBA image (or RGB with --mask)")
-    rec.add_argument("--prompt", default="", help="text prompt (needed by Stable Diffusion and the detector)")
-    rec.add_argument("--mask", help="mask PNG for an RGB image")
-    rec.add_argument("--depth", help="depth PNG (larger = farther); without it the depth loss is off")
-    rec.add_argument("--preset", default="paper", help="paper | fast | tiny")
+    rec.add_argument("image", help="RGBA image, RGB with --mask, or a plain photo (cut out by a background remover)")
+    _input_arguments(rec)
     rec.add_argument("--variant", default="consistent123",
                      help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d")
-    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--concept", action="store_true", help="learn a token for the object (textual inversion) "
+                     "and put it in Stable Diffusion's prompt (paper appendix A.2; cached per image)")
     rec.add_argument("--out", help="output folder (default outputs/<image name>)")
-    rec.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.nerf_iters=100")
     rec.set_defaults(run=reconstruct_main)
+
+    pre = sub.add_parser("preprocess", help="a photo -> cut-out RGBA, depth PNG and caption, to inspect and fix")
+    pre.add_argument("image", help="a photo (or an RGBA image / RGB with --mask)")
+    _input_arguments(pre)
+    pre.add_argument("--out", help="output folder (default preprocessed/<image name>)")
+    pre.set_defaults(run=preprocess_main)
 
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="what", required=True)
