@@ -69,14 +69,14 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 
     from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
-    from c123.reconstruct import check_prompt, load_priors, needed_priors, reconstruct
+    from c123.reconstruct import check_prompt, load_priors, reconstruct
 
     cfg = resolved_config(args)
     out = Path(args.out or Path("outputs") / Path(args.image).stem)
     args.resume = f"rerun the same command to resume {out} from its last checkpoint"
     # a plain photo gets its cut-out, depth and caption here, each step announced (and cached)
     inp = prepare_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", cfg=cfg,
-                        need_prompt="sd" in needed_priors(cfg), announce=lambda line: print(f"preprocess: {line}"))
+                        announce=lambda line: print(f"preprocess: {line}"))
     check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
     warn_input(inp)
     priors = load_priors(cfg, resolve_device(cfg.train.device))

@@ -185,19 +185,27 @@ def assemble(files: WorkingInput, alpha: np.ndarray, depth_map: np.ndarray | Non
 
 # ---- a plain photo: estimate what is missing, once ---------------------------------------------
 def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_id: str | None = None,
-                  recenter: bool = True, need_prompt: bool = True, announce: Announce | None = None,
+                  recenter: bool = True, need_prompt: bool | None = None, announce: Announce | None = None,
                   size: int | None = None) -> ReconstructionInput:
     """The reference view of an image, with what it lacks estimated by cfg.preprocess's models (cached).
 
-    An input with an alpha (or mask), a depth map (or no depth model) and a prompt (or `need_prompt` False
-    and no cut-out to prompt) is `load_input` as it is. Otherwise the missing parts are estimated into
-    cache_root()/preprocess/KEY once and read back from there; `announce` gets one line per step.
+    An input with an alpha (or mask), a depth map (or no depth model) and a prompt (or no need of one:
+    `need_prompt`, by default whether cfg's variant uses Stable Diffusion, and no cut-out to prompt) is
+    `load_input` as it is. Otherwise the missing parts are estimated into cache_root()/preprocess/KEY once
+    and read back from there; `announce` gets one line per step.
     """
     from c123.cache import cached_folder
 
+    if need_prompt is None:
+        from c123.reconstruct import needed_priors  # here: the method's main module imports this one
+        need_prompt = "sd" in needed_priors(cfg)
     say = announce or (lambda line: None)
     files = read_input(image, mask, depth)
     parts = missing_parts(files, prompt, cfg.preprocess, need_prompt)
+    if need_prompt and not prompt.strip() and "prompt" not in parts:  # before any model runs
+        raise InputError(f"empty prompt for {files.path} and no caption model (preprocess.caption_model): Stable "
+                         "Diffusion and the CLIP detector need a text prompt; pass --prompt TEXT (or use --variant "
+                         "3d-only)")
     if not parts:
         return load_input(image, mask, depth, prompt, case_id, size, cfg.preprocess.border_ratio, recenter)
     key = preprocess_key(files.path, mask, depth, prompt, parts, cfg.preprocess, recenter, size)
@@ -247,48 +255,87 @@ def write_preprocessed(files: WorkingInput, prompt: str, parts: list[str], cfg, 
     """Estimate `parts` (see missing_parts) with cfg.preprocess's models and write the result into `out_dir`:
     `<stem>_rgba.png`, `<stem>_depth.png` (16-bit, when there is depth), caption.txt (when there is a
     prompt) and preprocess.json. InputError when the caption is empty or the cut-out finds no object."""
+    from c123.priors.weights import quiet_loading
     from c123.provenance import resolve_device
 
     say = announce or (lambda line: None)
+    quiet_loading()
     if cfg.preset == "tiny":
         from c123.priors.tiny import ensure_tiny_models
         ensure_tiny_models(cfg)
-    pre, device, out, name = cfg.preprocess, resolve_device(cfg.train.device), Path(out_dir), files.path.name
-    estimates, alpha, depth_map = [], files.alpha, files.depth
+    _resolve_models(parts, cfg.preprocess)  # a missing model fails here, before any model runs
+    device, out, estimates = resolve_device(cfg.train.device), Path(out_dir), []
+    alpha, depth_map = files.alpha, files.depth
     if "prompt" in parts:
-        from c123.priors.caption import caption_image
-
-        say(f"{name}: no prompt: captioning it with {pre.caption_model}")
-        prompt = caption_image(files.rgb, pre.caption_model, pre.caption_max_tokens, cfg.prior.precision, device)
-        if not prompt:
-            raise InputError(f"{files.path}: the caption model {pre.caption_model} returned an empty caption: "
-                             "pass --prompt TEXT describing the object")
-        say(f"{name}: caption: {prompt}")
-        estimates.append(Estimate("prompt", pre.caption_model, f"caption: {prompt}"))
+        prompt = _caption(files, cfg, device, say, estimates)
     if "alpha" in parts:
-        from c123.priors.background import remove_background
-
-        say(f"{name} {files.no_alpha} and no mask was given: removing the background with {pre.background_model}")
-        alpha = remove_background(files.rgb, prompt, pre.background_model, pre.mask_threshold, device)
-        share = float((alpha > 127).mean())
-        _check_cut_out(share, files.path, pre.background_model)
-        estimates.append(Estimate("alpha", pre.background_model, f"kept {share:.1%} of the photo (prompt: {prompt})"))
+        alpha = _cut_out(files, prompt, cfg.preprocess, device, say, estimates)
     if "depth" in parts:
-        from c123.priors.depth import estimate_depth
-
-        say(f"{name}: no depth map: estimating it with {pre.depth_model}")
-        inside = alpha > 127
-        # an RGBA's colours under transparent pixels mean nothing: the model sees it on white; a photo is whole
-        depth_map = estimate_depth(on_white(files.rgb, alpha) if files.alpha_from_image else files.rgb, inside,
-                                   pre.depth_model, device)
-        estimates.append(Estimate("depth", pre.depth_model, "relative depth, flipped from disparity, 0..1 on the object"))
-    depth_name = f"the depth estimated with {pre.depth_model}" if "depth" in parts else "the given depth map"
-    inp = assemble(files, alpha, depth_map, size, pre.border_ratio, recenter, depth_name)
+        depth_map = _depth(files, alpha, cfg.preprocess, device, say, estimates)
+    depth_name = f"the depth estimated with {cfg.preprocess.depth_model}" if "depth" in parts else "the given depth map"
+    inp = assemble(files, alpha, depth_map, size, cfg.preprocess.border_ratio, recenter, depth_name)
     written = write_input_files(inp, prompt, out, files.path.stem)
     record = Preprocessing(str(files.path), estimates, str(out), key, files=written)
     saved = {k: v for k, v in asdict(record).items() if k not in ("folder", "cached")}  # known when read back
     write_atomic(out / RECORD, json.dumps({**saved, "warnings": inp.warnings}, indent=2))
     return record
+
+
+def _resolve_models(parts: list[str], pre) -> None:
+    """Find every model `parts` needs on this machine (WeightsMissingError naming the first one missing)."""
+    from c123.priors import background, caption, depth
+    from c123.priors.weights import resolve
+
+    models = {"prompt": (pre.caption_model, caption.WHAT), "alpha": (pre.background_model, background.WHAT),
+              "depth": (pre.depth_model, depth.WHAT)}
+    for part in parts:
+        resolve(*models[part])
+
+
+def _caption(files: WorkingInput, cfg, device, say: Announce, estimates: list[Estimate]) -> str:
+    """The caption model's prompt for the photo; InputError when it says nothing."""
+    from c123.priors.caption import caption_image
+
+    pre = cfg.preprocess
+    say(f"{files.path.name}: no prompt: captioning it with {pre.caption_model}")
+    prompt = caption_image(files.rgb, pre.caption_model, pre.caption_max_tokens, cfg.prior.precision, device)
+    if not prompt:
+        raise InputError(f"{files.path}: the caption model {pre.caption_model} returned an empty caption: "
+                         "pass --prompt TEXT describing the object")
+    say(f"{files.path.name}: caption: {prompt}")
+    estimates.append(Estimate("prompt", pre.caption_model, f"caption: {prompt}"))
+    return prompt
+
+
+def _cut_out(files: WorkingInput, prompt: str, pre, device, say: Announce, estimates: list[Estimate]) -> np.ndarray:
+    """The background remover's alpha of the object the prompt names; InputError when it finds no object or
+    keeps the whole frame."""
+    from c123.priors.background import remove_background
+
+    say(f"{files.path.name} {files.no_alpha} and no mask was given: removing the background with "
+        f"{pre.background_model}")
+    alpha = remove_background(files.rgb, prompt, pre.background_model, pre.mask_threshold, device)
+    share = float((alpha > 127).mean())
+    lo, hi = OBJECT_SHARE
+    if not lo <= share <= hi:
+        found = "found no object" if share < lo else f"kept the whole frame ({share:.0%} of it)"
+        raise InputError(f"{files.path}: background removal with {pre.background_model} {found}: pass --mask "
+                         "MASK.png (white on the object) or an RGBA image with the background transparent")
+    estimates.append(Estimate("alpha", pre.background_model, f"kept {share:.1%} of the photo (prompt: {prompt})"))
+    return alpha
+
+
+def _depth(files: WorkingInput, alpha: np.ndarray, pre, device, say: Announce,
+           estimates: list[Estimate]) -> np.ndarray:
+    """The depth model's map of the image, normalised on the object."""
+    from c123.priors.depth import estimate_depth
+
+    say(f"{files.path.name}: no depth map: estimating it with {pre.depth_model}")
+    # an RGBA's colours under transparent pixels mean nothing: the model sees it on white; a photo is whole
+    image = on_white(files.rgb, alpha) if files.alpha_from_image else files.rgb
+    depth_map = estimate_depth(image, alpha > 127, pre.depth_model, device)
+    estimates.append(Estimate("depth", pre.depth_model, "relative depth, flipped from disparity, 0..1 on the object"))
+    return depth_map
 
 
 def write_input_files(inp: ReconstructionInput, prompt: str, out: Path, stem: str) -> dict[str, str]:
@@ -331,16 +378,6 @@ def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _no_alpha(files: WorkingInput) -> InputError:
     return InputError(f"{files.path} {files.no_alpha} and no mask was given: pass --mask MASK.png or an RGBA image "
                       "with the background transparent")
-
-
-def _check_cut_out(share: float, image: Path, model: str) -> None:
-    """InputError when the estimated cut-out found no object or kept (nearly) the whole photo."""
-    lo, hi = OBJECT_SHARE
-    if lo <= share <= hi:
-        return
-    found = "found no object" if share < lo else f"kept the whole frame ({share:.0%} of it)"
-    raise InputError(f"{image}: background removal with {model} {found}: pass --mask MASK.png (white on the "
-                     "object) or an RGBA image with the background transparent")
 
 
 def _open(path: Path) -> Image.Image:

@@ -63,13 +63,9 @@ def needed_priors(cfg: ReconstructConfig) -> set[str]:
 
 def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) -> Priors:
     """Load what `cfg` needs (and is not already in `priors`) through the offline-safe weights path."""
-    from c123.priors.weights import resolve
+    from c123.priors.weights import quiet_loading, resolve
 
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # per-shard bars would drown the run's own progress
-    diffusers.utils.logging.disable_progress_bar()
+    quiet_loading()
     priors = priors or Priors()
     need = needed_priors(cfg)
     if cfg.preset == "tiny":

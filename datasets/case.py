@@ -44,8 +44,5 @@ class Case:
         if cfg is None:
             return load_input(self.rgba_path, mask=self.mask_path, depth=self.depth_path, prompt=self.prompt,
                               case_id=self.id, size=size, recenter=self.recenter)
-        from c123.reconstruct import needed_priors
-
         return prepare_input(self.rgba_path, mask=self.mask_path, depth=self.depth_path, prompt=self.prompt, cfg=cfg,
-                             case_id=self.id, recenter=self.recenter, need_prompt="sd" in needed_priors(cfg),
-                             size=size)
+                             case_id=self.id, recenter=self.recenter, size=size)

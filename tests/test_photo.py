@@ -179,6 +179,22 @@ def test_a_cut_out_with_no_object_or_the_whole_frame_is_one_line_asking_for_a_ma
     assert not any((cache / "preprocess").iterdir())  # nothing half-made is left to be reused
 
 
+def test_the_cli_refuses_a_photo_whose_cut_out_is_empty_in_one_line(models, tmp_path, cache, capsys, monkeypatch):
+    from c123.cli import main
+
+    monkeypatch.setenv("C123_TINY_MODELS", str(models))
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(photo)
+    seg = _segmenter_that_keeps(0, models, tmp_path / "seg")
+    capsys.readouterr()  # what making the test's model printed
+    code = main(["reconstruct", str(photo), "--preset", "tiny", "--prompt", "a vase", "--out", str(tmp_path / "o"),
+                 "--set", f"preprocess.background_model={seg}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith(f"error: {photo}: background removal with {seg} found no object: pass --mask"), err
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
 def test_an_empty_caption_asks_for_a_prompt(models, tmp_path, cache):
     from transformers import Blip2ForConditionalGeneration
 
@@ -219,6 +235,19 @@ def test_a_missing_preprocessing_model_names_it_and_its_download(tmp_path, cache
     message = str(err.value)
     assert "\n" not in message and "background removal (CLIPSeg)" in message
     assert "hf download CIDAS/clipseg-rd64-refined" in message
+    assert not (cache / "preprocess").exists() or not any((cache / "preprocess").iterdir())
+
+
+def test_a_missing_model_stops_the_cli_in_one_line_before_any_model_runs(tmp_path, cache, capsys):
+    from c123.cli import main
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(photo)
+    code = main(["reconstruct", str(photo), "--preset", "paper", "--set", "train.device=cpu",
+                 "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out  # nothing announced: no step started
+    assert captured.err.count("\n") == 1 and "hf download Salesforce/blip2-opt-2.7b" in captured.err
 
 
 def test_photo_without_background_remover_keeps_the_old_one_line_error(tmp_path, models, cache):
