@@ -137,8 +137,7 @@ def preprocess_main(args: argparse.Namespace) -> int:
     if "caption" in record.files:
         command.append(f'--prompt "$(cat {out / record.files["caption"]})"')
     print("reconstruct it with: " + " ".join(command))
-    if "normal" not in record.files:
-        print("no normal map: the depth model gives none")
+    print("no normal map: the transformers DPT depth model gives none (the method does not use one)")
     return 0
 
 
