@@ -1,5 +1,6 @@
-"""The method's commands: `reconstruct` (one image to a mesh), `config` (presets as YAML), `view` (a page to look
-at results) and `models tiny` (tiny test priors).
+"""The method's commands: `reconstruct` (one image to a mesh), `preprocess` (a photo to the files `reconstruct`
+reads, to inspect and fix), `config` (presets as YAML), `view` (a page to look at results) and `models tiny`
+(tiny test models).
 
 `build_parser` and `main` take further sub-commands from the layer above (which installs the `c123` console
 script with them); this package itself knows nothing of them.
@@ -70,6 +71,8 @@ def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
 
     log = getattr(args, "log", None)
     flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
+    if getattr(args, "concept", False):
+        flags.append("concept.enabled=true")
     cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
                          variant=getattr(args, "variant", None), overrides=flags + args.set)
     return validate(cfg, check_device=check_device)
@@ -94,14 +97,16 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 
     from c123 import __version__
     from c123.outputs import case_name, new_run_dir
-    from c123.preprocess import load_input
+    from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
     from c123.reconstruct import check_prompt, load_priors, reconstruct
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
     case = case_name(args.image)
-    inp = load_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", case_id=case)
+    # a plain photo gets its cut-out, depth and caption here, each step announced (and cached)
+    inp = prepare_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", cfg=cfg,
+                        case_id=case, announce=lambda line: print(f"preprocess: {line}"))
     check_prompt(inp, cfg)  # bad input and missing weights fail before the progress display starts
     warn_input(inp)
     where = args.out or f"outputs/{case}/<new stamp>"
@@ -139,6 +144,30 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     print(f"look at it: c123 view {out}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")
+    return 0
+
+
+def preprocess_main(args: argparse.Namespace) -> int:
+    """`c123 preprocess IMAGE [--out DIR]`: the cut-out, depth map and caption a reconstruction would
+    estimate, written as files to inspect, fix and pass back to `c123 reconstruct`."""
+    from c123.outputs import case_name
+    from c123.preprocess import missing_parts, read_input, write_preprocessed
+
+    take_positional(args, "image", required=True)
+    cfg = resolve_args_config(args)
+    files = read_input(args.image, args.mask, args.depth)
+    out = Path(args.out or Path("preprocessed") / case_name(args.image))
+    parts = missing_parts(files, args.prompt or "", cfg.preprocess)
+    record = write_preprocessed(files, args.prompt or "", parts, cfg, out, announce=print)
+    for role, name in record.files.items():
+        print(f"{role}: {out / name}")
+    command = [f"c123 reconstruct {out / record.files['rgba']}"]
+    if "depth" in record.files:
+        command.append(f"--depth {out / record.files['depth']}")
+    if "caption" in record.files:
+        command.append(f'--prompt "$(cat {out / record.files["caption"]})"')
+    print("reconstruct it with: " + " ".join(command))
+    print("no normal map: the transformers DPT depth model gives none (the method does not use one)")
     return 0
 
 
@@ -198,6 +227,16 @@ def add_config_arguments(p: argparse.ArgumentParser, preset_flag: bool = True) -
                         "are listed below)")
 
 
+def add_input_arguments(cmd: argparse.ArgumentParser) -> None:
+    """What `reconstruct` and `preprocess` both take: the image, the parts of the input given, the seed."""
+    cmd.add_argument("image", nargs="?",
+                     help="RGBA image, RGB with --mask, or a plain photo (cut out by a background remover)")
+    cmd.add_argument("--prompt", default="", help="text prompt (without it a caption model writes one)")
+    cmd.add_argument("--mask", help="mask PNG for an RGB image (without it a background remover cuts the object out)")
+    cmd.add_argument("--depth", help="depth PNG, larger = farther (without it a depth model estimates one)")
+    cmd.add_argument("--seed", type=int, help="global seed (default: the config's, 0)")
+
+
 def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
     from c123.config_files import fields_help
     from c123.provenance import code_version
@@ -209,19 +248,24 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
 
     rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views",
                          epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rec.add_argument("image", nargs="?", help="RGBA image (or RGB with --mask)")
-    rec.add_argument("--prompt", default="", help="text prompt (needed by Stable Diffusion and the detector)")
-    rec.add_argument("--mask", help="mask PNG for an RGB image")
-    rec.add_argument("--depth", help="depth PNG (larger = farther); without it the depth loss is off")
+    add_input_arguments(rec)
     rec.add_argument("--variant", help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d "
                                        "(default: the config's, consistent123)")
-    rec.add_argument("--seed", type=int, help="global seed (default: the config's, 0)")
+    rec.add_argument("--concept", action="store_true", help="learn a token for the object (textual inversion) "
+                     "and put it in Stable Diffusion's prompt (paper appendix A.2; cached per image)")
     rec.add_argument("--out", help="output folder, used as given (resumes a run there); default: a new "
                                    "outputs/<case>/<YYYYmmdd-HHMMSS>/")
     rec.add_argument("--log", choices=("tensorboard", "none"),
                      help="TensorBoard events in OUT/tb (default: the config's log.tensorboard, on)")
     add_config_arguments(rec)
     rec.set_defaults(run=reconstruct_main)
+
+    pre = sub.add_parser("preprocess", help="a photo -> cut-out RGBA, depth PNG and caption, to inspect and fix",
+                         epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(pre)
+    pre.add_argument("--out", help="output folder (default preprocessed/<case>)")
+    add_config_arguments(pre)
+    pre.set_defaults(run=preprocess_main)
 
     config = sub.add_parser("config", help="list the presets, show a resolved config as YAML")
     config_sub = config.add_subparsers(dest="what", required=True)

@@ -147,8 +147,6 @@ class PriorConfig:
     """Stable Diffusion 2.1 base: Hub id or local directory."""
     clip_model: str = "openai/clip-vit-base-patch16"
     """CLIP for the boundary detector: Hub id or local directory."""
-    depth_model: str | None = None
-    """DPT depth model for inputs without a depth map (None: depth loss off when no map is given)."""
     guidance_scale_3d: float = 10.0
     """Classifier-free guidance scale of Zero-1-to-3."""
     guidance_scale_2d: float = 10.0
@@ -177,6 +175,45 @@ class PriorConfig:
     """CUDA 'fp16' = -O: SD and detector CLIP fp16, Zero-1-to-3 fp32 under fp16 autocast; or 'fp32'. CPU: fp32."""
     oracle_scene: str | None = None
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene."""
+
+
+@dataclass
+class PreprocessConfig:
+    """A plain photo -> the reference view: models fill in a missing cut-out, depth map or prompt
+    (preprocess_image.py of the authors' code; stable-dreamfusion's BLIP-2 captioner); '' turns one off."""
+
+    background_model: str = "CIDAS/clipseg-rd64-refined"
+    """Background remover for an image without alpha or mask: CLIPSeg prompted with the text prompt."""
+    mask_threshold: float = 0.5
+    """The object is where the background remover's probability exceeds this."""
+    depth_model: str = "Intel/dpt-hybrid-midas"
+    """Monocular depth (DPT-hybrid, as the official Omnidata dpt_hybrid) for an input without a depth map."""
+    caption_model: str = "Salesforce/blip2-opt-2.7b"
+    """Captioner for an input without a prompt (preprocess_image.py BLIP2)."""
+    caption_max_tokens: int = 20
+    """Longest caption, in tokens (preprocess_image.py `generate(max_new_tokens=20)`)."""
+    border_ratio: float = 0.2
+    """Recentring: the object's longer side spans 1 - border_ratio of the square canvas (--border_ratio)."""
+
+
+@dataclass
+class ConceptConfig:
+    """Optional concept injection (paper appendix A.2): textual inversion of a new token on Stable Diffusion
+    from the reference view, then SD's prompt is "a photo of <token>, <prompt>"; defaults of diffusers'
+    examples/textual_inversion/textual_inversion.py."""
+
+    enabled: bool = False
+    """Learn and use the concept token (off by default: the paper offers it as an option)."""
+    token: str = "<c123-token>"
+    """The new token (--placeholder_token)."""
+    initializer: str = "object"
+    """Word whose embedding starts the token (--initializer_token; several tokens: their mean)."""
+    steps: int = 5000
+    """Optimisation steps (--max_train_steps)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate of the token embedding (--learning_rate, without --scale_lr)."""
+    batch_size: int = 16
+    """Noised copies of the reference per step (--train_batch_size)."""
 
 
 @dataclass
@@ -304,6 +341,10 @@ class ReconstructConfig:
     """Losses."""
     prior: PriorConfig = field(default_factory=PriorConfig)
     """Priors."""
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """Models that complete a plain photo (cut-out, depth, caption)."""
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
+    """Optional concept injection into Stable Diffusion's prompt."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Detector and dynamic prior."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -352,6 +393,10 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.prior.zero123_model = f"{models_dir}/zero123"
     cfg.prior.sd_model = f"{models_dir}/stable-diffusion"
     cfg.prior.clip_model = f"{models_dir}/clip"
+    cfg.preprocess.background_model = f"{models_dir}/clipseg"
+    cfg.preprocess.depth_model = f"{models_dir}/dpt"
+    cfg.preprocess.caption_model = f"{models_dir}/blip2"
+    cfg.concept.steps, cfg.concept.batch_size = 10, 2
     cfg.prior.zero123_size = 32
     cfg.prior.sd_size = 32
     cfg.prior.clip_size = 16

@@ -1,5 +1,13 @@
 """Input images -> the reference view: cut out, recentred, resized, with a depth map on the same grid.
 
+A plain photo works too (`prepare_input`): what it lacks is estimated by the models of `cfg.preprocess`, as
+the authors' preprocess_image.py does: a caption when there is no prompt (BLIP-2), the cut-out when there
+is neither alpha nor mask (CLIPSeg, prompted with the prompt), a depth map when none is given (DPT, on the
+whole photo). The result is written as the files a user could have passed (`<stem>_rgba.png`, a 16-bit
+`<stem>_depth.png`, `caption.txt`, `preprocess.json`) into a cache folder keyed by the input's bytes and the
+models, and read back from there, so a rerun runs no model and the first run and every rerun see the same
+input. `c123 preprocess` writes the same files where the user can inspect and fix them.
+
 Recentring follows the authors' preprocessing: the bounding box of the object (alpha > 0.5) is scaled so
 that its longer side spans (1 - border_ratio) of a square canvas and placed in the centre. Image, alpha
 and depth go through one resampling call each with the same crop box and scale, so they stay aligned.
@@ -13,17 +21,58 @@ InputError. A depth map with NaN/inf values or without variation inside the mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import json
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from c123.atomic import atomic_path, write_atomic
 from c123.errors import InputError
 
 MAX_SIDE = 2048
 """Longest side, in pixels, that preprocessing works at (and the largest default canvas); larger inputs are
 downscaled first. The reconstruction renders the reference at a few hundred pixels."""
+OBJECT_SHARE = (0.001, 0.99)
+"""An estimated cut-out covering less than the first or more than the second share of the photo found no
+object, or kept the whole frame: the photo needs a mask instead."""
+RECORD = "preprocess.json"
+CAPTION = "caption.txt"
+Announce = Callable[[str], None]
+
+
+@dataclass
+class Estimate:
+    """One part of a reconstruction input that a model supplied."""
+
+    part: str
+    """'prompt', 'alpha' or 'depth'."""
+    model: str
+    """The model id or folder as configured (cfg.preprocess)."""
+    result: str
+    """What came out, for people: the caption, the share of the photo kept, the depth range."""
+
+
+@dataclass
+class Preprocessing:
+    """How an image became the reference view (result.json `preprocessing`)."""
+
+    image: str
+    """The image as given."""
+    estimates: list[Estimate]
+    """What the models supplied, in the order they ran."""
+    folder: str
+    """Where the preprocessed files are (`c123 reconstruct` accepts them as they are)."""
+    key: str
+    """Cache key: the input files' bytes, the given prompt, the models and settings, the code."""
+    cached: bool = False
+    """True when read back from the cache: no model ran."""
+    files: dict[str, str] = field(default_factory=dict)
+    """The preprocessed files by role: rgba, depth, caption."""
 
 
 @dataclass
@@ -40,21 +89,36 @@ class ReconstructionInput:
     """The files this input came from: image, and mask / depth when given."""
     warnings: list[str] = field(default_factory=list)
     """What preprocessing changed or dropped (e.g. an unusable depth map), one line each, for result.json."""
+    preprocessing: Preprocessing | None = None
+    """What models estimated (None when the input was complete)."""
 
 
-def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | None = None,
-               size: int | None = None, border_ratio: float = 0.2, recenter: bool = True) -> ReconstructionInput:
-    """Read an RGBA image (or RGB + mask) and optional depth PNG into a recentred reference view.
+@dataclass
+class WorkingInput:
+    """An input's files at working size, before recentring."""
 
-    A given mask replaces the image's own alpha. `size` is the output canvas side (default: the longer
-    side of the input). With recenter=False the image is only padded to a square and resized.
-    """
+    path: Path
+    rgb: np.ndarray
+    """uint8 HxWx3, the image's colours."""
+    alpha: np.ndarray | None
+    """uint8 HxW from the mask or the image's alpha channel; None when neither gives one."""
+    alpha_from_image: bool
+    """The alpha is the image's own channel (its colours under transparent pixels mean nothing)."""
+    depth: np.ndarray | None
+    """float32 HxW from the depth file, or None."""
+    no_alpha: str = ""
+    """Why there is no alpha: 'has no alpha channel' or 'is fully opaque'."""
+
+
+def read_input(image, mask=None, depth=None) -> WorkingInput:
+    """Decode the image (upright), its mask or alpha channel and its depth map at working size."""
     image = Path(image)
     pixels = _open(image)
     full_size, has_alpha = pixels.size, "A" in pixels.getbands() or "transparency" in pixels.info
     mode = "RGBA" if has_alpha else "RGB"
     work = _working_size(pixels if pixels.mode == mode else pixels.convert(mode))
     del pixels  # the full-size decode is not needed past this point
+    alpha, no_alpha = None, ""
     if mask is not None:
         mask_img = _open(Path(mask))
         if mask_img.size != full_size:
@@ -65,16 +129,36 @@ def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | No
     elif has_alpha:
         alpha = np.asarray(work.getchannel("A"))
         if alpha.min() == 255:
-            raise InputError(f"{image} is fully opaque and no mask was given: pass --mask MASK.png or an "
-                             "RGBA image with the background transparent")
+            alpha, no_alpha = None, "is fully opaque"
     else:
-        raise InputError(f"{image} has no alpha channel and no mask was given: pass --mask MASK.png or an "
-                         "RGBA image")
+        no_alpha = "has no alpha channel"
     rgb = np.asarray(work.convert("RGB"))
-    if not (alpha > 127).any():
-        raise InputError(f"the mask of {image} is empty (no pixel with alpha > 0.5): check the mask file")
-
     depth_map = _read_depth(Path(depth), rgb.shape[:2]) if depth is not None else None
+    return WorkingInput(image, rgb, alpha, mask is None and has_alpha, depth_map, no_alpha)
+
+
+def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | None = None,
+               size: int | None = None, border_ratio: float = 0.2, recenter: bool = True) -> ReconstructionInput:
+    """Read an RGBA image (or RGB + mask) and optional depth PNG into a recentred reference view.
+
+    A given mask replaces the image's own alpha. `size` is the output canvas side (default: the longer
+    side of the input). With recenter=False the image is only padded to a square and resized.
+    """
+    files = read_input(image, mask, depth)
+    if files.alpha is None:
+        raise _no_alpha(files)
+    inp = assemble(files, files.alpha, files.depth, size, border_ratio, recenter, f"depth map {depth}")
+    inp.case_id, inp.prompt = case_id or Path(image).stem, prompt
+    inp.sources.update({k: str(v) for k, v in (("mask", mask), ("depth", depth)) if v is not None})
+    return inp
+
+
+def assemble(files: WorkingInput, alpha: np.ndarray, depth_map: np.ndarray | None, size: int | None,
+             border_ratio: float, recenter: bool, depth_name: str = "the depth map") -> ReconstructionInput:
+    """Recentre (or pad to a square) the image, `alpha` and `depth_map` with one crop box and scale; a depth
+    map that cannot drive the depth loss is dropped with a warning naming it (`depth_name`)."""
+    if not (alpha > 127).any():
+        raise InputError(f"the mask of {files.path} is empty (no pixel with alpha > 0.5): check the mask file")
     height, width = alpha.shape
     canvas = size or min(max(height, width), MAX_SIDE)
     if recenter:
@@ -84,7 +168,7 @@ def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | No
     else:
         box, target = (0, 0, width, height), canvas
 
-    channels = [rgb[..., c] for c in range(3)] + [alpha]
+    channels = [files.rgb[..., c] for c in range(3)] + [alpha]
     out = np.stack([_place(ch, box, target, canvas) for ch in channels], -1)
     rgba = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     warnings = []
@@ -93,40 +177,207 @@ def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | No
         depth_map[rgba[..., 3] <= 127] = 0.0
         problem = _depth_problem(depth_map, rgba[..., 3] > 127)
         if problem:
-            warnings.append(f"depth map {depth} {problem}: the depth loss is off")
+            warnings.append(f"{depth_name} {problem}: the depth loss is off")
             depth_map = None
-    sources = {"image": str(image)}
-    sources.update({k: str(v) for k, v in (("mask", mask), ("depth", depth)) if v is not None})
-    return ReconstructionInput(case_id=case_id or image.stem, rgba=rgba, depth=depth_map, prompt=prompt,
-                               sources=sources, warnings=warnings)
+    return ReconstructionInput(case_id=files.path.stem, rgba=rgba, depth=depth_map,
+                               sources={"image": str(files.path)}, warnings=warnings)
 
 
-def estimate_depth(rgba: np.ndarray, model_dir: str, device="cpu") -> np.ndarray:
-    """Monocular depth of an RGBA image with a transformers DPT model: float32 HxW, larger = farther.
+# ---- a plain photo: estimate what is missing, once ---------------------------------------------
+def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_id: str | None = None,
+                  recenter: bool = True, need_prompt: bool | None = None, announce: Announce | None = None,
+                  size: int | None = None) -> ReconstructionInput:
+    """The reference view of an image, with what it lacks estimated by cfg.preprocess's models (cached).
 
-    DPT-style models predict relative inverse depth (disparity, known only up to scale and shift), so a
-    reciprocal is meaningless; the map is flipped and normalised instead, (max - d) / (max - min) on the
-    mask, 0 outside, which is what the Pearson depth loss needs (the ordering, up to an affine map).
+    An input with an alpha (or mask), a depth map (or no depth model) and a prompt (or no need of one:
+    `need_prompt`, by default whether cfg's variant uses Stable Diffusion, and no cut-out to prompt) is
+    `load_input` as it is. Otherwise the missing parts are estimated into cache_root()/preprocess/KEY once
+    and read back from there; `announce` gets one line per step.
     """
-    import torch
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    from c123.cache import cached_folder
 
+    if need_prompt is None:
+        from c123.reconstruct import needed_priors  # here: the method's main module imports this one
+        need_prompt = "sd" in needed_priors(cfg)
+    say = announce or (lambda line: None)
+    files = read_input(image, mask, depth)
+    parts = missing_parts(files, prompt, cfg.preprocess, need_prompt)
+    if need_prompt and not prompt.strip() and "prompt" not in parts:  # before any model runs
+        raise InputError(f"empty prompt for {files.path} and no caption model (preprocess.caption_model): Stable "
+                         "Diffusion and the CLIP detector need a text prompt; pass --prompt TEXT (or use --variant "
+                         "3d-only)")
+    if not parts:
+        return load_input(image, mask, depth, prompt, case_id, size, cfg.preprocess.border_ratio, recenter)
+    key = preprocess_key(files.path, mask, depth, prompt, parts, cfg.preprocess, recenter, size)
+    folder, cached = cached_folder("preprocess", key, lambda tmp: write_preprocessed(
+        files, prompt, parts, cfg, tmp, recenter=recenter, size=size, key=key, announce=say))
+    if cached:
+        say(f"{files.path.name}: reusing its preprocessing from {folder} (no model runs)")
+    inp = load_preprocessed(folder, case_id or files.path.stem, cached)
+    inp.sources.update({"image": str(image), **{k: str(v) for k, v in (("mask", mask), ("depth", depth)) if v}})
+    return inp
+
+
+def missing_parts(files: WorkingInput, prompt: str, cfg, need_prompt: bool = True) -> list[str]:
+    """What the models of `cfg` (a PreprocessConfig) must supply, in the order they run: the prompt first
+    (the background remover is prompted with it), then the cut-out, then depth (it is normalised on the cut-out).
+    InputError for an image without alpha or mask when no background remover is configured."""
+    if files.alpha is None and not cfg.background_model:
+        raise _no_alpha(files)
+    parts = []
+    cut_out = files.alpha is None
+    if not prompt.strip() and (need_prompt or cut_out) and cfg.caption_model:
+        parts.append("prompt")
+    if cut_out:
+        parts.append("alpha")
+    if files.depth is None and cfg.depth_model:
+        parts.append("depth")
+    return parts
+
+
+def preprocess_key(image: Path, mask, depth, prompt: str, parts: list[str], cfg, recenter: bool,
+                   size: int | None) -> str:
+    """Cache key of a preprocessing: the input files' bytes, the prompt, what is estimated and by which model
+    and settings, the recentring, and the source of the code that does it."""
+    from c123.cache import digest, file_digest
+    from c123.priors import background, caption, depth as depth_prior
+
+    models = {"prompt": (cfg.caption_model, cfg.caption_max_tokens), "alpha": (cfg.background_model, cfg.mask_threshold),
+              "depth": (cfg.depth_model,)}
+    code = "".join(inspect.getsource(m) for m in (sys.modules[__name__], background, caption, depth_prior))
+    return digest(file_digest(image), file_digest(mask), file_digest(depth), prompt,
+                  json.dumps({part: models[part] for part in parts}), json.dumps([cfg.border_ratio, recenter, size]),
+                  code)
+
+
+def write_preprocessed(files: WorkingInput, prompt: str, parts: list[str], cfg, out_dir, *, recenter: bool = True,
+                       size: int | None = None, key: str = "", announce: Announce | None = None) -> Preprocessing:
+    """Estimate `parts` (see missing_parts) with cfg.preprocess's models and write the result into `out_dir`:
+    `<stem>_rgba.png`, `<stem>_depth.png` (16-bit, when there is depth), caption.txt (when there is a
+    prompt) and preprocess.json. InputError when the caption is empty or the cut-out finds no object."""
+    from c123.priors.weights import quiet_loading
+    from c123.provenance import resolve_device
+
+    say = announce or (lambda line: None)
+    quiet_loading()
+    if cfg.preset == "tiny":
+        from c123.priors.tiny import ensure_tiny_models
+        ensure_tiny_models(cfg)
+    _resolve_models(parts, cfg.preprocess)  # a missing model fails here, before any model runs
+    device, out, estimates = resolve_device(cfg.train.device), Path(out_dir), []
+    alpha, depth_map = files.alpha, files.depth
+    if "prompt" in parts:
+        prompt = _caption(files, cfg, device, say, estimates)
+    if "alpha" in parts:
+        alpha = _cut_out(files, prompt, cfg.preprocess, device, say, estimates)
+    if "depth" in parts:
+        depth_map = _depth(files, alpha, cfg.preprocess, device, say, estimates)
+    depth_name = f"the depth estimated with {cfg.preprocess.depth_model}" if "depth" in parts else "the given depth map"
+    inp = assemble(files, alpha, depth_map, size, cfg.preprocess.border_ratio, recenter, depth_name)
+    written = write_input_files(inp, prompt, out, files.path.stem)
+    record = Preprocessing(str(files.path), estimates, str(out), key, files=written)
+    saved = {k: v for k, v in asdict(record).items() if k not in ("folder", "cached")}  # known when read back
+    write_atomic(out / RECORD, json.dumps({**saved, "warnings": inp.warnings}, indent=2))
+    return record
+
+
+def _resolve_models(parts: list[str], pre) -> None:
+    """Find every model `parts` needs on this machine (WeightsMissingError naming the first one missing)."""
+    from c123.priors import background, caption, depth
     from c123.priors.weights import resolve
 
-    path = resolve(model_dir, "depth estimation (DPT)")
-    processor = AutoImageProcessor.from_pretrained(path)
-    model = AutoModelForDepthEstimation.from_pretrained(path).to(device).eval()
-    alpha = rgba[..., 3:].astype(np.float32) / 255
-    white = (rgba[..., :3].astype(np.float32) * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    inputs = processor(images=Image.fromarray(white), return_tensors="pt").to(device)
-    with torch.no_grad():
-        disparity = model(**inputs).predicted_depth
-    disparity = torch.nn.functional.interpolate(disparity[:, None].float(), size=rgba.shape[:2],
-                                                mode="bicubic", align_corners=False)[0, 0].cpu().numpy()
-    inside = rgba[..., 3] > 127
-    lo, hi = disparity[inside].min(), disparity[inside].max()
-    depth = np.where(inside, (hi - disparity) / (hi - lo if hi > lo else 1.0), 0.0)  # flat map: all 0
-    return depth.astype(np.float32)
+    models = {"prompt": (pre.caption_model, caption.WHAT), "alpha": (pre.background_model, background.WHAT),
+              "depth": (pre.depth_model, depth.WHAT)}
+    for part in parts:
+        resolve(*models[part])
+
+
+def _caption(files: WorkingInput, cfg, device, say: Announce, estimates: list[Estimate]) -> str:
+    """The caption model's prompt for the photo; InputError when it says nothing."""
+    from c123.priors.caption import caption_image
+
+    pre = cfg.preprocess
+    say(f"{files.path.name}: no prompt: captioning it with {pre.caption_model}")
+    prompt = caption_image(files.rgb, pre.caption_model, pre.caption_max_tokens, cfg.prior.precision, device)
+    if not prompt:
+        raise InputError(f"{files.path}: the caption model {pre.caption_model} returned an empty caption: "
+                         "pass --prompt TEXT describing the object")
+    say(f"{files.path.name}: caption: {prompt}")
+    estimates.append(Estimate("prompt", pre.caption_model, f"caption: {prompt}"))
+    return prompt
+
+
+def _cut_out(files: WorkingInput, prompt: str, pre, device, say: Announce, estimates: list[Estimate]) -> np.ndarray:
+    """The background remover's alpha of the object the prompt names; InputError when it finds no object or
+    keeps the whole frame."""
+    from c123.priors.background import remove_background
+
+    say(f"{files.path.name} {files.no_alpha} and no mask was given: removing the background with "
+        f"{pre.background_model}")
+    alpha = remove_background(files.rgb, prompt, pre.background_model, pre.mask_threshold, device)
+    share = float((alpha > 127).mean())
+    lo, hi = OBJECT_SHARE
+    if not lo <= share <= hi:
+        found = "found no object" if share < lo else f"kept the whole frame ({share:.0%} of it)"
+        raise InputError(f"{files.path}: background removal with {pre.background_model} {found}: pass --mask "
+                         "MASK.png (white on the object) or an RGBA image with the background transparent")
+    estimates.append(Estimate("alpha", pre.background_model, f"kept {share:.1%} of the photo (prompt: {prompt})"))
+    return alpha
+
+
+def _depth(files: WorkingInput, alpha: np.ndarray, pre, device, say: Announce,
+           estimates: list[Estimate]) -> np.ndarray:
+    """The depth model's map of the image, normalised on the object."""
+    from c123.priors.depth import estimate_depth
+
+    say(f"{files.path.name}: no depth map: estimating it with {pre.depth_model}")
+    # an RGBA's colours under transparent pixels mean nothing: the model sees it on white; a photo is whole
+    image = on_white(files.rgb, alpha) if files.alpha_from_image else files.rgb
+    depth_map = estimate_depth(image, alpha > 127, pre.depth_model, device)
+    estimates.append(Estimate("depth", pre.depth_model, "relative depth, flipped from disparity, 0..1 on the object"))
+    return depth_map
+
+
+def write_input_files(inp: ReconstructionInput, prompt: str, out: Path, stem: str) -> dict[str, str]:
+    """The files `c123 reconstruct` reads: `<stem>_rgba.png`, `<stem>_depth.png` (16-bit; larger = farther,
+    0 off the object) and caption.txt; returns their names by role."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"rgba": f"{stem}_rgba.png"}
+    with atomic_path(out / written["rgba"]) as tmp:
+        Image.fromarray(inp.rgba, "RGBA").save(tmp, format="PNG")
+    if inp.depth is not None:
+        written["depth"] = f"{stem}_depth.png"
+        depth16 = np.rint(np.clip(inp.depth, 0, 1) * 65535).astype(np.uint16)
+        with atomic_path(out / written["depth"]) as tmp:
+            Image.fromarray(depth16).save(tmp, format="PNG")
+    if prompt.strip():
+        written["caption"] = CAPTION
+        write_atomic(out / CAPTION, prompt.strip() + "\n")
+    return written
+
+
+def load_preprocessed(folder: Path, case_id: str, cached: bool) -> ReconstructionInput:
+    """The reference view a preprocessing folder holds, exactly as its files read (no second recentring)."""
+    data = json.loads((folder / RECORD).read_text())
+    files = data["files"]
+    prompt = (folder / files["caption"]).read_text().strip() if "caption" in files else ""
+    depth = folder / files["depth"] if "depth" in files else None
+    inp = load_input(folder / files["rgba"], depth=depth, prompt=prompt, case_id=case_id, recenter=False)
+    inp.warnings = data["warnings"] + inp.warnings
+    inp.preprocessing = Preprocessing(data["image"], [Estimate(**e) for e in data["estimates"]], str(folder),
+                                      data["key"], cached, files)
+    return inp
+
+
+def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 RGB composited over white by alpha."""
+    a = alpha[..., None].astype(np.float32) / 255
+    return np.rint(rgb.astype(np.float32) * a + 255 * (1 - a)).astype(np.uint8)
+
+
+def _no_alpha(files: WorkingInput) -> InputError:
+    return InputError(f"{files.path} {files.no_alpha} and no mask was given: pass --mask MASK.png or an RGBA image "
+                      "with the background transparent")
 
 
 def _open(path: Path) -> Image.Image:

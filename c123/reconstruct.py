@@ -11,6 +11,7 @@ the same input and config resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -64,18 +65,14 @@ def needed_priors(cfg: ReconstructConfig) -> set[str]:
 
 def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) -> Priors:
     """Load what `cfg` needs (and is not already in `priors`) through the offline-safe weights path."""
-    from c123.priors.weights import resolve
+    from c123.priors.weights import quiet_loading, resolve
 
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # per-shard bars would drown the run's own progress
-    diffusers.utils.logging.disable_progress_bar()
+    quiet_loading()
     priors = priors or Priors()
     need = needed_priors(cfg)
     if cfg.preset == "tiny":
-        from c123.priors.tiny import write_tiny_models
-        write_tiny_models(Path(cfg.prior.zero123_model).expanduser().parent)
+        from c123.priors.tiny import ensure_tiny_models
+        ensure_tiny_models(cfg)
     if "zero123" in need and priors.zero123 is None:
         if cfg.prior.oracle_scene:
             from c123.priors.oracle import OraclePrior
@@ -110,12 +107,25 @@ def check_prompt(inp: ReconstructionInput, cfg: ReconstructConfig) -> None:
                          "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
 
 
-def condition_priors(priors: Priors, rgba: torch.Tensor, prompt: str, cfg: ReconstructConfig, device) -> None:
-    """Give Zero-1-to-3 the reference on white at its input size, and Stable Diffusion the prompt."""
+def condition_priors(priors: Priors, rgba: torch.Tensor, prompt: str, cfg: ReconstructConfig, device,
+                     concept=None) -> None:
+    """Give Zero-1-to-3 the reference on white at its input size, and Stable Diffusion the prompt (naming the
+    concept token when there is one)."""
     ref_white = reference_view(rgba, None, cfg.prior.zero123_size, None, device).white
     priors.zero123.set_reference(ref_white.permute(2, 0, 1)[None], reference_camera(cfg.camera).to(device))
     if priors.sd is not None and "sd" in needed_priors(cfg):
-        priors.sd.set_prompt(prompt, ref_azimuth=cfg.camera.ref_azimuth)
+        priors.sd.set_prompt(concept.prompt(prompt) if concept else prompt, ref_azimuth=cfg.camera.ref_azimuth)
+
+
+def inject_concept(priors: Priors, inp: ReconstructionInput, cfg: ReconstructConfig, device, report: ProgressFn):
+    """With cfg.concept.enabled: the concept token learned from the reference (or loaded from the cache), added
+    to Stable Diffusion before its first use (paper appendix A.2); None otherwise."""
+    if not cfg.concept.enabled or "sd" not in needed_priors(cfg):
+        return None
+    from c123.priors.concept import learn_or_load
+
+    return learn_or_load(priors.sd, inp.rgba, cfg.concept, cfg.prior.sd_model, cfg.prior.sd_size, device,
+                         announce=lambda line: report({"stage": "notice", "message": line}))
 
 
 # ---- the reconstruction ------------------------------------------------------------------------
@@ -133,15 +143,16 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
 
-    depth_np = inp.depth
-    if depth_np is None and cfg.prior.depth_model:
-        from c123.preprocess import estimate_depth
-        depth_np = estimate_depth(inp.rgba, cfg.prior.depth_model, device)
+    depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
     if depth_np is None and cfg.loss.depth > 0:
         warnings.append("no depth map and no depth model configured: the depth loss is off")
+    if cfg.concept.enabled and "sd" not in needed_priors(cfg):
+        warnings.append(f"concept injection is on but variant {cfg.schedule.variant} never uses Stable Diffusion: "
+                        "no concept was learned")
     rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
     depth = None if depth_np is None else torch.from_numpy(depth_np).float()[None, None]
-    condition_priors(priors, rgba, inp.prompt, cfg, device)
+    concept = inject_concept(priors, inp, cfg, device, report)  # before Stable Diffusion is first used
+    condition_priors(priors, rgba, inp.prompt, cfg, device, concept)
 
     # Resume only what this input and config wrote
     identity = CheckpointIdentity(input_digest(inp.rgba, depth_np, inp.prompt), cfg.hash(), code_version())
@@ -196,6 +207,9 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
         "input_digest": identity.input_digest, "switch_iteration": state.switch, "detector": state.detector,
         "weights": {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, "loss": state.history["loss"],
         "stage_seconds": state.seconds, "warnings": warnings, "notices": resume.notices,
+        "preprocessing": dataclasses.asdict(inp.preprocessing) if inp.preprocessing else None,
+        "concept": concept.summary() if concept else None,
+        "sd_prompt": priors.sd.prompt if priors.sd is not None and "sd" in needed_priors(cfg) else None,
         "resumed_from": resumed_from, "resumed_across_versions": resume.from_version,
         "views": views, "outputs": outputs,
     }

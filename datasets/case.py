@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from c123.errors import DatasetError
-from c123.preprocess import ReconstructionInput, load_input
+from c123.preprocess import ReconstructionInput, load_input, prepare_input
 
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 """A case id is a plain name: ASCII letters, digits, '_', '.', '+', '-', starting with a letter or digit, at
@@ -37,7 +37,12 @@ class Case:
     """True for raw photos; False for inputs already recentred (the authors' `_rgba.png`, synthetic renders)."""
     scene: str | None = None
 
-    def load(self, size: int | None = None) -> ReconstructionInput:
-        """The preprocessed reference view (resized to `size` when given)."""
-        return load_input(self.rgba_path, mask=self.mask_path, depth=self.depth_path, prompt=self.prompt,
-                          case_id=self.id, size=size, recenter=self.recenter)
+    def load(self, cfg=None, size: int | None = None) -> ReconstructionInput:
+        """The preprocessed reference view (resized to `size` when given). With the run's config, what the
+        case lacks (a plain photo's cut-out, depth, prompt) is estimated by its preprocessing models, once
+        per input (c123.preprocess.prepare_input caches it by the files' bytes)."""
+        if cfg is None:
+            return load_input(self.rgba_path, mask=self.mask_path, depth=self.depth_path, prompt=self.prompt,
+                              case_id=self.id, size=size, recenter=self.recenter)
+        return prepare_input(self.rgba_path, mask=self.mask_path, depth=self.depth_path, prompt=self.prompt, cfg=cfg,
+                             case_id=self.id, recenter=self.recenter, size=size)

@@ -3,8 +3,12 @@
 - flat:      `<case>_rgba.png` (+ `<case>_depth.png`) and prompts.tsv, as Consistent123 publishes RealFusion15
              (columns consistent123_name, consistent123_prompt) and C10 (columns case, category, prompt)
 - original:  RealFusion's release, `<folder>/image.png + mask.png`; prompts from a prompts.tsv beside or above
-- images:    any images + prompts.tsv / prompts.csv with columns file, prompt (optional category, mask, depth);
+- images:    any images + prompts.tsv / prompts.csv with column file (optional prompt, category, mask, depth);
              the case id is the file's stem without a trailing `_rgba`
+- photos:    a folder of images and no table: each image is a case named by its file
+
+Images without alpha or mask, rows without a prompt and cases without depth are fine: the reconstruction
+estimates what is missing (c123.preprocess.prepare_input: cut-out, caption, depth), once per input.
 - synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
@@ -17,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from c123.atomic import atomic_path
+from c123.cache import cache_root
 from c123.errors import DatasetError
 from c123.outputs import case_name
 from c123_pipeline.datasets.case import Case, check_case_id
@@ -142,11 +146,11 @@ def read_original(root: Path) -> list[Case]:
 
 
 def read_images(root: Path, table: Path) -> list[Case]:
-    """Images listed in a prompts table (file, prompt; optional category, mask, depth), recentred on load."""
+    """Images listed in a prompts table (file; optional prompt, category, mask, depth), recentred on load."""
     rows = read_table(table)
     header = columns(rows)
-    if {"file", "prompt"} - header:
-        raise DatasetError(f"{table} needs columns file and prompt (has {', '.join(sorted(header)) or 'none'})")
+    if "file" not in header:
+        raise DatasetError(f"{table} needs a column file (has {', '.join(sorted(header)) or 'none'})")
     located = []
     for row in rows:
         paths = {k: _inside(root, row[k], row.where) for k in ("file", "mask", "depth") if row.get(k)}
@@ -155,7 +159,7 @@ def read_images(root: Path, table: Path) -> list[Case]:
             raise DatasetError(f"{row.where} names {', '.join(missing)}, which is not in {root}: fix the table or "
                                "the folder")
         case_id = check_case_id(case_name(paths["file"]), row.where)  # 'x_rgba.png' is case x, as in `c123 reconstruct`
-        located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row["prompt"],
+        located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row.get("prompt"),
                              row.get("category") or None, recenter=True), row.where))
     named = {p for case, _ in located for p in (case.rgba_path, case.mask_path, case.depth_path) if p}
     unlisted = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in named)
@@ -163,6 +167,13 @@ def read_images(root: Path, table: Path) -> list[Case]:
         raise DatasetError(f"{table} does not name {', '.join(unlisted)}: add a row for each image (or name it as a "
                            "mask or depth), or move it out of the folder")
     return unique_ids(located)
+
+
+def read_photos(root: Path) -> list[Case]:
+    """Every image of a folder without a prompts table, as a case named by its file (cut out, captioned and
+    given depth when the run preprocesses it)."""
+    photos = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return unique_ids([(Case(check_case_id(p.stem, str(p)), p, recenter=True), str(p)) for p in photos])
 
 
 def _inside(root: Path, name: str, where: str) -> Path:
@@ -181,7 +192,7 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     # renders depend on the scene, camera and render code: a change there must not reuse stale ground truth
     source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, _render_reference)) + str(size)
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
-    base = Path(cache_dir or os.environ.get("C123_CACHE", "~/.cache/c123")).expanduser()
+    base = Path(cache_dir).expanduser() if cache_dir else cache_root()
     folder = base / "synthetic" / key
     cases = []
     for name in c123.synthetic.SCENES:
@@ -223,7 +234,9 @@ def detect(root: Path) -> list[Case]:
         return read_original(root)
     if flat:
         return read_flat(root)  # names the missing files
+    if table is None and root.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
+        return read_photos(root)
     raise DatasetError(
         f"{root} matches no dataset layout: expected <case>_rgba.png + prompts.tsv (case, prompt), "
-        "<folder>/image.png + mask.png, or images + prompts.tsv/csv (file, prompt); download a benchmark "
-        "with `c123 fetch realfusion15 --root DIR`")
+        "<folder>/image.png + mask.png, images + prompts.tsv/csv (file, prompt), or a folder of photos; "
+        "download a benchmark with `c123 fetch realfusion15 --root DIR`")

@@ -137,7 +137,7 @@ def reconstruct_case(job: Job, priors: PriorsCache, progress: Callable[[dict], N
     from c123.reconstruct import reconstruct
 
     cfg = from_dict(job.config)
-    inp = job.case.load()
+    inp = job.case.load(cfg)  # a plain photo is preprocessed here (cached by its bytes)
     return reconstruct(inp, cfg, job.out_dir, priors=priors.get(cfg), progress=progress)
 
 

@@ -27,6 +27,7 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_LOGGING_LEVEL=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     C123_TINY_MODELS=str(SESSION / "tiny-models"),
+    C123_CACHE=str(SESSION / "cache"),  # preprocessed photos, learned concepts, synthetic renders
     C123_RAY_HOME=str(SESSION / "ray-home"),
     C123_RAY_LOG_TO_DRIVER="0",
     HF_HUB_OFFLINE="1",

@@ -30,7 +30,8 @@ BAD = {
     "prior.t_range_nerf=[0.6,0.2]": "prior.t_range_nerf=[0.6, 0.2] must be [low, high] with low <= high",
     "schedule.check_start=60": "schedule.check_start=60 must not exceed schedule.check_end=50",
     "train.optimizer=sgd": "train.optimizer=\"sgd\" must be one of adan, adam",
-    "prior.depth_model=3": "prior.depth_model=3 must be text or null",
+    "preprocess.border_ratio=1": "preprocess.border_ratio=1.0 must be in [0, 1)",  # the object would vanish
+    "concept.token=<a b>": "concept.token=\"<a b>\" must be one word without spaces",
 }
 
 

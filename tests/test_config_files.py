@@ -21,6 +21,7 @@ from c123.outputs import case_name, new_run_dir, plain_case_id
 from c123_pipeline.datasets.registry import default_data_root
 
 CACTUS = default_data_root() / "realfusion15" / "cactus_rgba.png"
+CACTUS_DEPTH = CACTUS.with_name("cactus_depth.png")
 HEADER = re.compile(r"^c123 \S+: (\S+), preset (\w+), variant (\S+), seed (\d+), config ([0-9a-f]{16}) -> (.+)$")
 
 
@@ -62,7 +63,8 @@ def test_reconstruct_with_the_shown_paper_config_resolves_to_the_paper_hash(tmp_
     (tmp_path / "p.yaml").write_text(shown.stdout)
     headers = []
     for choice in (["--config", tmp_path / "p.yaml"], ["--preset", "paper"]):
-        run = subprocess.run([*c123, "reconstruct", CACTUS, "--prompt", "a cactus", *choice, "--out", tmp_path / "o"],
+        run = subprocess.run([*c123, "reconstruct", CACTUS, "--prompt", "a cactus", "--depth", CACTUS_DEPTH, *choice,
+                              "--out", tmp_path / "o"],
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
         assert "bennyguo/zero123-xl-diffusers" in run.stderr  # it got as far as loading the priors
@@ -122,11 +124,12 @@ def test_logging_fields_do_not_change_the_config_hash():
 # ---- the command line -------------------------------------------------------------------------------
 @pytest.mark.parametrize("order", ["set-first", "image-first", "split"])
 def test_set_before_or_after_the_image_both_work(tmp_path, image, capsys, order):
-    overrides = ["train.nerf_iters=10", "prior.zero123_model=/nonexistent/zero123"]
+    # no depth map and no depth model: the run goes straight to the (absent) priors
+    overrides = ["train.nerf_iters=10", "prior.zero123_model=/nonexistent/zero123", "preprocess.depth_model="]
     common = ["--prompt", "a dot", "--preset", "paper", "--out", tmp_path / "o"]
     args = {"set-first": ["--set", *overrides, image, *common],
             "image-first": [image, *common, "--set", *overrides],
-            "split": ["--set", overrides[0], image, "--set", overrides[1], *common]}[order]
+            "split": ["--set", overrides[0], image, "--set", *overrides[1:], *common]}[order]
     code, header, err = _reconstruct_header(capsys, *args)
     expected = resolve_config("paper", overrides=overrides).hash()
     assert code == 2 and header is not None and header.group(5) == expected, (header, err)

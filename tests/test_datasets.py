@@ -180,3 +180,18 @@ def test_upstream_urls_point_at_the_pinned_commits():
     assert urls["original/cherry_1/mask.png"].endswith(
         "lukemelas/realfusion/3ec69d05/examples/natural-images/cherry_1/mask.png")
     assert urls["cheery.png"] == urls["original/cherry_1/image.png"]
+
+
+def test_a_folder_of_plain_photos_is_a_dataset_of_cases_to_preprocess(tmp_path):
+    Image.new("RGB", (30, 20), (200, 100, 50)).save(tmp_path / "mug.jpg")
+    Image.new("RGB", (30, 20), (20, 100, 50)).save(tmp_path / "lamp.png")
+    ds = load_dataset(tmp_path)
+    assert [(c.id, c.prompt, c.mask_path, c.depth_path, c.recenter) for c in ds.cases] == [
+        ("lamp", "", None, None, True), ("mug", "", None, None, True)]
+
+
+def test_an_images_table_may_leave_prompts_out(tmp_path):
+    Image.new("RGB", (30, 20), (200, 100, 50)).save(tmp_path / "mug.jpg")
+    (tmp_path / "prompts.csv").write_text("file,category\nmug.jpg,kitchen\n")
+    (case,) = load_dataset(tmp_path).cases
+    assert (case.id, case.prompt, case.category) == ("mug", "", "kitchen")

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from c123.errors import InputError
-from c123.preprocess import estimate_depth, load_input
+from c123.preprocess import load_input, on_white
+from c123.priors.depth import estimate_depth
 from c123_pipeline.datasets.registry import default_data_root
 
 REALFUSION = default_data_root() / "realfusion15"
@@ -133,9 +134,9 @@ def test_estimate_depth_turns_disparity_into_depth(tmp_path):
     rgba = np.zeros((48, 48, 4), np.uint8)
     rgba[8:40, 12:36] = (200, 80, 40, 255)
     rgba[8:40, 12:24, :3] = (30, 160, 220)
-    depth = estimate_depth(rgba, str(tmp_path / "dpt"), "cpu")
-    assert depth.shape == (48, 48) and depth.dtype == np.float32
     inside = rgba[..., 3] > 127
+    depth = estimate_depth(on_white(rgba[..., :3], rgba[..., 3]), inside, str(tmp_path / "dpt"), "cpu")
+    assert depth.shape == (48, 48) and depth.dtype == np.float32
     assert (depth[~inside] == 0).all() and depth[inside].min() == 0 and depth[inside].max() == pytest.approx(1)
 
     white = Image.fromarray(rgba[..., :3] * (rgba[..., 3:] // 255) + 255 * (1 - rgba[..., 3:] // 255))
@@ -150,7 +151,7 @@ def test_estimate_depth_missing_model_is_a_weights_error(tmp_path):
     from c123.errors import WeightsMissingError
 
     with pytest.raises(WeightsMissingError, match="depth"):
-        estimate_depth(np.zeros((8, 8, 4), np.uint8), str(tmp_path / "no-model"), "cpu")
+        estimate_depth(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), str(tmp_path / "no-model"), "cpu")
 
 
 def test_paths_may_be_strings(tmp_path):

@@ -128,23 +128,27 @@ def test_unreadable_image_is_a_one_line_error(tmp_path):
     assert code == 2 and out.strip().count("\n") == 0 and "broken.png" in out, out
 
 
-def test_image_without_alpha_or_mask_is_a_one_line_error(tmp_path):
+def test_image_without_alpha_or_mask_and_no_background_remover_is_a_one_line_error(tmp_path):
+    # with a background remover (the default) a plain photo is cut out: tests/test_photo.py
     rgb = tmp_path / "photo.jpg"
     Image.new("RGB", (32, 32), (200, 10, 10)).save(rgb)
-    code, out = run_c123("reconstruct", rgb, "--prompt", "x", "--preset", "tiny", "--out", tmp_path / "o")
+    code, out = run_c123("reconstruct", rgb, "--prompt", "x", "--preset", "tiny", "--out", tmp_path / "o",
+                         "--set", "preprocess.background_model=")
     assert code == 2 and out.strip().count("\n") == 0 and "photo.jpg" in out and "--mask" in out, out
 
 
 def test_empty_prompt_is_refused_when_stable_diffusion_is_needed(tmp_path):
+    # with a caption model (the default) a missing prompt is captioned: tests/test_photo.py
     code, out = run_c123("reconstruct", DATA / f"{CASE}_rgba.png", "--prompt", "  ", "--preset", "tiny",
-                         "--out", tmp_path / "o")
+                         "--out", tmp_path / "o", "--set", "preprocess.caption_model=")
     assert code == 2 and out.strip().count("\n") == 0 and "--prompt" in out, out
 
 
 def test_missing_weights_name_the_model_and_the_download_command(tmp_path):
     started = time.perf_counter()
-    code, out = run_c123("reconstruct", DATA / f"{CASE}_rgba.png", "--prompt", PROMPT, "--preset", "paper",
-                         "--out", tmp_path / "o", env={"HF_HOME": str(tmp_path / "hf")})
+    code, out = run_c123("reconstruct", DATA / f"{CASE}_rgba.png", "--depth", DATA / f"{CASE}_depth.png",
+                         "--prompt", PROMPT, "--preset", "paper", "--out", tmp_path / "o",
+                         env={"HF_HOME": str(tmp_path / "hf")})
     header, error = out.strip().splitlines()  # what is about to run, then the one-line error
     assert code == 2 and header.startswith("c123 ") and "preset paper" in header, out
     assert "bennyguo/zero123-xl-diffusers" in error and "hf download" in error, out

@@ -70,6 +70,7 @@ class StableDiffusionPrior:
         self.prediction_type = scheduler.config.prediction_type
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.view_embeds = self.negative_embeds = None
+        self.prompt = ""
         self.ref_azimuth = 0.0
         self.last_t = self.last_grad = self.last_grad_norm = None
 
@@ -106,7 +107,8 @@ class StableDiffusionPrior:
         azimuth relative to `ref_azimuth` (the official provider's delta azimuth)."""
         if not text or not text.strip():
             raise InputError("empty prompt: Stable Diffusion needs a text prompt; pass --prompt")
-        self.view_embeds = self.encode_text([f"{text.strip()}, {view} view" for view in VIEWS])
+        self.prompt = text.strip()
+        self.view_embeds = self.encode_text([f"{self.prompt}, {view} view" for view in VIEWS])
         self.negative_embeds = self.encode_text([""])
         self.ref_azimuth = float(ref_azimuth)
 

@@ -1,4 +1,5 @@
-"""Tiny random-weight Zero-1-to-3, Stable Diffusion and CLIP in the real repositories' on-disk layouts.
+"""Tiny random-weight models in the real repositories' on-disk layouts: the priors (Zero-1-to-3, Stable
+Diffusion, CLIP) and the photo preprocessors (CLIPSeg background remover, DPT depth, BLIP-2 captioner).
 
 They load through exactly the `from_pretrained` paths of the real models (offline), so the whole method
 runs on CPU in seconds; their outputs are meaningless. Layouts written:
@@ -10,6 +11,12 @@ runs on CPU in seconds; their outputs are meaningless. Layouts written:
                      scheduler/ (as stabilityai/stable-diffusion-2-1-base)
   clip/              config.json, model.safetensors, vocab.json, merges.txt, tokenizer_config.json,
                      preprocessor_config.json (as openai/clip-vit-base-patch16)
+  clipseg/           the same files for CLIPSegForImageSegmentation (as CIDAS/clipseg-rd64-refined)
+  dpt/               config.json, model.safetensors, preprocessor_config.json (DPTForDepthEstimation, as
+                     Intel/dpt-hybrid-midas but with a plain ViT backbone)
+  blip2/             config.json, model.safetensors, generation_config.json, the OPT tokenizer (GPT-2 byte-level
+                     BPE) and the processor files (as Salesforce/blip2-opt-2.7b); only printable ASCII has
+                     non-zero embeddings, so greedy captions are never empty (random characters)
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from tokenizers import pre_tokenizers
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
-                          CLIPVisionConfig, CLIPVisionModelWithProjection)
+from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
+                          CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPSegConfig, CLIPSegForImageSegmentation,
+                          CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection, DPTConfig,
+                          DPTForDepthEstimation, DPTImageProcessor, GPT2Tokenizer, ViTImageProcessor)
 
 from c123.priors.zero123 import CLIPCameraProjection
 
-NAMES = {"zero123": "zero123", "stable_diffusion": "stable-diffusion", "clip": "clip"}
+NAMES = {"zero123": "zero123", "stable_diffusion": "stable-diffusion", "clip": "clip", "background": "clipseg",
+         "depth": "dpt", "caption": "blip2"}
 MARKER = "c123-tiny.json"
 """Written last inside each model folder; a folder without it (or of another LAYOUT) is rewritten."""
 LAYOUT = 2
@@ -44,11 +54,17 @@ SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_to
            "pad_token": "<|endoftext|>"}
 
 
+def ensure_tiny_models(cfg) -> None:
+    """Write the tiny models a `tiny`-preset config points at (beside its Zero-1-to-3), when missing."""
+    write_tiny_models(Path(cfg.prior.zero123_model).expanduser().parent)
+
+
 def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:
-    """Write (or reuse) the three tiny models under `out_dir`; returns their folders by role."""
+    """Write (or reuse) the tiny models under `out_dir`; returns their folders by role."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    writers = {"zero123": _write_zero123, "stable_diffusion": _write_stable_diffusion, "clip": _write_clip}
+    writers = {"zero123": _write_zero123, "stable_diffusion": _write_stable_diffusion, "clip": _write_clip,
+               "background": _write_clipseg, "depth": _write_dpt, "caption": _write_blip2}
     for role, write in writers.items():
         target = out / NAMES[role]
         if _complete(target):
@@ -181,3 +197,52 @@ def _write_clip(path: Path) -> None:
     config = CLIPConfig(text_config=_text_config(vocab_size), vision_config=_vision_config(), projection_dim=DIM)
     CLIPModel(config).save_pretrained(path)
     _processor().save_pretrained(path)
+
+
+def _write_clipseg(path: Path) -> None:
+    vocab_size = _write_tokenizer(path)
+    config = CLIPSegConfig(text_config=_text_config(vocab_size), vision_config={**_vision_config(), "num_hidden_layers": 3},
+                           projection_dim=DIM, extract_layers=[1, 2], reduce_dim=16, decoder_intermediate_size=37)
+    CLIPSegForImageSegmentation(config).save_pretrained(path)
+    # CLIPSeg's processor: a plain resize to the model's square input with ImageNet statistics
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+
+
+def _write_dpt(path: Path) -> None:
+    config = DPTConfig(hidden_size=DIM, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                       image_size=IMAGE_SIZE, patch_size=8, backbone_out_indices=[0, 1, 2, 3],
+                       neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
+    DPTForDepthEstimation(config).save_pretrained(path)
+    DPTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, keep_aspect_ratio=False).save_pretrained(path)
+
+
+def _write_blip2(path: Path) -> None:
+    # OPT's tokenizer: GPT-2 byte-level BPE with <s> <pad> </s> <unk> first (</s> is OPT's bos and eos)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=[], bos_token="</s>", eos_token="</s>", unk_token="<unk>",
+                              pad_token="<pad>")
+    queries = 4
+    processor = Blip2Processor(BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}), tokenizer,
+                               num_query_tokens=queries)  # adds the <image> token
+    eos = vocab["</s>"]
+    config = Blip2Config(
+        vision_config={**_vision_config(), "intermediate_size": 37}, num_query_tokens=queries,
+        qformer_config=dict(hidden_size=DIM, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                            encoder_hidden_size=DIM),
+        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=DIM, word_embed_proj_dim=DIM,
+                         num_hidden_layers=2, ffn_dim=37, num_attention_heads=4, max_position_embeddings=64,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=vocab["<pad>"]),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Blip2ForConditionalGeneration(config)
+    # tied input/output embeddings: a zero row has logit 0, below the best of the random rows, so greedy
+    # decoding never ends at once (</s>) and writes printable ASCII only
+    readable = [i for tok, i in vocab.items() if tok == "Ġ" or (len(tok) == 1 and "!" <= tok <= "~")]
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        keep = torch.zeros(len(weight), dtype=torch.bool)
+        keep[readable] = True
+        weight[~keep] = 0
+    model.save_pretrained(path)
+    processor.save_pretrained(path)

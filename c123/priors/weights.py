@@ -156,6 +156,15 @@ def autocast(enabled: bool, device):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.float16)
 
 
+def quiet_loading() -> None:
+    """No per-shard progress bars from transformers and diffusers: they would drown the run's own output."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def load_frozen(model_cls, path: str, subfolder: str, dtype, device,
                 variants: tuple[str | None, ...] = STANDARD_VARIANTS):
     """One component of a model folder, in eval mode without gradients, with its weights variant picked by
