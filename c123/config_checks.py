@@ -75,6 +75,13 @@ def _shapes() -> Rule:
     return one_of(*SHAPES)
 
 
+def _oracle_scenes() -> Rule:
+    from c123.config import ORACLE_FROM_CASE
+    from c123.synthetic import SCENES
+    return Rule(lambda v: v is None or v in (*SCENES, ORACLE_FROM_CASE),
+                f"must be null, '{ORACLE_FROM_CASE}' or a synthetic scene ({', '.join(SCENES)})")
+
+
 RULES: dict[str, Rule | Callable[[], Rule]] = {
     "seed": between(0, 2**32 - 1),
     "camera.ref_radius": above(0),
@@ -124,6 +131,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "prior.sd_view_prompt": one_of("interpolate", "bucket"),
     "prior.render_latents": one_of("sample", "mean"),
     "prior.zero123_variant": one_of("fp16_ema", "default"),
+    "prior.oracle_scene": _oracle_scenes,
     "schedule.variant": _variants,
     "schedule.weight_shape": _shapes,
     "schedule.fixed_switch_step": at_least(0),

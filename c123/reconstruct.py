@@ -24,9 +24,9 @@ from PIL import Image
 from c123.atomic import atomic_path, write_atomic
 from c123.cameras import orbit, reference_camera
 from c123.checkpoint import CheckpointIdentity, find_resumable, input_digest
-from c123.config import ReconstructConfig
+from c123.config import ORACLE_FROM_CASE, TINY_MODEL_PRESETS, ReconstructConfig
 from c123.dmtet import DMTet, init_threshold, render_mesh
-from c123.errors import InputError
+from c123.errors import C123Error, InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
 from c123.preprocess import ReconstructionInput
@@ -71,13 +71,17 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
     diffusers.utils.logging.disable_progress_bar()
     priors = priors or Priors()
     need = needed_priors(cfg)
-    if cfg.preset == "tiny":
+    if cfg.preset in TINY_MODEL_PRESETS:
         from c123.priors.tiny import write_tiny_models
         write_tiny_models(Path(cfg.prior.zero123_model).expanduser().parent)
     if "zero123" in need and priors.zero123 is None:
         if cfg.prior.oracle_scene:
             from c123.priors.oracle import OraclePrior
             from c123.synthetic import get_scene
+            if cfg.prior.oracle_scene == ORACLE_FROM_CASE:
+                raise C123Error("prior.oracle_scene='case' takes the scene from a synthetic benchmark case: run "
+                                "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
+                                "e.g. --set prior.oracle_scene=toy")
             priors.zero123 = OraclePrior(get_scene(cfg.prior.oracle_scene))
             priors.model_ids["zero123"] = priors.zero123.model_id
         else:
