@@ -47,7 +47,7 @@ class BenchmarkSpec:
     dataset: str = "c10"
     """realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder."""
     preset: str = "paper"
-    """paper | fast | tiny."""
+    """paper | fast | tiny | verify."""
     variants: list[str] | None = None
     """Schedule variants (default: the preset's, consistent123 but for verify's 3d-only); 'consistent123:linear'
     adds a weight shape."""

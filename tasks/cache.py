@@ -20,9 +20,6 @@ KEY_FILE = "cache_key"
 """File in a case folder holding the key of the finished result.json beside it."""
 METRICS_FILE = "metrics.json"
 """Cached metrics of a case folder (with the key and protocol they were computed under)."""
-TRUTH_DIR = "truth"
-"""Folder of a synthetic case's true views, named like the orbit views they are compared with (the report
-shows them side by side)."""
 
 
 def code_version() -> str:

@@ -308,10 +308,11 @@ def _save_truth(out: Path, views_meta: list[dict], truth: np.ndarray) -> None:
     from PIL import Image
 
     from c123.atomic import atomic_path
+    from c123_pipeline.reports.runs import TRUTH_DIR
 
-    (out / cache.TRUTH_DIR).mkdir(exist_ok=True)
+    (out / TRUTH_DIR).mkdir(exist_ok=True)
     for meta, image in zip(views_meta, truth):
-        with atomic_path(out / cache.TRUTH_DIR / Path(meta["file"]).name) as tmp:
+        with atomic_path(out / TRUTH_DIR / Path(meta["file"]).name) as tmp:
             Image.fromarray(image, "RGBA").save(tmp, format="PNG")
 
 
