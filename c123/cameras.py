@@ -168,6 +168,16 @@ def sample_novel_cameras(cfg: CameraConfig, batch: int, r: float = 1.0,
     return cams.to(device=device, dtype=torch.float32)
 
 
+def view_angle(cams: Cameras, ref_cams: Cameras) -> torch.Tensor:
+    """Great-circle angle [B] (degrees) between each camera direction and the reference direction."""
+    def direction(c):
+        theta, phi = torch.deg2rad(c.polar.double()), torch.deg2rad(c.azimuth.double())
+        return torch.stack([theta.sin() * phi.sin(), theta.cos(), theta.sin() * phi.cos()], dim=-1)
+
+    cos = (direction(cams) * direction(ref_cams).to(cams.polar.device)).sum(-1).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos)).to(cams.polar.dtype)
+
+
 def orbit(num_views: int, polar: float = 90.0, radius: float = 3.2, fovy: float = 20.0,
           start_azimuth: float = 0.0, device=None) -> Cameras:
     """`num_views` cameras evenly spaced in azimuth (start_azimuth + 360 * i / n) at a fixed polar angle."""
@@ -176,4 +186,5 @@ def orbit(num_views: int, polar: float = 90.0, radius: float = 3.2, fovy: float 
 
 
 __all__ = ["Cameras", "orbit_cameras", "look_at", "focal_length", "intrinsics", "projection_matrix",
-           "generate_rays", "reference_camera", "progressive_ratio", "view_ranges", "sample_novel_cameras", "orbit"]
+           "generate_rays", "reference_camera", "progressive_ratio", "view_ranges", "sample_novel_cameras", "view_angle",
+           "orbit"]

@@ -75,6 +75,13 @@ def _shapes() -> Rule:
     return one_of(*SHAPES)
 
 
+def _oracle_scenes() -> Rule:
+    from c123.config import ORACLE_FROM_CASE
+    from c123.synthetic import SCENES
+    return Rule(lambda v: v is None or v in (*SCENES, ORACLE_FROM_CASE),
+                f"must be null, '{ORACLE_FROM_CASE}' or a synthetic scene ({', '.join(SCENES)})")
+
+
 RULES: dict[str, Rule | Callable[[], Rule]] = {
     "seed": between(0, 2**32 - 1),
     "camera.ref_radius": above(0),
@@ -133,6 +140,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "concept.steps": at_least(1),
     "concept.learning_rate": above(0),
     "concept.batch_size": at_least(1),
+    "prior.oracle_scene": _oracle_scenes,
     "schedule.variant": _variants,
     "schedule.weight_shape": _shapes,
     "schedule.fixed_switch_step": at_least(0),

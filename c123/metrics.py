@@ -1,4 +1,5 @@
-"""Evaluation metrics (docs/METHOD.md section 4): PSNR, LPIPS, CLIP similarity, Chamfer distance.
+"""Evaluation metrics (docs/METHOD.md sections 4 and 6): PSNR, LPIPS, CLIP similarity, and against a known
+object (the synthetic scenes) Chamfer distance, F-score and silhouette IoU.
 
 Images are channel-last [..., H, W, 3] in [0, 1], already composited on white (`composite_white`).
 A metric that cannot be computed raises; it never returns 0. The pipeline records NaN and the reason.
@@ -22,9 +23,16 @@ _LPIPS_BACKBONES = {"alex": ("alexnet", "https://download.pytorch.org/models/ale
 
 
 HIGHER_IS_BETTER = {"clip_similarity": True, "psnr": True, "lpips": False, "novel_psnr": True, "novel_lpips": False,
-                    "chamfer": False}
+                    "chamfer": False, "unseen_psnr": True, "fscore": True, "silhouette_iou": True}
 """Every metric of a case (the per_case columns, in order) and which way is better."""
 METRICS = tuple(HIGHER_IS_BETTER)
+GROUND_TRUTH_METRICS = ("novel_psnr", "novel_lpips", "chamfer", "unseen_psnr", "fscore", "silhouette_iou")
+"""The metrics against a known object (synthetic cases only; NaN elsewhere)."""
+FSCORE_DISTANCE = 0.01
+"""A surface point counts as matched within this distance (world units: 1% of the [-0.5, 0.5]^3 box the
+synthetic scenes fit in, the usual F-score at 1%)."""
+UNSEEN_ANGLE = 90.0
+"""Orbit views at least this far (degrees, great circle) from the reference camera show sides it cannot see."""
 
 MAGIC123_CLIP = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -218,15 +226,41 @@ class ClipSimilarity:
 
 def chamfer_distance(points_a, points_b) -> float:
     """Symmetric Chamfer distance with squared L2: mean_a min_b |a-b|^2 + mean_b min_a |a-b|^2."""
+    d_ab, d_ba = nearest_distances(points_a, points_b, "chamfer")
+    return float(np.mean(d_ab ** 2) + np.mean(d_ba ** 2))
+
+
+def fscore(points_pred, points_true, distance: float = FSCORE_DISTANCE) -> float:
+    """F-score at `distance` of a reconstructed surface's samples against the true surface's: the harmonic mean
+    of precision (predicted points within `distance` of the truth) and recall (true points within `distance`
+    of the prediction), in [0, 1]; 0 when nothing is within reach (a real value, not a failure)."""
+    d_pred, d_true = nearest_distances(points_pred, points_true, "fscore")
+    precision, recall = float(np.mean(d_pred < distance)), float(np.mean(d_true < distance))
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def nearest_distances(points_a, points_b, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(distance of each point of a to its nearest in b, of each point of b to its nearest in a)."""
     from scipy.spatial import cKDTree
 
     a, b = _as_numpy(points_a).astype(np.float64), _as_numpy(points_b).astype(np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != 3 or b.shape[1] != 3 or not len(a) or not len(b):
-        raise ValueError(f"chamfer: need two non-empty [N,3] point sets, got {a.shape} and {b.shape}")
-    _check_finite(a, b, "chamfer")
-    d_ab, _ = cKDTree(b).query(a)
-    d_ba, _ = cKDTree(a).query(b)
-    return float(np.mean(d_ab ** 2) + np.mean(d_ba ** 2))
+        raise ValueError(f"{what}: need two non-empty [N,3] point sets, got {a.shape} and {b.shape}")
+    _check_finite(a, b, what)
+    return cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
+
+
+def silhouette_iou(alpha_pred, alpha_true, threshold: float = 0.5) -> float:
+    """Intersection over union of the masks alpha > threshold of two alpha images [..., H, W] in [0, 1]."""
+    a, b = _as_numpy(alpha_pred), _as_numpy(alpha_true)
+    if a.shape != b.shape:
+        raise ValueError(f"silhouette iou: shapes differ, {a.shape} vs {b.shape}")
+    _check_finite(a, b, "silhouette iou")
+    pred, true = a > threshold, b > threshold
+    union = int((pred | true).sum())
+    if union == 0:
+        raise ValueError("silhouette iou: both silhouettes are empty")
+    return float((pred & true).sum() / union)
 
 
 def lpips_backbone_cached(net: str = "alex") -> bool:

@@ -260,9 +260,8 @@ def write_preprocessed(files: WorkingInput, prompt: str, parts: list[str], cfg, 
 
     say = announce or (lambda line: None)
     quiet_loading()
-    if cfg.preset == "tiny":
-        from c123.priors.tiny import ensure_tiny_models
-        ensure_tiny_models(cfg)
+    from c123.priors.tiny import ensure_tiny_models
+    ensure_tiny_models(cfg)
     _resolve_models(parts, cfg.preprocess)  # a missing model fails here, before any model runs
     device, out, estimates = resolve_device(cfg.train.device), Path(out_dir), []
     alpha, depth_map = files.alpha, files.depth

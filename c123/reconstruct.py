@@ -25,10 +25,10 @@ from PIL import Image
 from c123.atomic import atomic_path, write_atomic
 from c123.cameras import orbit, reference_camera
 from c123.checkpoint import CheckpointIdentity, find_resumable, input_digest
-from c123.config import ReconstructConfig
+from c123.config import ORACLE_FROM_CASE, ReconstructConfig
 from c123.config_files import header_lines, to_yaml
 from c123.dmtet import DMTet, init_threshold, render_mesh
-from c123.errors import InputError
+from c123.errors import C123Error, InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
 from c123.preprocess import ReconstructionInput
@@ -70,13 +70,16 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
     quiet_loading()
     priors = priors or Priors()
     need = needed_priors(cfg)
-    if cfg.preset == "tiny":
-        from c123.priors.tiny import ensure_tiny_models
-        ensure_tiny_models(cfg)
+    from c123.priors.tiny import ensure_tiny_models
+    ensure_tiny_models(cfg)
     if "zero123" in need and priors.zero123 is None:
         if cfg.prior.oracle_scene:
             from c123.priors.oracle import OraclePrior
             from c123.synthetic import get_scene
+            if cfg.prior.oracle_scene == ORACLE_FROM_CASE:
+                raise C123Error("prior.oracle_scene='case' takes the scene from a synthetic benchmark case: run "
+                                "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
+                                "e.g. --set prior.oracle_scene=toy")
             priors.zero123 = OraclePrior(get_scene(cfg.prior.oracle_scene))
             priors.model_ids["zero123"] = priors.zero123.model_id
         else:

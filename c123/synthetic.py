@@ -50,6 +50,20 @@ def _round_box(x, centre, half, r):
     return q.clamp(min=0).norm(dim=-1) + q.amax(-1).clamp(max=0) - r
 
 
+def _cylinder(x, centre, radius, half_height):
+    """Capped cylinder along y (exact distance)."""
+    q = x - x.new_tensor(centre)
+    d = torch.stack([q[:, [0, 2]].norm(dim=-1) - radius, q[:, 1].abs() - half_height], -1)
+    return d.clamp(min=0).norm(dim=-1) + d.amax(-1).clamp(max=0)
+
+
+def _torus_xy(x, centre, major, minor):
+    """Torus whose ring lies in the x-y plane (its hole looks along z)."""
+    q = x - x.new_tensor(centre)
+    ring = torch.stack([q[:, :2].norm(dim=-1) - major, q[:, 2]], -1)
+    return ring.norm(dim=-1) - minor
+
+
 def _smin(a, b, k):
     h = (k - (a - b).abs()).clamp(min=0) / k
     return torch.minimum(a, b) - h * h * k / 4
@@ -68,6 +82,25 @@ def _toy_albedo(x):
     return (0.5 + 0.4 * torch.tanh(x / 0.05)).clamp(0, 1)
 
 
+def _parts_sdf(parts):
+    return lambda x: torch.stack([sdf(x) for sdf, _ in parts], -1).amin(-1)
+
+
+def _parts_albedo(parts, shade):
+    """Each point takes the colour of its nearest part, then `shade` (position-dependent) modulates it."""
+    def albedo(x):
+        nearest = torch.stack([sdf(x) for sdf, _ in parts], -1).argmin(-1)
+        return shade(x, x.new_tensor([c for _, c in parts])[nearest]).clamp(0, 1)
+    return albedo
+
+
+def _side_and_front(x, colours, side: float = 0.2):
+    # a gradient along x (of relative strength `side`) and a paler front (+z) keep the sides of each part
+    # distinguishable too
+    colours = colours * (1 - side + side * torch.tanh(x[:, :1] / 0.2))
+    return colours + (1 - colours) * 0.25 * (1 + torch.tanh(x[:, 2:] / 0.05))
+
+
 _BLOCKS = (
     (lambda x: _round_box(x, (0.0, -0.22, 0.0), (0.34, 0.07, 0.24), 0.02), (0.85, 0.65, 0.35)),   # base
     (lambda x: _round_box(x, (0.18, 0.06, -0.08), (0.09, 0.2, 0.09), 0.02), (0.2, 0.35, 0.85)),   # tower +x back
@@ -76,16 +109,42 @@ _BLOCKS = (
 )
 
 
-def _blocks_sdf(x):
-    return torch.stack([sdf(x) for sdf, _ in _BLOCKS], -1).amin(-1)
+_LEG = 0.03
+"""Radius of the chair's legs: about 3.5 pixels across in a 64-pixel training view, 7% of the chair's height."""
+_CHAIR = (
+    (lambda x: _round_box(x, (0.0, 0.08, 0.0), (0.21, 0.02, 0.17), 0.015), (0.8, 0.5, 0.2)),          # seat
+    *((lambda x, sx=sx, sz=sz: _capsule(x, (0.16 * sx, 0.06, 0.12 * sz), (0.21 * sx, -0.37, 0.16 * sz), _LEG),
+       (0.35, 0.2, 0.1)) for sx in (-1, 1) for sz in (-1, 1)),                                       # four legs
+    (lambda x: _capsule(x, (-0.185, -0.17, -0.14), (-0.185, -0.17, 0.14), _LEG), (0.15, 0.7, 0.25)),  # rung, -x only
+    *((lambda x, sx=sx: _capsule(x, (0.14 * sx, 0.1, -0.16), (0.15 * sx, 0.38, -0.2), 0.025), (0.2, 0.35, 0.85))
+      for sx in (-1, 1)),                                                                            # back rods
+    (lambda x: _capsule(x, (-0.17, 0.39, -0.2), (0.17, 0.39, -0.2), 0.035), (0.2, 0.35, 0.85)),        # top rail
+    (lambda x: _capsule(x, (0.2, 0.1, 0.13), (0.2, 0.25, 0.13), 0.025), (0.85, 0.15, 0.15)),          # arm post, +x
+    (lambda x: _round_box(x, (0.29, 0.25, 0.02), (0.09, 0.012, 0.13), 0.01), (0.85, 0.15, 0.15)),     # tablet arm, +x
+)
 
 
-def _blocks_albedo(x):
-    nearest = torch.stack([sdf(x) for sdf, _ in _BLOCKS], -1).argmin(-1)
-    colours = x.new_tensor([c for _, c in _BLOCKS])[nearest]
-    # a gradient along x and a paler front (+z) keep the sides of each block distinguishable too
-    colours = colours * (0.8 + 0.2 * torch.tanh(x[:, :1] / 0.2))
-    return (colours + (1 - colours) * 0.25 * (1 + torch.tanh(x[:, 2:] / 0.05))).clamp(0, 1)
+def _mug_sdf(x):
+    body = _cylinder(x, (0.0, -0.05, 0.03), 0.2, 0.2)
+    cavity = _cylinder(x, (0.0, 0.17, 0.03), 0.16, 0.2)      # open at the top, 0.18 deep: its floor is at -0.03
+    handle = _torus_xy(x, (0.22, -0.06, 0.03), 0.11, 0.03)   # on +x, its hole looks along z
+    spout = _ellipsoid(x, (0.0, 0.13, 0.22), (0.07, 0.03, 0.05))  # a lip at the front rim
+    return torch.minimum(torch.maximum(torch.minimum(body, spout), -cavity), handle)
+
+
+def _mug_albedo(x):
+    q = x - x.new_tensor([0.0, 0.0, 0.03])
+    r = q[:, [0, 2]].norm(dim=-1, keepdim=True)
+    outside = x.new_tensor([0.1, 0.55, 0.6]) * (0.7 + 0.3 * torch.tanh(x[:, :1] / 0.1))    # teal, darker at -x
+    # inside: cream and brown stripes around the wall over a dark floor; with albedo-only renders, a pattern
+    # that shifts with the viewpoint is what tells a hollow from a lid painted to look like one
+    stripes = 0.5 + 0.5 * torch.tanh(4 * torch.sin(6 * torch.atan2(q[:, :1], q[:, 2:])))
+    wall = x.new_tensor([0.95, 0.9, 0.75]) * (1 - 0.5 * stripes)
+    inside = torch.where(x[:, 1:2] < -0.02, x.new_tensor([0.3, 0.15, 0.1]).expand_as(wall), wall)
+    colour = torch.where(r < 0.18, inside, outside)
+    colour = torch.where(x[:, :1] > 0.2, x.new_tensor([0.9, 0.3, 0.1]).expand_as(colour), colour)  # orange handle
+    decal = ((x[:, 1:2] - 0.0).abs() < 0.04) & (x[:, 2:] > 0.12) & (r >= 0.18)                 # yellow band, front only
+    return torch.where(decal, x.new_tensor([0.95, 0.85, 0.1]).expand_as(colour), colour)
 
 
 @dataclass
@@ -180,8 +239,10 @@ class SyntheticScene:
         return torch.cat(kept)[:n]
 
 
-SCENES = ("toy", "blocks")
-_FUNCTIONS = {"toy": (_toy_sdf, _toy_albedo), "blocks": (_blocks_sdf, _blocks_albedo)}
+SCENES = ("toy", "blocks", "chair", "mug")
+_FUNCTIONS = {"toy": (_toy_sdf, _toy_albedo), "blocks": (_parts_sdf(_BLOCKS), _parts_albedo(_BLOCKS, _side_and_front)),
+              "chair": (_parts_sdf(_CHAIR), _parts_albedo(_CHAIR, lambda x, c: _side_and_front(x, c, side=0.4))),
+              "mug": (_mug_sdf, _mug_albedo)}
 
 
 def get_scene(name: str = "toy") -> SyntheticScene:

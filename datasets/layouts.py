@@ -55,6 +55,8 @@ class Row:
 SYNTHETIC_PROMPTS = {
     "toy": "a small multicoloured toy figure with one raised arm and a pointed nose",
     "blocks": "a wooden slab with a blue tower, a red ball and a green log on it",
+    "chair": "a wooden chair with thin legs, a blue backrest and a red writing tablet on its right",
+    "mug": "a teal mug with an orange handle and a yellow band, striped inside",
 }
 
 

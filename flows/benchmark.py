@@ -17,6 +17,7 @@ gets its own case folder, `cases/<variant>-<shape>/...`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -34,7 +35,6 @@ from prefect.states import Failed, State
 from c123.errors import C123Error
 from c123.metrics import METRICS, MetricProtocol, get_protocol
 
-DEFAULT_VARIANTS = ["consistent123"]
 TINY_MODELS_ENV = "C123_TINY_MODELS"
 RUNS_ENV = "C123_RUNS"
 
@@ -47,9 +47,10 @@ class BenchmarkSpec:
     dataset: str = "c10"
     """realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder."""
     preset: str = "paper"
-    """paper | fast | tiny."""
+    """paper | fast | tiny | verify."""
     variants: list[str] | None = None
-    """Schedule variants (default consistent123); 'consistent123:linear' adds a weight shape."""
+    """Schedule variants (default: the preset's, consistent123 but for verify's 3d-only); 'consistent123:linear'
+    adds a weight shape."""
     cases: list[str] | str | None = None
     """Case ids or wildcards (a list, or a comma-separated string); None: every case."""
     seeds: list[int] | None = None
@@ -107,12 +108,27 @@ def tiny_models_dir() -> str:
 
 
 def base_config(preset_name: str):
-    """The named preset; `tiny` points at $C123_TINY_MODELS when set."""
-    from c123.config import preset, tiny
+    """The named preset; those of the tiny models (`tiny`, `verify`) point at $C123_TINY_MODELS when set."""
+    from c123.config import PRESETS, TINY_MODEL_PRESETS, preset
 
-    if preset_name == "tiny":
-        return tiny(tiny_models_dir())
+    if preset_name in TINY_MODEL_PRESETS:
+        return PRESETS[preset_name](tiny_models_dir())
     return preset(preset_name)
+
+
+def case_config(cfg, case):
+    """The config one case runs with: an oracle that follows the case (prior.oracle_scene 'case', the verify
+    preset) answers with the case's own synthetic scene."""
+    from c123.config import ORACLE_FROM_CASE
+
+    if cfg.prior.oracle_scene != ORACLE_FROM_CASE:
+        return cfg
+    if not case.scene:
+        raise C123Error(f"case {case.id} has no ground-truth scene, but preset '{cfg.preset}' answers Zero-1-to-3's "
+                        "question with the true view of the case's synthetic scene: use the dataset synthetic")
+    resolved = copy.deepcopy(cfg)
+    resolved.prior.oracle_scene = case.scene
+    return resolved
 
 
 def parse_variant(spec: str) -> tuple[str, str | None]:
@@ -152,11 +168,13 @@ def resolve_inputs(spec: BenchmarkSpec):
     from c123_pipeline.tasks.metrics import protocol_overrides
 
     spec.check()
-    variants = list(spec.variants or DEFAULT_VARIANTS)
+    variants = list(spec.variants or [base_config(spec.preset).schedule.variant])
     seeds = list(spec.seeds if spec.seeds is not None else [0])
     ds = filter_cases(load_dataset(spec.dataset, spec.data_root), spec.cases)
     overrides = protocol_overrides(get_protocol(spec.protocol), list(spec.overrides or []))
     configs = {(v, s): resolve_config(spec.preset, v, s, overrides) for v in variants for s in seeds}
+    for case in ds.cases:  # a case the config cannot run (the oracle needs its scene) is refused now
+        case_config(configs[(variants[0], seeds[0])], case)
     folders = {variant_folder(cfg) for (v, s), cfg in configs.items() if s == seeds[0]}
     if len(folders) < len(variants):
         raise C123Error(f"variants {', '.join(variants)} resolve to the same configuration: list each once")
@@ -225,6 +243,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     """Every check that can fail before compute, as one C123Error line: parameters, dataset, configs, the run
     folder (not another dataset's or preset's), the baseline (same dataset, shares a case), the metric models
     (present on this machine)."""
+    from c123.config import TINY_MODEL_PRESETS
     from c123.provenance import offline_defaults
     from c123_pipeline.tasks.metrics import resolve_protocol
     from c123_pipeline.tasks.report import check_baseline
@@ -240,7 +259,8 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     requested = get_protocol(spec.protocol)
     if spec.clip_model:
         requested = dataclasses.replace(requested, clip_model=spec.clip_model)
-    protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views, spec.preset == "tiny")
+    protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views,
+                                spec.preset in TINY_MODEL_PRESETS)
     baseline = check_baseline(spec.baseline, run_dir, ds.name, spec.preset, [c.id for c in ds.cases], log)
     return Checked(ds, variants, seeds, configs, protocol, baseline, run_dir)
 
@@ -272,7 +292,8 @@ def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
             for case in ds.cases:
                 rel = f"cases/{variant_folder(cfg)}/{case.id}/seed{cfg.seed}"
                 inside(run_dir, rel)
-                entries.append(Entry(len(entries), case, cfg, rel, cache.cache_key(case, cfg, version)))
+                case_cfg = case_config(cfg, case)
+                entries.append(Entry(len(entries), case, case_cfg, rel, cache.cache_key(case, case_cfg, version)))
     except BaseException:
         lock.release()
         raise
@@ -310,13 +331,14 @@ class MetricStep:
 
     def models(self, after=None) -> Future:
         """The metric models' future; `after` (first call only) runs first in the loader thread."""
+        from c123.config import TINY_MODEL_PRESETS
         from c123_pipeline.tasks.metrics import load_metric_models
 
         if self._models is None:
             def load():
                 if after is not None:
                     after()
-                if self.plan.spec.preset == "tiny":  # the tiny CLIP is written on first use, as the priors
+                if self.plan.spec.preset in TINY_MODEL_PRESETS:  # the tiny CLIP is written on first use
                     from c123.priors.tiny import write_tiny_models
                     write_tiny_models(Path(self.plan.entries[0].cfg.prior.clip_model).expanduser().parent)
                 return load_metric_models(self.plan.protocol, os.environ.get("C123_METRICS_DEVICE", "cpu"))

@@ -5,6 +5,10 @@
 - `benchmark/nightly-regression`: cron (default "0 2 * * *", UTC), at most one run at a time (a run due
   while one is going is cancelled, not queued); judged against the newest earlier nightly run
   (baseline='latest'); a regression fails the flow run and publishes the verdict as a markdown artifact.
+- `benchmark/nightly-verify`: the CPU nightly (default "0 3 * * *"): the synthetic scenes with the oracle
+  prior (preset `verify`), judged like nightly-regression under the thresholds of
+  reports/verify.py, which a broken camera convention, an untrained DMTet stage or a halved learning rate
+  each exceed.
 
 Every flow run whose cases failed (more than its `allow_failures`) ends Failed, so
 `prefect deployment run ... --watch` exits non-zero.
@@ -20,30 +24,39 @@ import os
 from pathlib import Path
 
 NIGHTLY_CRON = "0 2 * * *"
+VERIFY_CRON = "0 3 * * *"
 
 
 def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "c10", nightly_preset: str = "fast",
-                      nightly_overrides: list[str] | None = None, preset: str = "paper") -> list:
-    """The three RunnerDeployments of the `benchmark` flow."""
+                      nightly_overrides: list[str] | None = None, preset: str = "paper",
+                      verify_cron: str = VERIFY_CRON) -> list:
+    """The four RunnerDeployments of the `benchmark` flow."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.types.entrypoint import EntrypointType
 
     from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.reports.verify import VERIFY_THRESHOLDS
 
     common = dict(entrypoint_type=EntrypointType.MODULE_PATH, tags=["c123", "benchmark"])
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     return [
         benchmark.to_deployment(name="evaluate-c10", parameters={"dataset": "c10", "preset": preset},
                                 description="Benchmark C10 (10 public cases)", **common),
         benchmark.to_deployment(name="evaluate-realfusion15", parameters={"dataset": "realfusion15", "preset": preset},
                                 description="Benchmark RealFusion15", **common),
         benchmark.to_deployment(
-            name="nightly-regression", cron=nightly_cron,
-            concurrency_limit=ConcurrencyLimitConfig(limit=1,
-                                                     collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            name="nightly-regression", cron=nightly_cron, concurrency_limit=one_at_a_time,
             parameters={"dataset": nightly_dataset, "preset": nightly_preset, "baseline": "latest",
                         "fail_on_regression": True, "overrides": list(nightly_overrides or [])},
             description="Nightly benchmark judged against the previous nightly run; fails on a regression",
             **{**common, "tags": ["c123", "benchmark", "nightly"]}),
+        benchmark.to_deployment(
+            name="nightly-verify", cron=verify_cron, concurrency_limit=one_at_a_time,
+            parameters={"dataset": "synthetic", "preset": "verify", "baseline": "latest",
+                        "fail_on_regression": True, "thresholds": dict(VERIFY_THRESHOLDS)},
+            description="CPU nightly: the synthetic scenes with the oracle prior (numbers with a right answer), "
+                        "judged against the previous run; fails on a regression",
+            **{**common, "tags": ["c123", "benchmark", "nightly", "cpu"]}),
     ]
 
 
@@ -54,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nightly-cron", default=NIGHTLY_CRON, help=f"cron of nightly-regression (default '{NIGHTLY_CRON}')")
     p.add_argument("--nightly-dataset", default="c10")
     p.add_argument("--nightly-preset", default="fast")
+    p.add_argument("--verify-cron", default=VERIFY_CRON, help=f"cron of nightly-verify (default '{VERIFY_CRON}')")
     p.add_argument("--nightly-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides of the nightly run")
     p.add_argument("--limit", type=int, default=1, help="flow runs at a time (default 1: a run uses the machine)")
@@ -68,7 +82,7 @@ def serve_deployments(args: argparse.Namespace) -> None:
     os.environ["C123_RUNS"] = str(Path(args.runs).expanduser().resolve())
     offline_defaults()
     deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
-                                    args.preset)
+                                    args.preset, args.verify_cron)
     serve(*deployments, limit=args.limit)
 
 

@@ -25,10 +25,11 @@ def parser() -> argparse.ArgumentParser:
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
         "Parquet tables and a report, as a Prefect flow. Rerun with the same --out to resume.")
     p.add_argument("dataset", help="realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder")
-    p.add_argument("--preset", default="paper", help="paper | fast | tiny (default paper)")
+    p.add_argument("--preset", default="paper", help="paper | fast | tiny | verify (default paper; verify: the "
+                   "synthetic dataset with the oracle prior, numbers with a right answer)")
     p.add_argument("--variant", dest="variants", action="extend", nargs="+", metavar="V",
-                   help="consistent123 (default), 3d-only, dynamic-only, fixed-switch, 3d-then-2d; "
-                        "a weight shape as consistent123:linear")
+                   help="consistent123 (default; verify: 3d-only), 3d-only, dynamic-only, fixed-switch, "
+                        "3d-then-2d; a weight shape as consistent123:linear")
     p.add_argument("--cases", action="extend", nargs="+", metavar="CASE",
                    help="only these case ids (comma-separated or several; shell wildcards)")
     p.add_argument("--seed", dest="seeds", action="extend", nargs="+", type=int, metavar="N", help="seeds (default 0)")

@@ -10,7 +10,8 @@ import pandas as pd
 from c123.viewer import TURNTABLE_SCRIPT, href, turntable_html
 from c123_pipeline.reports import published as pub
 from c123_pipeline.reports.regression import Verdict
-from c123_pipeline.reports.runs import Run, all_cases
+from c123_pipeline.reports.runs import TRUTH_DIR, Run, all_cases
+from c123_pipeline.reports.verify import GROUND_TRUTH_LABELS
 from c123_pipeline.reports.tables import Table
 
 STYLE = """
@@ -24,6 +25,9 @@ figure img{max-width:100%;border:1px solid #ddd}
 .grid img.ref{width:128px;background:#fff}
 .grid video,.grid img.gif{width:160px;display:block}
 .views img{width:48px;margin:1px;background:#fff}
+.pairs figure{margin:.2rem;text-align:center}
+.pairs img{width:96px;display:block;background:#fff}
+.pairs figcaption{font-size:.75rem;color:#555}
 .failed{color:#b00}
 .ok{color:#070}
 """
@@ -109,6 +113,34 @@ def _events_hint(run: Run) -> str:
     if not any(run.path.glob("cases/**/tb")):
         return ""
     return f"; loss curves: <code>tensorboard --logdir {escape(str(run.path / 'cases'))}</code>"
+def truth_html(runs: list[Run], out_dir: Path) -> str:
+    """Per synthetic case and method (lowest succeeded seed): each true view above the reconstructed one
+    from the same camera, and the metrics against the known object; empty when no case has true views."""
+    out = []
+    cases = all_cases(runs)
+    ok = cases[cases["status"] == "ok"].sort_values(["dataset", "case", "label", "seed"])
+    for row in ok.drop_duplicates(["dataset", "case", "label"]).itertuples():
+        run = next(r for r in runs if r.run_id == row.run_id)
+        folder = run.case_dir(row.case_dir)
+        views = (run.result(row.case_dir) or {}).get("views", [])
+        pairs = [(v, folder / TRUTH_DIR / Path(v["file"]).name, folder / v["file"]) for v in views]
+        pairs = [(v, t, r) for v, t, r in pairs if t.is_file() and r.is_file()]
+        if not pairs:
+            continue
+        figures = "".join(
+            f'<figure class="pair" data-azimuth="{v["azimuth"]:g}">'
+            f'<img class="truth" src="{href(t, out_dir)}" alt="true view {v["azimuth"]:g}°">'
+            f'<img class="recon" src="{href(r, out_dir)}" alt="reconstructed view {v["azimuth"]:g}°">'
+            f'<figcaption>{v["azimuth"]:g}°</figcaption></figure>' for v, t, r in pairs)
+        numbers = " · ".join(f"{label} {getattr(row, m):.4g}" for m, label in GROUND_TRUTH_LABELS.items()
+                             if not pd.isna(getattr(row, m, float("nan"))))
+        out.append(f'<div class="case-truth" data-case="{escape(str(row.case))}"><h3>{escape(str(row.case))} '
+                   f"<small>{escape(row.label)} · seed {row.seed}</small></h3>"
+                   f'<p class="foot">top: the true view; below: the reconstruction, same camera (azimuth from the '
+                   f'reference view). {escape(numbers)}</p><div class="pairs">{figures}</div></div>')
+    if not out:
+        return ""
+    return '<section id="truth"><h2>Against the true object</h2>' + "\n".join(out) + "</section>"
 
 
 def verdict_html(verdict: Verdict) -> str:
@@ -143,7 +175,7 @@ def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], ou
     if verdict is not None:
         body.append(f'<section id="verdict"><h2>Regression</h2>{verdict_html(verdict)}</section>')
     body += ['<section id="tables"><h2>Tables</h2>' + "".join(table_html(t) for t in tables) + "</section>",
-             f'<section id="plots"><h2>Plots</h2>{figures}</section>',
+             f'<section id="plots"><h2>Plots</h2>{figures}</section>', truth_html(runs, out_dir),
              f'<section id="cases"><h2>Cases</h2>{grid_html(runs, out_dir)}</section>']
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -38,6 +38,10 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+TRUTH_DIR = "truth"
+"""Folder of a synthetic case's true views (written with its metrics), named like the orbit views they are
+compared with: the report shows them side by side."""
+
 REQUIRED = ("run_id", "dataset", "case", "variant", "weight_shape", "preset", "seed", "status")
 """per_case columns without which a run cannot be reported or compared."""
 

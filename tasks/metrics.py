@@ -4,8 +4,10 @@
   `views/view_*.png`; per-view values go to per_view.parquet.
 - PSNR and LPIPS at the reference view: `views/ref_render.png` vs `reference.png`.
 - Synthetic cases (a ground-truth scene): novel-view PSNR/LPIPS of the orbit views against the true
-  views rendered by c123.synthetic at the same cameras, and the Chamfer distance between points sampled
-  on the exported mesh and on the true surface.
+  views rendered by c123.synthetic at the same cameras (saved to `truth/` in the case folder), the PSNR
+  of the views at least 90 degrees from the reference (`unseen_psnr`), the silhouette IoU of the views, and
+  the Chamfer distance and F-score between points sampled on the exported mesh and on the true surface.
+  Per view: CLIP-similarity, and for synthetic cases novel-view PSNR and silhouette IoU.
 
 How images are read (background, sizes, CLIP normalisation) is the protocol's (c123.metrics.PROTOCOLS); the
 resolved protocol is recorded in run.json and with every row. A metric that cannot be computed is NaN
@@ -15,6 +17,7 @@ and its reason goes into `metric_status` ('ok' when all worked, else '; '-joined
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -105,8 +108,8 @@ def protocol_columns(protocol: MetricProtocol, num_views: int, resolution: int) 
 
 def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModels,
                          scene: str | None = None) -> dict:
-    """Metrics of one finished case folder: scalar metrics, metric_status and per-view CLIP values."""
-    from c123.metrics import chamfer_distance, psnr
+    """Metrics of one finished case folder: scalar metrics, metric_status and per-view values."""
+    from c123.metrics import psnr
 
     out = Path(case_dir)
     proto = models.protocol
@@ -114,8 +117,8 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
     values = {k: NAN for k in METRICS}
     views_meta = result.get("views") or _views_on_disk(out)
     per_view = [{"view_index": i, "azimuth": float(v.get("azimuth", NAN)),
-                 "elevation": 90.0 - float(v.get("polar", 90.0)), "clip_similarity": NAN}
-                for i, v in enumerate(views_meta)]
+                 "elevation": 90.0 - float(v.get("polar", 90.0)), "clip_similarity": NAN, "novel_psnr": NAN,
+                 "silhouette_iou": NAN} for i, v in enumerate(views_meta)]
     reference = views = None
     try:
         reference = _read_rgba(out / result.get("outputs", {}).get("reference", "reference.png"))
@@ -169,26 +172,7 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
         status += [f"{m}: inputs missing" for m in ("psnr", "lpips")]
 
     if scene:
-        truth = None
-        try:
-            truth = _true_views(scene, views_meta, result, views.shape[1:3] if views is not None else None)
-        except Exception as err:  # noqa: BLE001
-            status += [f"{m}: true views: {_reason(err)}" for m in ("novel_psnr", "novel_lpips")]
-        if truth is not None and views is not None:
-            attempt("novel_psnr", lambda: values.__setitem__("novel_psnr", float(np.mean(
-                [psnr(proto.image(v, proto.psnr_size), proto.image(t, proto.psnr_size)) for v, t in zip(views, truth)]))))
-
-            def novel_lp():
-                with models.lock:
-                    values["novel_lpips"] = float(np.mean([models.lpips(proto.image(v, proto.lpips_size),
-                                                                        proto.image(t, proto.lpips_size))
-                                                           for v, t in zip(views, truth)]))
-            attempt("novel_lpips", novel_lp)
-
-        def chamfer():
-            mesh_path = out / result.get("outputs", {}).get("mesh_obj", "mesh/mesh.obj")
-            values["chamfer"] = chamfer_distance(_mesh_points(mesh_path), _scene_points(scene))
-        attempt("chamfer", chamfer)
+        ground_truth_metrics(out, scene, result, views_meta, views, models, values, per_view, attempt, status)
 
     values["metric_status"] = "ok" if not status else "; ".join(status)
     resolution = int(views.shape[1]) if views is not None else int(
@@ -196,6 +180,57 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
     values.update(protocol_columns(proto, len(per_view), resolution))
     values["per_view"] = per_view
     return values
+
+
+def ground_truth_metrics(out: Path, scene: str, result: dict, views_meta: list[dict], views: np.ndarray | None,
+                         models: MetricModels, values: dict, per_view: list[dict], attempt, status: list[str]) -> None:
+    """The metrics against a synthetic case's known object, into `values` and `per_view` (`attempt` records
+    a metric's failure as NaN with its reason); the true views are saved to the case's truth/ folder."""
+    from c123.metrics import UNSEEN_ANGLE, chamfer_distance, fscore, psnr, silhouette_iou
+
+    proto = models.protocol
+    truth = None
+    try:
+        truth = _true_views(scene, views_meta, result, views.shape[1:3] if views is not None else None)
+        _save_truth(out, views_meta, truth)
+    except Exception as err:  # noqa: BLE001
+        status += [f"{m}: true views: {_reason(err)}" for m in ("novel_psnr", "novel_lpips", "unseen_psnr",
+                                                                "silhouette_iou")]
+    if truth is not None and views is not None:
+        def novel_psnr():
+            each = [psnr(proto.image(v, proto.psnr_size), proto.image(t, proto.psnr_size)) for v, t in zip(views, truth)]
+            for row, value in zip(per_view, each):
+                row["novel_psnr"] = value
+            values["novel_psnr"] = float(np.mean(each))
+        attempt("novel_psnr", novel_psnr)
+
+        def unseen_psnr():
+            unseen = [row["novel_psnr"] for row, far in zip(per_view, _unseen(views_meta, result)) if far]
+            if not unseen:
+                raise ValueError(f"no orbit view is {UNSEEN_ANGLE:g} degrees or more from the reference")
+            if any(math.isnan(v) for v in unseen):
+                raise ValueError("novel-view PSNR missing")
+            values["unseen_psnr"] = float(np.mean(unseen))
+        attempt("unseen_psnr", unseen_psnr)
+
+        def novel_lp():
+            with models.lock:
+                values["novel_lpips"] = float(np.mean([models.lpips(proto.image(v, proto.lpips_size),
+                                                                    proto.image(t, proto.lpips_size))
+                                                       for v, t in zip(views, truth)]))
+        attempt("novel_lpips", novel_lp)
+
+        def iou():
+            each = [silhouette_iou(v[..., 3] / 255.0, t[..., 3] / 255.0) for v, t in zip(views, truth)]
+            for row, value in zip(per_view, each):
+                row["silhouette_iou"] = value
+            values["silhouette_iou"] = float(np.mean(each))
+        attempt("silhouette_iou", iou)
+
+    mesh_path = out / result.get("outputs", {}).get("mesh_obj", "mesh/mesh.obj")
+    mesh_points = functools.cache(lambda: _mesh_points(mesh_path))
+    attempt("chamfer", lambda: values.__setitem__("chamfer", chamfer_distance(mesh_points(), _scene_points(scene))))
+    attempt("fscore", lambda: values.__setitem__("fscore", fscore(mesh_points(), _scene_points(scene))))
 
 
 def failed_case_metrics(protocol: MetricProtocol, num_views: int, resolution: int) -> dict:
@@ -215,7 +250,7 @@ def metrics_key(case_key: str, protocol: MetricProtocol, scene: str | None) -> s
 def cached_metrics(case_dir: str | Path, key: str) -> dict | None:
     """Metrics cached in the case folder under `key`, NaN restored; None when absent or stale."""
     data = cache.load_metrics(case_dir, key)
-    if data is None:
+    if data is None or not set(METRICS) <= set(data):  # written before a metric existed: compute again
         return None
     data.pop("key", None)
     return _none_to_nan(data)
@@ -266,6 +301,34 @@ def _true_views(scene: str, views_meta: list[dict], result: dict, size) -> np.nd
     cams = orbit_cameras(polar, azimuth, float(cam_cfg.get("ref_radius", 3.2)), float(cam_cfg.get("fovy", 20.0)))
     rendered = get_scene(scene).render(cams, int(size[0]), int(size[1]))
     return np.rint(rendered["rgba"].clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def _save_truth(out: Path, views_meta: list[dict], truth: np.ndarray) -> None:
+    """The true views as PNGs in the case's truth/ folder, named as the orbit views they match."""
+    from PIL import Image
+
+    from c123.atomic import atomic_path
+    from c123_pipeline.reports.runs import TRUTH_DIR
+
+    (out / TRUTH_DIR).mkdir(exist_ok=True)
+    for meta, image in zip(views_meta, truth):
+        with atomic_path(out / TRUTH_DIR / Path(meta["file"]).name) as tmp:
+            Image.fromarray(image, "RGBA").save(tmp, format="PNG")
+
+
+def _unseen(views_meta: list[dict], result: dict) -> list[bool]:
+    """Per orbit view: whether it is at least UNSEEN_ANGLE from the reference camera of the case's config."""
+    import torch
+
+    from c123.cameras import orbit_cameras, view_angle
+    from c123.metrics import UNSEEN_ANGLE
+
+    cam_cfg = result.get("config", {}).get("camera", {})
+    ref = orbit_cameras(float(cam_cfg.get("ref_polar", 90.0)), float(cam_cfg.get("ref_azimuth", 0.0)), 1.0, 20.0)
+    cams = orbit_cameras(torch.tensor([float(v.get("polar", 90.0)) for v in views_meta], dtype=torch.float64),
+                         torch.tensor([float(v.get("azimuth", 0.0)) for v in views_meta], dtype=torch.float64),
+                         1.0, 20.0)
+    return (view_angle(cams, ref) >= UNSEEN_ANGLE - 1e-6).tolist()
 
 
 def _mesh_points(path: Path, n: int = CHAMFER_POINTS) -> np.ndarray:

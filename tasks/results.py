@@ -47,6 +47,12 @@ class CaseRow:
     novel_psnr: float
     novel_lpips: float
     chamfer: float
+    unseen_psnr: float
+    """Novel-view PSNR over the orbit views at least 90 degrees from the reference (synthetic only)."""
+    fscore: float
+    """F-score at 0.01 of the exported mesh against the true surface (synthetic only)."""
+    silhouette_iou: float
+    """Mean IoU of the orbit views' silhouettes (alpha > 0.5) with the true ones (synthetic only)."""
     protocol: str
     """Name of the metric protocol (c123.metrics.PROTOCOLS); the next five columns are its resolved values."""
     clip_model: str
@@ -64,7 +70,7 @@ class CaseRow:
 
 @dataclass
 class ViewRow:
-    """One row of per_view.parquet: the CLIP-similarity of one orbit view of a case."""
+    """One row of per_view.parquet: the metrics of one orbit view of a case."""
 
     run_id: str
     dataset: str
@@ -76,6 +82,10 @@ class ViewRow:
     elevation: float
     clip_similarity: float
     weight_shape: str
+    novel_psnr: float
+    """PSNR against the true view (synthetic only, else NaN)."""
+    silhouette_iou: float
+    """IoU of the silhouette with the true one (synthetic only, else NaN)."""
 
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64()}

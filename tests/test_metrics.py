@@ -9,7 +9,7 @@ import torch
 
 from c123.errors import WeightsMissingError
 from c123.metrics import (PROTOCOLS, ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
-                          psnr)
+                          fscore, psnr, silhouette_iou)
 
 
 def test_composite_white_arrays_tensors_and_uint8():
@@ -98,6 +98,30 @@ def test_chamfer_identical_and_shifted_sets():
         np.mean((grid ** 2).sum(1)))            # one point at the origin: its own 0 + mean |x|^2
     with pytest.raises(ValueError, match="non-empty"):
         chamfer_distance(grid, np.zeros((0, 3)))
+
+
+def test_fscore_counts_points_within_the_distance_both_ways():
+    grid = np.stack(np.meshgrid(*[np.arange(5.0) * 0.1] * 3, indexing="ij"), -1).reshape(-1, 3)
+    assert fscore(grid, grid) == 1.0
+    assert fscore(grid, grid + [0.005, 0, 0]) == 1.0          # within the 0.01 default
+    assert fscore(grid, grid + [0.02, 0, 0]) == 0.0           # nothing within reach: a real 0, not a failure
+    # half of the prediction is the truth, half far away: precision 0.5, recall 1 -> 2/3
+    assert fscore(np.concatenate([grid, grid + 10.0]), grid) == pytest.approx(2 / 3)
+    assert fscore(grid, grid + [0.02, 0, 0], distance=0.03) == 1.0
+    with pytest.raises(ValueError, match="fscore: need two non-empty"):
+        fscore(grid, np.zeros((0, 3)))
+
+
+def test_silhouette_iou_of_known_masks():
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    a[:, :2], b[:, 1:3] = 1.0, 0.9                            # 4 shared pixels of 12 covered
+    assert silhouette_iou(a, b) == pytest.approx(4 / 12)
+    assert silhouette_iou(a, a) == 1.0
+    assert silhouette_iou(a, np.full((4, 4), 0.4)) == 0.0    # below the 0.5 threshold: empty
+    with pytest.raises(ValueError, match="both silhouettes are empty"):
+        silhouette_iou(np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="shapes differ"):
+        silhouette_iou(a, np.zeros((4, 5)))
 
 
 def test_metric_protocols_c123_default_and_magic123():

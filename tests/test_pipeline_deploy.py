@@ -57,13 +57,17 @@ def served(tmp_path_factory):
 def test_deployments_are_registered_with_schedule_and_no_overlap(served):
     api, env, runs = served
     names = {d: _get(f"{api}/deployments/name/benchmark/{d}") for d in
-             ("evaluate-c10", "evaluate-realfusion15", "nightly-regression")}
+             ("evaluate-c10", "evaluate-realfusion15", "nightly-regression", "nightly-verify")}
     assert all(names.values())
     nightly = names["nightly-regression"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     assert nightly["parameters"]["fail_on_regression"] is True and nightly["parameters"]["baseline"] == "latest"
+    verify = names["nightly-verify"]  # the CPU nightly: oracle-prior reconstructions of the synthetic scenes
+    assert [s["schedule"]["cron"] for s in verify["schedules"]] == ["0 3 * * *"]
+    assert (verify["parameters"]["dataset"], verify["parameters"]["preset"]) == ("synthetic", "verify")
+    assert verify["parameters"]["fail_on_regression"] is True and verify["parameters"]["thresholds"]["unseen_psnr"] > 0
     assert names["evaluate-c10"]["parameters"]["dataset"] == "c10"
     assert not names["evaluate-c10"]["schedules"]
 

@@ -26,7 +26,8 @@ def _row(**kw):
            "switch_iteration": None, "seconds_nerf": math.nan, "seconds_dmtet": None, "seconds_export": 1,
            "seconds_total": 1.5, "clip_similarity": math.nan, "psnr": None, "lpips": 0.1,
            "metric_status": "not computed: case failed", "novel_psnr": math.nan, "novel_lpips": math.nan,
-           "chamfer": math.nan, "protocol": "c123", "clip_model": "m", "num_views": 8, "resolution": 64,
+           "chamfer": math.nan, "unseen_psnr": math.nan, "fscore": math.nan, "silhouette_iou": math.nan,
+           "protocol": "c123", "clip_model": "m", "num_views": 8, "resolution": 64,
            "background": "white",
            "lpips_net": "alex", "config_hash": "h", "code_version": "v", "device": "cpu",
            "case_dir": "cases/consistent123/07/seed0", "cache_key": "k"}
@@ -72,7 +73,8 @@ def test_parquet_dtypes_roundtrip(tmp_path):
     assert back.loc[0, "seconds_export"] == 1.0 and back.loc[1, "seed"] == 3
 
     views = frame([ViewRow(run_id="r", dataset="c10", case="07", variant="consistent123", weight_shape="exp", seed=0,
-                           view_index=i, azimuth=90.0 * i, elevation=0.0, clip_similarity=0.5) for i in range(4)],
+                           view_index=i, azimuth=90.0 * i, elevation=0.0, clip_similarity=0.5, novel_psnr=math.nan,
+                           silhouette_iou=math.nan) for i in range(4)],
                   ViewRow)
     vpath = write_parquet(views, tmp_path / "per_view.parquet", PER_VIEW_SCHEMA)
     assert pq.read_schema(vpath).remove_metadata() == PER_VIEW_SCHEMA

@@ -55,8 +55,12 @@ SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_to
 
 
 def ensure_tiny_models(cfg) -> None:
-    """Write the tiny models a `tiny`-preset config points at (beside its Zero-1-to-3), when missing."""
-    write_tiny_models(Path(cfg.prior.zero123_model).expanduser().parent)
+    """Write the tiny models a config of a tiny-model preset points at (beside its Zero-1-to-3), when missing;
+    nothing for other presets, whose weights are the real ones."""
+    from c123.config import TINY_MODEL_PRESETS
+
+    if cfg.preset in TINY_MODEL_PRESETS:
+        write_tiny_models(Path(cfg.prior.zero123_model).expanduser().parent)
 
 
 def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:

@@ -22,6 +22,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from c123.cameras import view_angle
 from c123.config import PriorConfig
 from c123.priors import sds
 from c123.priors.weights import PRECISIONS, autocast, check_choice, load_frozen, runtime_dtypes, summarize_variants
@@ -55,16 +56,6 @@ def camera_vector(cams, ref_cams) -> torch.Tensor:
     d_azimuth = torch.deg2rad(AZIMUTH_SIGN * (cams.azimuth - ref_cams.azimuth.to(like)))
     d_radius = cams.radius - ref_cams.radius.to(like)
     return torch.stack([d_polar, torch.sin(d_azimuth), torch.cos(d_azimuth), d_radius], dim=-1)
-
-
-def view_angle(cams, ref_cams) -> torch.Tensor:
-    """Great-circle angle [B] (degrees) between each camera direction and the reference direction."""
-    def direction(c):
-        theta, phi = torch.deg2rad(c.polar.double()), torch.deg2rad(c.azimuth.double())
-        return torch.stack([theta.sin() * phi.sin(), theta.cos(), theta.sin() * phi.cos()], dim=-1)
-
-    cos = (direction(cams) * direction(ref_cams).to(cams.polar.device)).sum(-1).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cos)).to(cams.polar.dtype)
 
 
 def weight_preference(variant: str) -> tuple[str | None, ...]:
