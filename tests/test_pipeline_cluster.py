@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import DATA, FAST, REPO, SESSION, free_port, needs_data
+from pipeline_support import DATA, FAST, REPO, free_port, needs_data
 from storage_support import s3, s3_server
 
 pytestmark = [needs_data, pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import DATA, FAST, REPO, needs_data
+from pipeline_support import DATA, FAST, needs_data
 from storage_support import environ, s3, s3_server
 
 pytestmark = pytest.mark.timeout(900)

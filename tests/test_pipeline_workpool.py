@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline_support import DATA, FAST, REPO, SESSION, free_port, needs_data
+from pipeline_support import DATA, FAST, REPO, SESSION, api_get, free_port, needs_data
 
 PREFECT = Path(sys.executable).with_name("prefect")
 POOL = "c123-process"
@@ -46,16 +45,6 @@ def test_prefect_yaml_holds_the_served_deployments():
                                                              nightly.concurrency_options.collision_strategy.value)
 
 
-def _get(url: str):
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
-
-
 @needs_data
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -81,7 +70,7 @@ def test_a_deployment_run_through_a_process_work_pool_and_worker_completes(tmp_p
         prefect("work-pool", "create", POOL, "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         for name in _yaml_deployments():
-            assert _get(f"{api}/deployments/name/benchmark/{name}")["work_pool_name"] == POOL
+            assert api_get(f"{api}/deployments/name/benchmark/{name}")["work_pool_name"] == POOL
         worker = subprocess.Popen([str(PREFECT), "worker", "start", "--pool", POOL, "--name", "test-worker"], env=env,
                                   cwd=tmp_path, stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -91,7 +80,7 @@ def test_a_deployment_run_through_a_process_work_pool_and_worker_completes(tmp_p
         run = prefect("deployment", "run", "benchmark/evaluate-c10", "--params", json.dumps(params), "--watch",
                       "--watch-timeout", "600", timeout=700)
         flow_run_id = run.stdout.split("UUID: ", 1)[1].split()[0]
-        flow_run = _get(f"{api}/flow_runs/{flow_run_id}")
+        flow_run = api_get(f"{api}/flow_runs/{flow_run_id}")
         assert flow_run["state"]["type"] == "COMPLETED"
         assert flow_run["work_pool_name"] == POOL
         assert "test-worker" in (tmp_path / "worker.log").read_text()  # picked up by the worker, not served
