@@ -176,6 +176,9 @@ class PriorConfig:
     """CUDA 'fp16' = -O: SD and detector CLIP fp16, Zero-1-to-3 fp32 under fp16 autocast; or 'fp32'. CPU: fp32."""
     oracle_scene: str | None = None
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene."""
+    model_cache: str | None = None
+    """Hugging Face cache folder the Hub ids are read from on the machine that runs the case (None: HF_HUB_CACHE,
+    else ~/.cache/huggingface/hub); a shared mount gives every node one cache. Not part of the config hash."""
 
 
 @dataclass
@@ -295,8 +298,11 @@ class ReconstructConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable hash of the resolved config (used as part of the result cache key)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Stable hash of the resolved config (used as part of the result cache key); where the weights are cached
+        does not change a result, so prior.model_cache is left out."""
+        values = self.to_dict()
+        values["prior"].pop("model_cache", None)
+        blob = json.dumps(values, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
