@@ -37,8 +37,8 @@ class StorageError(C123Error):
 def location(url: str | Path) -> Location:
     """A run folder argument as a Location: local paths resolved (Path), URLs without a trailing '/' (str)."""
     if is_url(url):
-        filesystem(str(url))  # unknown scheme or package: the one line now
-        return str(url).rstrip("/")
+        fs, path = filesystem(str(url))  # unknown scheme or package: the one line now
+        return fs.unstrip_protocol(path.rstrip("/"))  # one spelling per folder (as subfolders() lists them)
     return local_path(url).expanduser().resolve()
 
 
@@ -102,12 +102,11 @@ def subfolders(folder: Location) -> list[Location]:
     if not is_url(folder):
         return sorted(p for p in Path(folder).iterdir() if p.is_dir()) if Path(folder).is_dir() else []
     fs, inner = filesystem(folder)
-    scheme = str(folder).split("://", 1)[0]
     try:
         entries = fs.ls(inner, detail=True, refresh=True)
     except FileNotFoundError:
         return []
-    return sorted(f"{scheme}://{e['name']}" for e in entries if e["type"] == "directory")
+    return sorted(fs.unstrip_protocol(e["name"]) for e in entries if e["type"] == "directory")
 
 
 def is_file(path: Location) -> bool:

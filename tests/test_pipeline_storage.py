@@ -114,3 +114,22 @@ def test_case_paths_stay_inside_a_url_run_folder():
     for bad in ("../other", "cases/../../x", "/abs"):
         with pytest.raises(C123Error, match="leaves the run folder"):
             inside("s3://b/run", bad)
+
+
+def test_baseline_latest_is_found_beside_a_url_run_folder():
+    """The nightly's baseline='latest' with $C123_RUNS on object storage: the newest earlier run of the same
+    dataset and preset in the same prefix, read back through a local copy of its tables."""
+    from c123_pipeline.tasks import results, storage
+    from c123_pipeline.tasks.report import check_baseline, find_latest_baseline
+    from test_pipeline_schema import _row
+
+    root = "memory://baseline-test/runs"
+    for name, dataset, created in (("old", "c10", "2026-01-01"), ("newer", "c10", "2026-02-01"),
+                                   ("other", "realfusion15", "2026-03-01")):
+        storage.write(f"{root}/{name}/run.json", json.dumps({"dataset": dataset, "preset": "tiny",
+                                                             "created_at": created}))
+        results.write_parquet(results.frame([_row(dataset=dataset, run_id=name)], results.CaseRow),
+                              f"{root}/{name}/per_case.parquet", results.PER_CASE_SCHEMA)
+    storage.write(f"{root}/now/run.json", json.dumps({"dataset": "c10", "preset": "tiny"}))
+    assert find_latest_baseline(f"{root}/now", "c10", "tiny") == "memory:///baseline-test/runs/newer"
+    assert check_baseline("latest", f"{root}/now", "c10", "tiny", ["07"]) == "memory:///baseline-test/runs/newer"
