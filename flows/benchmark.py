@@ -239,7 +239,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     offline_defaults()
     ds, variants, seeds, configs = resolve_inputs(spec)
     run_dir = storage.location(spec.out or default_run_dir(ds.name, spec.preset))
-    storage.check_writable(run_dir)
+    storage.check_reachable(run_dir)
     check_run_json(run_dir, ds.name, spec.preset)
     if isinstance(run_dir, Path) and run_dir.is_dir():  # a run going on there now: refused before anything starts (plan() locks it for real)
         RunLock(run_dir).acquire().release()

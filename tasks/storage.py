@@ -30,6 +30,12 @@ SKIP_UPLOAD = ("checkpoints",)
 """Subfolders of a case folder that stay on the node's scratch disk (resume state, large)."""
 
 
+CREDENTIALS_HINT = {
+    scheme: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, an instance role), and "
+            "AWS_ENDPOINT_URL for MinIO or another S3-compatible store" for scheme in ("s3", "s3a")}
+"""How to give credentials, per scheme (others: the store's own message)."""
+
+
 class StorageError(C123Error):
     """A run folder URL that cannot be used: unknown scheme, filesystem package or credentials missing."""
 
@@ -60,8 +66,7 @@ def describe(err: BaseException, url: str) -> StorageError:
     name = type(err).__name__
     msg = " ".join(str(err).split())[:200]
     if name in ("NoCredentialsError", "PartialCredentialsError") or "credentials" in msg.lower():
-        what = ("no credentials for it: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, an "
-                "instance role), and AWS_ENDPOINT_URL for MinIO or another S3-compatible store")
+        what = "no credentials for it: " + CREDENTIALS_HINT.get(url.split("://")[0], f"{name}: {msg}")
     elif isinstance(err, FileNotFoundError) or name == "NoSuchBucket":
         what = f"its bucket does not exist ({msg}): create it first"
     elif isinstance(err, PermissionError):
@@ -71,7 +76,7 @@ def describe(err: BaseException, url: str) -> StorageError:
     return StorageError(f"run folder {url}: {what}")
 
 
-def check_writable(url: Location) -> None:
+def check_reachable(url: Location) -> None:
     """Before any compute: the store answers with these credentials and the bucket exists (URLs only)."""
     if not is_url(url):
         return
