@@ -241,7 +241,8 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     run_dir = storage.location(spec.out or default_run_dir(ds.name, spec.preset))
     storage.check_reachable(run_dir)
     check_run_json(run_dir, ds.name, spec.preset)
-    if isinstance(run_dir, Path) and run_dir.is_dir():  # a run going on there now: refused before anything starts (plan() locks it for real)
+    # a run going on there now: refused before anything starts (plan() locks it for real; a URL has no lock)
+    if isinstance(run_dir, Path) and run_dir.is_dir():
         RunLock(run_dir).acquire().release()
     first = configs[(variants[0], seeds[0])]
     requested = get_protocol(spec.protocol)

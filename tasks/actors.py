@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import itertools
 import os
+import shutil
 import signal
 import threading
 import time
@@ -174,6 +175,7 @@ def local_case_folder(job: Job) -> Iterator[Job]:
     case = dataclasses.replace(job.case, **paths) if paths else job.case
     yield dataclasses.replace(job, case=case, out_dir=str(scratch / "out"), inputs=None)
     storage.upload_folder(scratch / "out", job.out_dir)
+    shutil.rmtree(scratch, ignore_errors=True)  # uploaded: the checkpoints are no longer needed
 
 
 def resolve_work_fn(spec: str | Callable | None) -> WorkFn:

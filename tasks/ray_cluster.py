@@ -161,15 +161,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             if local:  # the cluster ends with this process, however it ends
                 from c123_pipeline.tasks import lifeline
                 lifeline.arm()
-            with _loopback_init(loopback, home=ray_home() if local else None), _keep_sigterm_handler(), \
-                    tempfile.TemporaryDirectory(prefix="c123-code-") as stage:  # py_modules: uploaded by ray.init
+            with tempfile.TemporaryDirectory(prefix="c123-code-") as stage:  # py_modules: uploaded by ray.init
+                # the workers' environment is taken here, before _loopback_init swaps HOME
                 kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver,
                               runtime_env=worker_runtime_env(local, Path(stage)))
-                if local:
-                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-                             **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
+                with _loopback_init(loopback, home=ray_home() if local else None), _keep_sigterm_handler():
+                    if local:
+                        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                                 _node_ip_address="127.0.0.1", **kwargs)
+                    else:
+                        ray.init(address=address, **kwargs)
             _STARTED_HERE = local
         res = ray.cluster_resources()
         return ClusterInfo(address=ray.get_runtime_context().gcs_address, started=started,
