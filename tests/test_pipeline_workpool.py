@@ -57,7 +57,7 @@ def test_a_deployment_run_through_a_process_work_pool_and_worker_completes(tmp_p
     port = free_port()
     server = start_server("127.0.0.1", port, home)
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home)}
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "INFO"}
     env.pop("RAY_ADDRESS", None)  # the flow run starts its own local cluster on the worker's machine
     worker = None
     try:
