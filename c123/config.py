@@ -178,6 +178,9 @@ class PriorConfig:
     oracle_scene: str | None = None
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene; 'case': the scene
     of each synthetic case (the benchmark fills it in)."""
+    model_cache: str | None = None
+    """Hugging Face cache folder the Hub ids are read from on the machine that runs the case (None: HF_HUB_CACHE,
+    else ~/.cache/huggingface/hub); a shared mount gives every node one cache. Not part of the config hash."""
 
 
 @dataclass
@@ -359,11 +362,13 @@ class ReconstructConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable hash of the resolved config (used as part of the result cache key); `log` is left out, since
-        what a run records does not change what it computes."""
-        data = self.to_dict()
-        del data["log"]
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        """Stable hash of the resolved config (used as part of the result cache key). Left out, since they do
+        not change what a run computes: `log` (what a run records) and prior.model_cache (where weights are
+        cached)."""
+        values = self.to_dict()
+        del values["log"]
+        values["prior"].pop("model_cache", None)
+        blob = json.dumps(values, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

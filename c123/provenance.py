@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,16 @@ import c123
 _REPO = Path(__file__).resolve().parent.parent
 
 
+CODE_VERSION_ENV = "C123_CODE_VERSION"
+"""Set by a driver that ships its code to other machines (a copy without the checkout's git history)."""
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """`git describe --always --dirty` of the checkout when there is one, else the package version."""
+    """$C123_CODE_VERSION, else `git describe --always --dirty` of the checkout when there is one, else the
+    package version."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     try:
         out = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],
                              capture_output=True, text=True, timeout=5)

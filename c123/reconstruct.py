@@ -85,19 +85,19 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
         else:
             from c123.priors.zero123 import Zero123Prior, weight_preference
             path = resolve(cfg.prior.zero123_model, "Zero-1-to-3 (the 3D prior)",
-                           variants=weight_preference(cfg.prior.zero123_variant))
+                           variants=weight_preference(cfg.prior.zero123_variant), cache_dir=cfg.prior.model_cache)
             priors.zero123 = Zero123Prior.from_pretrained(path, cfg.prior, device)
             priors.model_ids["zero123"] = cfg.prior.zero123_model
         priors.model_ids["zero123_variant"] = priors.zero123.variant_loaded
     if "sd" in need and priors.sd is None:
         from c123.priors.stable_diffusion import StableDiffusionPrior
-        path = resolve(cfg.prior.sd_model, "Stable Diffusion 2.1 base (the 2D prior)")
+        path = resolve(cfg.prior.sd_model, "Stable Diffusion 2.1 base (the 2D prior)", cache_dir=cfg.prior.model_cache)
         priors.sd = StableDiffusionPrior.from_pretrained(path, cfg.prior, device)
         priors.model_ids["stable_diffusion"] = cfg.prior.sd_model
         priors.model_ids["stable_diffusion_variant"] = priors.sd.variant_loaded
     if "clip" in need and priors.clip is None:
         from c123.priors.clip import ClipModel
-        path = resolve(cfg.prior.clip_model, "CLIP (the boundary detector)")
+        path = resolve(cfg.prior.clip_model, "CLIP (the boundary detector)", cache_dir=cfg.prior.model_cache)
         priors.clip = ClipModel.from_pretrained(path, device, precision=cfg.prior.precision)  # fp16 on CUDA as -O
         priors.model_ids["clip"] = cfg.prior.clip_model
     return priors

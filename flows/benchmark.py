@@ -56,7 +56,8 @@ class BenchmarkSpec:
     seeds: list[int] | None = None
     """Seeds (default [0])."""
     out: str | None = None
-    """Run folder (default $C123_RUNS/<dataset>-<preset>-<UTC time>); an existing one resumes."""
+    """Run folder, a local path or an fsspec URL such as s3://bucket/run (default
+    $C123_RUNS/<dataset>-<preset>-<UTC time>); an existing one resumes."""
     overrides: list[str] | None = None
     """Config overrides, 'section.field=value'."""
     num_actors: int | None = None
@@ -187,9 +188,12 @@ def variant_folder(cfg) -> str:
     return cfg.schedule.variant if shape == "exp" else f"{cfg.schedule.variant}-{shape}"
 
 
-def default_run_dir(dataset: str, preset_name: str) -> Path:
+def default_run_dir(dataset: str, preset_name: str):
+    """$C123_RUNS (a folder or a URL, default ./runs)/<dataset>-<preset>-<UTC time>."""
+    from c123_pipeline.tasks import storage
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path(os.environ.get(RUNS_ENV) or "runs") / f"{Path(dataset).name}-{preset_name}-{stamp}"
+    return storage.join(os.environ.get(RUNS_ENV) or Path("runs"), f"{Path(dataset).name}-{preset_name}-{stamp}")
 
 
 # ---- the plan ----------------------------------------------------------------------------------
@@ -214,13 +218,14 @@ class RunPlan:
 
     spec: BenchmarkSpec
     dataset: object
-    run_dir: Path
+    run_dir: Path | str
+    """A local folder or an fsspec URL (tasks/storage.py)."""
     run_id: str
     version: str
     protocol: MetricProtocol
     """Resolved: the CLIP, the number of views and the LPIPS backbone chosen and present on this machine."""
     entries: list[Entry]
-    baseline: Path | None
+    baseline: Path | str | None
     lock: object
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -235,8 +240,8 @@ class Checked:
     configs: dict
     """{(variant, seed): ReconstructConfig}."""
     protocol: MetricProtocol
-    baseline: Path | None
-    run_dir: Path
+    baseline: Path | str | None
+    run_dir: Path | str
 
 
 def check_spec(spec: BenchmarkSpec, log) -> Checked:
@@ -245,15 +250,18 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     (present on this machine)."""
     from c123.config import TINY_MODEL_PRESETS
     from c123.provenance import offline_defaults
+    from c123_pipeline.tasks import storage
     from c123_pipeline.tasks.metrics import resolve_protocol
     from c123_pipeline.tasks.report import check_baseline
     from c123_pipeline.tasks.run_folder import RunLock, check_run_json
 
     offline_defaults()
     ds, variants, seeds, configs = resolve_inputs(spec)
-    run_dir = (Path(spec.out).expanduser() if spec.out else default_run_dir(ds.name, spec.preset)).resolve()
+    run_dir = storage.location(spec.out or default_run_dir(ds.name, spec.preset))
+    storage.check_reachable(run_dir)
     check_run_json(run_dir, ds.name, spec.preset)
-    if run_dir.is_dir():  # a run going on there now: refused before anything starts (plan() locks it for real)
+    # a run going on there now: refused before anything starts (plan() locks it for real; a URL has no lock)
+    if isinstance(run_dir, Path) and run_dir.is_dir():
         RunLock(run_dir).acquire().release()
     first = configs[(variants[0], seeds[0])]
     requested = get_protocol(spec.protocol)
@@ -305,14 +313,15 @@ def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
                    {"prepare": time.perf_counter() - t_start})
 
 
-def reuse_finished(entry: Entry, run_dir: Path) -> None:
+def reuse_finished(entry: Entry, run_dir: Path | str) -> None:
     """A case folder finished under the entry's key gives its outcome without compute."""
-    from c123_pipeline.tasks import cache
+    from c123_pipeline.tasks import cache, storage
     from c123_pipeline.tasks.actors import Outcome
 
-    if cache.is_done(run_dir / entry.case_dir, entry.key):
+    folder = storage.join(run_dir, entry.case_dir)
+    if cache.is_done(folder, entry.key):
         try:
-            entry.outcome, entry.cached = Outcome(result=cache.load_result(run_dir / entry.case_dir)), True
+            entry.outcome, entry.cached = Outcome(result=cache.load_result(folder)), True
         except (OSError, ValueError):
             entry.outcome = None
 
@@ -347,11 +356,12 @@ class MetricStep:
 
     def submit(self, entry: Entry) -> None:
         """Start (or read back) the metrics of a finished case; failed cases have none."""
+        from c123_pipeline.tasks import storage
         from c123_pipeline.tasks.metrics import cached_metrics, case_metrics_task, metrics_key
 
         if entry.outcome.status != "ok":
             return
-        folder = self.plan.run_dir / entry.case_dir
+        folder = storage.join(self.plan.run_dir, entry.case_dir)
         key = metrics_key(entry.key, self.plan.protocol, entry.case.scene)
         found = cached_metrics(folder, key)
         if found is not None:
@@ -391,7 +401,8 @@ class DispatchStats:
 def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> DispatchStats:
     """Cases without a finished folder go to Ray actors; each finished case starts its metrics."""
     from c123.config_checks import check_device_exists
-    from c123_pipeline.tasks.actors import ActorPool, Job, actor_resources, default_num_actors
+    from c123_pipeline.tasks import storage
+    from c123_pipeline.tasks.actors import ActorPool, Job, actor_resources, default_num_actors, input_bytes
     from c123_pipeline.tasks.ray_cluster import ensure_ray, shutdown_ray
 
     stats = DispatchStats()
@@ -411,8 +422,10 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
         if not resources["num_gpus"]:
             resources["num_cpus"] = min(1.0, cluster.num_cpus / stats.actors) if cluster.num_cpus else 1.0
         log.info(f"Ray at {cluster.address}: {stats.actors} actors x {resources}; {len(todo)} cases to compute")
+        remote = isinstance(plan_.run_dir, str)  # object storage: the nodes share no disk, inputs travel along
         jobs = [Job(e.index, e.case, variant_folder(e.cfg), e.cfg.seed, e.cfg.to_dict(),
-                    str(plan_.run_dir / e.case_dir), e.key, plan_.dataset.name) for e in todo]
+                    str(storage.join(plan_.run_dir, e.case_dir)), e.key, plan_.dataset.name,
+                    input_bytes(e.case) if remote else None) for e in todo]
         t_epoch = time.time() - (time.perf_counter() - t_start)
         with ActorPool(stats.actors, resources=resources, work_fn=plan_.spec.work_fn,
                        max_retries=plan_.spec.max_retries, logger=log) as pool:
@@ -462,7 +475,7 @@ def rows(plan_: RunPlan, metrics: MetricStep):
                                       "lpips_net")},
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
-            case_dir=entry.case_dir, cache_key=entry.key))
+            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 NIGHTLY_CRON = "0 2 * * *"
 VERIFY_CRON = "0 3 * * *"
@@ -62,7 +61,8 @@ def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default=os.environ.get("C123_RUNS", "runs"),
-                   help="folder that receives run folders of runs without an explicit `out` (default ./runs)")
+                   help="folder or URL (s3://bucket/runs) that receives run folders of runs without an explicit `out` "
+                        "(default ./runs)")
     p.add_argument("--preset", default="paper", help="default preset of the evaluate-* deployments")
     p.add_argument("--nightly-cron", default=NIGHTLY_CRON, help=f"cron of nightly-regression (default '{NIGHTLY_CRON}')")
     p.add_argument("--nightly-dataset", default="c10")
@@ -79,7 +79,9 @@ def serve_deployments(args: argparse.Namespace) -> None:
 
     from c123.provenance import offline_defaults
 
-    os.environ["C123_RUNS"] = str(Path(args.runs).expanduser().resolve())
+    from c123_pipeline.tasks import storage
+
+    os.environ["C123_RUNS"] = str(storage.location(args.runs))  # a folder or a URL (s3://bucket/runs)
     offline_defaults()
     deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
                                     args.preset, args.verify_cron)

@@ -83,7 +83,7 @@ def spec_from(opts: argparse.Namespace):
     return spec
 
 
-def resume_command(argv: list[str], out: Path) -> str:
+def resume_command(argv: list[str], out: Path | str) -> str:
     """The command that continues this run: the same arguments, with --out when it was not given."""
     return shlex.join(["c123", "evaluate", *argv, *([] if "--out" in argv else ["--out", str(out)])])
 
@@ -160,7 +160,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
 
     spec = spec_from(opts)
-    out = Path(spec.out) if spec.out else default_run_dir(opts.dataset, opts.preset)
+    out = spec.out or default_run_dir(opts.dataset, opts.preset)  # a folder or a URL (tasks/storage.py)
     spec.out = str(out)
     args.resume = f"finished cases are kept; resume with: {resume_command(args.rest, out)}"
     check_spec(spec, _StderrLog())  # every user error before Prefect and Ray start

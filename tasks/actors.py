@@ -13,10 +13,12 @@ checkpoints, so a retry continues where the dead actor stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,8 +33,9 @@ from c123_pipeline.tasks.ray_cluster import quiet_env
 quiet_env()
 import ray  # noqa: E402  (after the environment Ray reads at import)
 
+from c123.atomic import is_url  # noqa: E402
 from c123.errors import C123Error  # noqa: E402
-from c123_pipeline.tasks import cache  # noqa: E402
+from c123_pipeline.tasks import cache, storage  # noqa: E402
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Job:
     key: str
     """Cache key the finished folder will carry."""
     dataset: str = ""
+    inputs: dict[str, tuple[str, bytes]] | None = None
+    """{case attribute (rgba_path, ...): (file name, bytes)} when the nodes share no disk (a run folder on
+    object storage): the actor computes from these instead of the dataset's paths."""
 
     @property
     def case_id(self) -> str:
@@ -82,6 +88,8 @@ class Outcome:
     """(start, end) epoch seconds of the last attempt, for the overhead timeline."""
     traceback: str | None = None
     """Where an unexpected error came from (for the logs, not the tables)."""
+    node_id: str | None = None
+    """Ray node of the actor that ran the last attempt."""
 
 
 WorkFn = Callable[[Job, "PriorsCache", Callable[[dict], None]], dict]
@@ -139,6 +147,35 @@ def reconstruct_case(job: Job, priors: PriorsCache, progress: Callable[[dict], N
     cfg = from_dict(job.config)
     inp = job.case.load(cfg)  # a plain photo is preprocessed here (cached by its bytes)
     return reconstruct(inp, cfg, job.out_dir, priors=priors.get(cfg), progress=progress)
+
+
+INPUT_ROLES = ("rgba_path", "mask_path", "depth_path")
+
+
+def input_bytes(case) -> dict[str, tuple[str, bytes]]:
+    """The case's input files as {role: (file name, bytes)}, read here (the driver) for a node without them."""
+    return {role: (Path(path).name, Path(path).read_bytes())
+            for role in INPUT_ROLES if (path := getattr(case, role, None)) is not None and Path(path).is_file()}
+
+
+@contextlib.contextmanager
+def local_case_folder(job: Job) -> Iterator[Job]:
+    """The job to compute: itself for a local run folder; for an object-storage one, the same job computed in
+    this node's scratch folder (inputs written there from job.inputs), whose files are uploaded to job.out_dir
+    when the work succeeds (cache_key, written after this, commits the upload)."""
+    if not is_url(job.out_dir):
+        yield job
+        return
+    scratch = storage.scratch_folder(job.out_dir)
+    paths = {}
+    for role, (name, data) in (job.inputs or {}).items():
+        paths[role] = scratch / "input" / role / name
+        paths[role].parent.mkdir(parents=True, exist_ok=True)
+        paths[role].write_bytes(data)
+    case = dataclasses.replace(job.case, **paths) if paths else job.case
+    yield dataclasses.replace(job, case=case, out_dir=str(scratch / "out"), inputs=None)
+    storage.upload_folder(scratch / "out", job.out_dir)
+    shutil.rmtree(scratch, ignore_errors=True)  # uploaded: the checkpoints are no longer needed
 
 
 def resolve_work_fn(spec: str | Callable | None) -> WorkFn:
@@ -210,9 +247,10 @@ class ReconstructionActor:
                 self.state.update(stage=info.get("stage"), step=info.get("step", 0), total=info.get("total", 0))
             self._apply_threads()
 
-        outcome = Outcome(pid=os.getpid())
+        outcome = Outcome(pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id())
         try:
-            outcome.result = self.work(job, self.priors, progress)
+            with local_case_folder(job) as local_job:
+                outcome.result = self.work(local_job, self.priors, progress)
             cache.mark_done(job.out_dir, job.key)
         except C123Error as err:
             outcome.status, outcome.error = "failed", error_line(err)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from c123.config import ReconstructConfig
 from c123.provenance import code_version as _code_version
-from c123.atomic import write_atomic
+from c123_pipeline.tasks import storage
 
 KEY_FILE = "cache_key"
 """File in a case folder holding the key of the finished result.json beside it."""
@@ -60,26 +60,26 @@ def cache_key(case, cfg: ReconstructConfig, version: str | None = None) -> str:
 
 def read_key(case_dir: str | Path) -> str | None:
     """The key a case folder carries, or None."""
-    path = Path(case_dir) / KEY_FILE
     try:
-        return path.read_text().strip() or None
+        return storage.read_text(storage.join(case_dir, KEY_FILE)).strip() or None
     except OSError:
         return None
 
 
 def is_done(case_dir: str | Path, key: str) -> bool:
     """True when the folder holds a result.json computed under `key`."""
-    return (Path(case_dir) / "result.json").is_file() and read_key(case_dir) == key
+    return read_key(case_dir) == key and storage.is_file(storage.join(case_dir, "result.json"))
 
 
 def mark_done(case_dir: str | Path, key: str) -> None:
-    """Record that the result.json in `case_dir` was computed under `key` (after it was written)."""
-    write_atomic(Path(case_dir) / KEY_FILE, key + "\n")
+    """Record that the result.json in `case_dir` was computed under `key` (after it was written; on object
+    storage this marker commits the uploaded folder)."""
+    storage.write(storage.join(case_dir, KEY_FILE), key + "\n")
 
 
 def load_result(case_dir: str | Path) -> dict:
     """The case's result.json."""
-    return json.loads((Path(case_dir) / "result.json").read_text())
+    return json.loads(storage.read_text(storage.join(case_dir, "result.json")))
 
 
 def metrics_key(case_key: str, protocol: dict) -> str:
@@ -90,9 +90,8 @@ def metrics_key(case_key: str, protocol: dict) -> str:
 
 def load_metrics(case_dir: str | Path, key: str) -> dict | None:
     """Cached metrics of a case folder when they were computed under `key`."""
-    path = Path(case_dir) / METRICS_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_text(storage.join(case_dir, METRICS_FILE)))
     except (OSError, ValueError):
         return None
     return data if data.get("key") == key else None
@@ -100,7 +99,7 @@ def load_metrics(case_dir: str | Path, key: str) -> dict | None:
 
 def save_metrics(case_dir: str | Path, key: str, metrics: dict) -> None:
     """Cache metrics (NaN written as null) atomically."""
-    write_atomic(Path(case_dir) / METRICS_FILE, json.dumps({"key": key, **_nan_to_none(metrics)}, indent=1))
+    storage.write(storage.join(case_dir, METRICS_FILE), json.dumps({"key": key, **_nan_to_none(metrics)}, indent=1))
 
 
 def _nan_to_none(obj):

@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from c123.errors import C123Error
 from c123.metrics import METRICS, MetricProtocol
-from c123_pipeline.tasks import cache
+from c123_pipeline.tasks import cache, storage
 
 NAN = math.nan
 CHAMFER_POINTS = 10000
@@ -261,7 +261,8 @@ def case_metrics_task(case_dir: str, result: dict, models: MetricModels, key: st
                       scene: str | None = None) -> dict:
     """Metrics of one case; cached in the case folder's metrics.json (not when a metric model failed to
     load, so that a rerun with the weights in place computes them)."""
-    values = compute_case_metrics(case_dir, result, models, scene)
+    with storage.local_copy(case_dir, skip=("checkpoints", "video")) as folder:  # a copy when on object storage
+        values = compute_case_metrics(folder, result, models, scene)
     if not models.errors:
         cache.save_metrics(case_dir, key, values)
     return values

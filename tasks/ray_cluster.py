@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from c123.atomic import write_atomic
 
+RAY_CODE_ENV = "C123_RAY_CODE"
+"""How the workers get the code: 'package' (uploaded as py_modules) or 'path' (this checkout on PYTHONPATH)."""
 RAY_HOME_ENV = "C123_RAY_HOME"
 """Folder used as HOME of the Ray processes (default ~/.cache/c123/ray-home)."""
 
@@ -70,17 +74,64 @@ def local_auth_env() -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
 
 
-def worker_env() -> dict[str, str]:
-    """Environment the Ray workers get back: the real HOME, offline model loading, the repo importable."""
-    from c123.provenance import offline_defaults
+def worker_env(ship_code: bool = False) -> dict[str, str]:
+    """Environment the Ray workers get back: the real HOME, offline model loading, and the code importable
+    (this checkout on PYTHONPATH; when the code is shipped as packages, only the user's PYTHONPATH and the
+    driver's code version)."""
+    from c123.provenance import CODE_VERSION_ENV, code_version, offline_defaults
 
     offline_defaults()
-    env = {"HOME": os.environ.get("HOME", str(Path.home())), "HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"],
-           "PYTHONPATH": os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if ship_code:
+        paths = [p for p in paths if Path(p).resolve() != _REPO]
+    else:
+        paths.insert(0, str(_REPO))
+    env = {"HOME": os.environ.get("HOME", str(Path.home())), "HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]}
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    if ship_code:
+        env[CODE_VERSION_ENV] = code_version()
     for key in ("C123_TINY_MODELS", "C123_DATA", "C123_CACHE", "TORCH_HOME", "HF_HOME", "HF_HUB_CACHE",
                 "OMP_NUM_THREADS"):
         if os.environ.get(key):
             env[key] = os.environ[key]
+    return env
+
+
+def ships_code(local: bool) -> bool:
+    """Whether the workers get the code as packages (runtime_env py_modules) rather than this checkout's path:
+    $C123_RAY_CODE ('package' or 'path'), by default 'package' when joining a cluster by address (its nodes
+    need not have this checkout) and 'path' for the private local cluster (same machine, no upload)."""
+    mode = os.environ.get(RAY_CODE_ENV) or ("path" if local else "package")
+    if mode not in ("package", "path"):
+        from c123.errors import C123Error
+        raise C123Error(f"{RAY_CODE_ENV}={mode!r}: use 'package' (ship the code to the workers) or 'path'")
+    return mode == "package"
+
+
+def code_packages(stage: Path) -> list[str]:
+    """The `c123` and `c123_pipeline` packages this process imports, laid out as installed packages under
+    `stage` (also from a checkout, where c123_pipeline's subpackages live in other folders): Ray's py_modules."""
+    import importlib
+
+    import c123
+    import c123_pipeline
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(c123.__file__).parent, stage / "c123", ignore=skip, dirs_exist_ok=True)
+    shutil.copytree(Path(c123_pipeline.__file__).parent, stage / "c123_pipeline", ignore=skip, dirs_exist_ok=True)
+    for sub in ("datasets", "tasks", "flows", "reports"):
+        folder = Path(importlib.import_module(f"c123_pipeline.{sub}").__file__).parent
+        shutil.copytree(folder, stage / "c123_pipeline" / sub, ignore=skip, dirs_exist_ok=True)
+    return [str(stage / "c123"), str(stage / "c123_pipeline")]
+
+
+def worker_runtime_env(local: bool, stage: Path) -> dict:
+    """The job's runtime_env: worker_env(), plus the code as py_modules (staged in `stage`) when shipped."""
+    ship = ships_code(local)
+    env: dict = {"env_vars": worker_env(ship)}
+    if ship:
+        env["py_modules"] = code_packages(stage)
     return env
 
 
@@ -101,8 +152,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         if not ray.is_initialized():
             started = True
             address = address or os.environ.get("RAY_ADDRESS") or "local"
-            kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver,
-                          runtime_env={"env_vars": worker_env()})
             local = address == "local"
             loopback = local or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
             if local:
@@ -112,12 +161,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             if local:  # the cluster ends with this process, however it ends
                 from c123_pipeline.tasks import lifeline
                 lifeline.arm()
-            with _loopback_init(loopback, home=ray_home() if local else None), _keep_sigterm_handler():
-                if local:
-                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-                             **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
+            with tempfile.TemporaryDirectory(prefix="c123-code-") as stage:  # py_modules: uploaded by ray.init
+                # the workers' environment is taken here, before _loopback_init swaps HOME
+                kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=log_to_driver,
+                              runtime_env=worker_runtime_env(local, Path(stage)))
+                with _loopback_init(loopback, home=ray_home() if local else None), _keep_sigterm_handler():
+                    if local:
+                        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                                 _node_ip_address="127.0.0.1", **kwargs)
+                    else:
+                        ray.init(address=address, **kwargs)
             _STARTED_HERE = local
         res = ray.cluster_resources()
         return ClusterInfo(address=ray.get_runtime_context().gcs_address, started=started,

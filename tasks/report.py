@@ -6,26 +6,31 @@ flow marks its run failed on a regression when asked to (the nightly deployment 
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from c123.errors import C123Error
+from c123_pipeline.tasks import storage
 
 ARTIFACT_KEY = "regression-verdict"
+REPORT_READS_NOT = ("checkpoints", "video", "mesh")
+"""Case subfolders the report does not read (not downloaded for a run folder on object storage)."""
+TABLES_ONLY = ("cases", "report")
+"""What a baseline run folder's copy leaves out (only run.json and the Parquet files are read)."""
 
 
-def find_latest_baseline(run_dir: str | Path, dataset: str, preset: str) -> Path | None:
+def find_latest_baseline(run_dir: storage.Location, dataset: str, preset: str) -> storage.Location | None:
     """The newest other run folder beside `run_dir` with a per_case.parquet and the same dataset and preset."""
-    run = Path(run_dir).resolve()
+    run = storage.location(run_dir)
     best, best_time = None, ""
-    for other in run.parent.iterdir() if run.parent.is_dir() else []:
-        if other.resolve() == run or not (other / "per_case.parquet").is_file():
+    for other in storage.subfolders(storage.parent(run)):
+        if storage.location(other) == run or not storage.is_file(storage.join(other, "per_case.parquet")):
             continue
         try:
-            info = json.loads((other / "run.json").read_text())
+            info = storage.read_json_object(storage.join(other, "run.json"))
         except (OSError, ValueError):
             continue
         if info.get("dataset") == dataset and info.get("preset") == preset and str(info.get("created_at", "")) > best_time:
@@ -33,8 +38,8 @@ def find_latest_baseline(run_dir: str | Path, dataset: str, preset: str) -> Path
     return best
 
 
-def check_baseline(baseline: str | None, run_dir: Path, dataset: str, preset: str, case_ids: list[str],
-                   log=None) -> Path | None:
+def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str, preset: str,
+                   case_ids: list[str], log=None) -> storage.Location | None:
     """The baseline run folder to judge against, checked before any compute: readable, of the same dataset,
     sharing at least one case with this run (else the verdict would compare nothing and say "OK").
     'latest' is the newest earlier run of the dataset and preset beside `run_dir` (None when there is none)."""
@@ -49,10 +54,11 @@ def check_baseline(baseline: str | None, run_dir: Path, dataset: str, preset: st
                 log.warning("baseline 'latest': no earlier finished run of this dataset and preset; no verdict")
             return None
         baseline = str(found)
-    path = Path(baseline).expanduser().resolve()
-    if path == Path(run_dir).resolve():
+    path = storage.location(baseline)
+    if path == storage.location(run_dir):
         raise C123Error(f"baseline {path} is this run's own folder: pass an earlier run folder")
-    base = load_run(path)
+    with storage.local_copy(path, skip=TABLES_ONLY) as local:
+        base = load_run(local)
     theirs = {str(d).lower() for d in base.per_case["dataset"].unique()} | (
         {str(base.info["dataset"]).lower()} if base.info.get("dataset") else set())
     if theirs != {dataset.lower()}:
@@ -70,13 +76,22 @@ def report_task(run_dir: str, baseline: str | None = None, thresholds: dict | li
     """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report."""
     from c123_pipeline.reports.build import build_report
 
-    paths = build_report([run_dir], Path(run_dir) / "report", baseline=baseline, thresholds=thresholds)
-    out = {"index_html": str(paths.index_html), "tables_md": str(paths.tables_md),
-           "tables_tex": str(paths.tables_tex), "plots": {k: str(v) for k, v in (paths.plots or {}).items()},
+    # a run folder on object storage: built from a local copy, then RUN/report uploaded
+    with storage.local_copy(run_dir, skip=REPORT_READS_NOT) as local, \
+            storage.local_copy(baseline, skip=TABLES_ONLY) if baseline else contextlib.nullcontext() as base:
+        paths = build_report([str(local)], local / "report", baseline=str(base) if base else None,
+                             thresholds=thresholds)
+        storage.upload_folder(local / "report", storage.join(run_dir, "report"))
+
+    def where(path) -> str:
+        return str(storage.join(run_dir, str(Path(path).relative_to(local.resolve()))))
+
+    out = {"index_html": where(paths.index_html), "tables_md": where(paths.tables_md),
+           "tables_tex": where(paths.tables_tex), "plots": {k: where(v) for k, v in (paths.plots or {}).items()},
            "baseline": str(baseline) if baseline else None, "regressed": False, "verdict_md": None,
            "verdict_markdown": None}
     if paths.verdict is not None:
-        out.update(regressed=bool(paths.verdict.regressed), verdict_md=str(paths.verdict_md),
+        out.update(regressed=bool(paths.verdict.regressed), verdict_md=where(paths.verdict_md),
                    verdict_markdown=paths.verdict.markdown)
         if publish_artifact:
             publish_verdict(paths.verdict.markdown)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from c123.atomic import atomic_path
+from c123_pipeline.tasks import storage
 
 
 @dataclass
@@ -66,6 +65,8 @@ class CaseRow:
     case_dir: str
     """Case folder relative to the run folder."""
     cache_key: str
+    node_id: str | None = None
+    """Ray node that computed the case in this run (None when it was reused from the cache)."""
 
 
 @dataclass
@@ -126,18 +127,17 @@ def frame(rows: list, cls) -> pd.DataFrame:
     return pd.DataFrame(data, columns=[name for name, _, _ in _column_types(cls)])
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> Path:
-    """Write with the explicit Arrow schema via a temp file in the same folder and os.replace."""
+def write_parquet(df: pd.DataFrame, path: storage.Location, schema: pa.Schema) -> storage.Location:
+    """Write with the explicit Arrow schema, atomically (a local path or a URL: tasks.storage.atomic_file)."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    with atomic_path(path) as tmp:
+    with storage.atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-    return Path(path)
+    return path
 
 
 @task(name="write-parquet", cache_policy=NO_CACHE)
 def write_results_task(run_dir: str, case_rows: list[CaseRow], view_rows: list[ViewRow]) -> dict:
     """RUN/per_case.parquet and RUN/per_view.parquet (atomic); returns their paths."""
-    run = Path(run_dir)
-    per_case = write_parquet(frame(case_rows, CaseRow), run / "per_case.parquet", PER_CASE_SCHEMA)
-    per_view = write_parquet(frame(view_rows, ViewRow), run / "per_view.parquet", PER_VIEW_SCHEMA)
+    per_case = write_parquet(frame(case_rows, CaseRow), storage.join(run_dir, "per_case.parquet"), PER_CASE_SCHEMA)
+    per_view = write_parquet(frame(view_rows, ViewRow), storage.join(run_dir, "per_view.parquet"), PER_VIEW_SCHEMA)
     return {"per_case": str(per_case), "per_view": str(per_view)}

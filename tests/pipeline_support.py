@@ -61,6 +61,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def api_get(url: str):
+    """GET a JSON answer from a Prefect API (None when it does not answer)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
 def copy_dataset(name: str, dest: Path) -> Path:
     """A private copy of a shared dataset folder (only the top-level files the loader reads)."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -8,22 +8,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pipeline_support import DATA, FAST, REPO, SESSION, free_port, needs_data, ray_cluster
+from pipeline_support import DATA, FAST, REPO, SESSION, api_get, free_port, needs_data, ray_cluster
 
 pytestmark = [needs_data, pytest.mark.timeout(900)]
-
-
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def served(tmp_path_factory):
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while _get(f"{api}/deployments/name/benchmark/nightly-regression") is None:
+        while api_get(f"{api}/deployments/name/benchmark/nightly-regression") is None:
             assert serve.poll() is None, (runs / "serve.log").read_text()[-3000:]
             assert time.time() < deadline, "deployments not registered"
             time.sleep(1)
@@ -56,7 +47,7 @@ def served(tmp_path_factory):
 
 def test_deployments_are_registered_with_schedule_and_no_overlap(served):
     api, env, runs = served
-    names = {d: _get(f"{api}/deployments/name/benchmark/{d}") for d in
+    names = {d: api_get(f"{api}/deployments/name/benchmark/{d}") for d in
              ("evaluate-c10", "evaluate-realfusion15", "nightly-regression", "nightly-verify")}
     assert all(names.values())
     nightly = names["nightly-regression"]
@@ -110,7 +101,7 @@ def test_a_deployment_run_whose_cases_fail_is_failed_and_watch_exits_1(served, t
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Flow run finished in state 'Failed'" in proc.stdout + proc.stderr
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
-    state = _get(f"{api}/flow_runs/{flow_run_id}")["state"]
+    state = api_get(f"{api}/flow_runs/{flow_run_id}")["state"]
     assert state["type"] == "FAILED"
     assert state["message"].startswith("2 failed of 2; first: consistent123/07/seed0: InputError: 07: refused")
     assert (out / "per_case.parquet").is_file() and (out / "report" / "index.html").is_file()

@@ -29,9 +29,10 @@ _WEIGHT_NAME = re.compile(r"(diffusion_pytorch_model|model|pytorch_model)(?:\.(\
                           r"\.(safetensors|bin)")
 
 
-def resolve(model_id_or_dir: str, what: str, variants: tuple[str | None, ...] = STANDARD_VARIANTS) -> str:
-    """The local directory holding `model_id_or_dir` (a folder, or a Hub id in the local HF cache);
-    `variants` is the weights-variant preference used to choose what a download fetches."""
+def resolve(model_id_or_dir: str, what: str, variants: tuple[str | None, ...] = STANDARD_VARIANTS,
+            cache_dir: str | None = None) -> str:
+    """The local directory holding `model_id_or_dir` (a folder, or a Hub id in the HF cache `cache_dir`, default
+    Hugging Face's); `variants` is the weights-variant preference used to choose what a download fetches."""
     path = Path(model_id_or_dir).expanduser()
     if path.is_dir():
         _check_complete(path, what, "point the config at a model folder or rewrite tiny models with "
@@ -41,25 +42,28 @@ def resolve(model_id_or_dir: str, what: str, variants: tuple[str | None, ...] = 
         raise WeightsMissingError(
             f"{what}: model folder '{model_id_or_dir}' does not exist; write tiny test models with "
             f"`c123 models tiny DIR` or point the config at a downloaded model folder or Hub id")
-    snapshot = _from_hub(model_id_or_dir, what, variants)
+    snapshot = _from_hub(model_id_or_dir, what, variants, cache_dir)
     _check_complete(Path(snapshot), what, f"re-download it with `hf download {model_id_or_dir}`")
     return snapshot
 
 
-def _from_hub(repo_id: str, what: str, variants: tuple[str | None, ...]) -> str:
+def _from_hub(repo_id: str, what: str, variants: tuple[str | None, ...], cache_dir: str | None = None) -> str:
     from huggingface_hub import HfApi, snapshot_download
 
+    cache_dir = str(Path(cache_dir).expanduser()) if cache_dir else None
     allow = os.environ.get(ALLOW_DOWNLOAD_ENV) == "1"
     try:
         if not allow:
-            return snapshot_download(repo_id, local_files_only=True)
+            return snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir)
         wanted = select_files(HfApi().list_repo_files(repo_id), variants)
-        return snapshot_download(repo_id, allow_patterns=wanted)
+        return snapshot_download(repo_id, allow_patterns=wanted, cache_dir=cache_dir)
     except Exception as exc:  # offline miss, gated repo, network error: all mean "not available here"
         hint = "" if allow else f" (or set {ALLOW_DOWNLOAD_ENV}=1 to let c123 download it)"
+        where = f"Hugging Face cache {cache_dir} (prior.model_cache)" if cache_dir else "local Hugging Face cache"
+        into = f" --cache-dir {cache_dir}" if cache_dir else ""
         raise WeightsMissingError(
-            f"{what}: model '{repo_id}' is not in the local Hugging Face cache ({type(exc).__name__}); "
-            f"download it with `hf download {repo_id}`{hint}, or use `c123 models tiny DIR` for tiny test "
+            f"{what}: model '{repo_id}' is not in the {where} ({type(exc).__name__}); "
+            f"download it with `hf download {repo_id}{into}`{hint}, or use `c123 models tiny DIR` for tiny test "
             f"models") from exc
 
 
