@@ -165,7 +165,7 @@ def test_field_docstrings_are_the_help_and_version_is_printed():
 def test_config_list_names_every_preset_with_its_hash(capsys):
     assert main(["config", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["paper", "fast", "tiny"]
+    assert [line.split()[0] for line in lines] == ["paper", "fast", "tiny", "verify"]
     assert all(f"config {preset(line.split()[0]).hash()}" in line for line in lines)
 
 

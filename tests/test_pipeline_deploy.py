@@ -16,6 +16,8 @@ from pipeline_support import DATA, FAST, REPO, SESSION, api_get, free_port, need
 
 pytestmark = [needs_data, pytest.mark.timeout(900)]
 
+DEPLOYMENTS = ("evaluate-c10", "evaluate-realfusion15", "nightly-regression", "nightly-verify")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -35,7 +37,8 @@ def served(tmp_path_factory):
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while api_get(f"{api}/deployments/name/benchmark/nightly-regression") is None:
+        # serve registers its deployments one by one: wait for all of them
+        while any(api_get(f"{api}/deployments/name/benchmark/{name}") is None for name in DEPLOYMENTS):
             assert serve.poll() is None, (runs / "serve.log").read_text()[-3000:]
             assert time.time() < deadline, "deployments not registered"
             time.sleep(1)
@@ -47,8 +50,7 @@ def served(tmp_path_factory):
 
 def test_deployments_are_registered_with_schedule_and_no_overlap(served):
     api, env, runs = served
-    names = {d: api_get(f"{api}/deployments/name/benchmark/{d}") for d in
-             ("evaluate-c10", "evaluate-realfusion15", "nightly-regression", "nightly-verify")}
+    names = {d: api_get(f"{api}/deployments/name/benchmark/{d}") for d in DEPLOYMENTS}
     assert all(names.values())
     nightly = names["nightly-regression"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
