@@ -95,10 +95,11 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "nerf.blob_radius": above(0),
     "nerf.num_samples": at_least(1),
     "nerf.num_importance": at_least(0),
-    "nerf.backend": one_of("auto", "torch", "tcnn"),
+    "nerf.backend": one_of("auto", "torch", "triton", "tcnn"),
     "nerf.occupancy_resolution": at_least(2),
     "nerf.occupancy_threshold": at_least(0),
     "nerf.occupancy_every": at_least(1),
+    "nerf.occupancy_mode": one_of("auto", "compact", "mask"),
     "dmtet.tet_resolution": at_least(2),
     "dmtet.render_size": at_least(1),
     "dmtet.deform_scale": at_least(0),
@@ -161,6 +162,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "train.eval_size": at_least(1),
     "train.video_frames": at_least(1),
     "train.texture_size": at_least(1),
+    "train.compile": one_of("auto", "on", "off"),
 }
 """Range or choice of each field that has one (a callable builds its Rule when first needed)."""
 
