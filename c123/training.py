@@ -171,13 +171,14 @@ def run_stage(stage: Stage, loop: Loop) -> None:
             stage.ema.update(stage.module)  # at each epoch end; a last, partial epoch counts as one
 
         state.stage, state.step, state.detector = stage.name, step, detector.to_dict()
-        logged = None
+        logged = logged_step = None
         if step % loop.log_every == 0 or step == stage.last:
-            logged = pending.finish(state.history) if pending else None
+            if pending is not None:
+                logged, logged_step = pending.finish(state.history), pending.step
             pending = LoggedStep.start(step, w3d, w2d, terms)
         loop.progress({"stage": stage.name, "step": step, "total": loop.total, "w3d": w3d, "w2d": w2d,
                        "S": detector.scores[-1] if detector.scores else None, "switch": state.switch,
-                       "loss": logged})
+                       "loss": logged, "loss_step": logged_step})  # the previous log step's loss: no waiting
         if step == stage.last or (every and step % every == 0):
             if pending is not None:  # the history a checkpoint keeps is complete
                 pending.finish(state.history)

@@ -270,12 +270,18 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
 
 def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
                   with_normal, perturb, bound, occupancy, generator, textureless):
-    """Draw the chunk's random numbers (in the order the passes use them), then do its work."""
-    draw = lambda n: torch.rand(rays_o.shape[0], n, generator=generator, dtype=rays_o.dtype,  # noqa: E731
-                                device=generator.device if generator is not None else rays_o.device
-                                ).to(rays_o.device)
-    jitter = draw(num_samples) if perturb else None
-    u = draw(num_importance) if perturb and num_importance > 0 else None
+    """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
+    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
+    where = generator.device if generator is not None else rays_o.device
+    jitter, u = [], []
+    for s in range(0, rays_o.shape[0], CHUNK_RAYS):
+        rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
+        if perturb:
+            jitter.append(torch.rand(rays, num_samples, generator=generator, dtype=rays_o.dtype, device=where))
+        if perturb and num_importance > 0:
+            u.append(torch.rand(rays, num_importance, generator=generator, dtype=rays_o.dtype, device=where))
+    jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
+    u = torch.cat(u).to(rays_o.device) if u else None
     return _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
                        with_normal, bound, occupancy, textureless, jitter, u)
 
