@@ -35,7 +35,7 @@ def bench(device: str, cfg, size: int, shading: str, repeats: int) -> tuple[floa
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-    return repeats * size * size / (time.perf_counter() - start), field.encoder.backend
+    return repeats * size * size / (time.perf_counter() - start), field.encoder.backend_for(device)
 
 
 def main() -> None:

@@ -65,6 +65,11 @@ def orbit_cameras(polar, azimuth, radius, fovy, device=None) -> Cameras:
         raise GeometryError(f"camera radius must be > 0, got {radius.tolist()}: place cameras off the origin")
     if ((fovy <= 0) | (fovy >= 180)).any():
         raise GeometryError(f"camera fovy must be in (0, 180) degrees, got {fovy.tolist()}")
+    return _orbit(polar, azimuth, radius, fovy)
+
+
+def _orbit(polar, azimuth, radius, fovy) -> Cameras:
+    """orbit_cameras from checked [B] tensors, on their device (no host sync)."""
     theta, phi = torch.deg2rad(polar), torch.deg2rad(azimuth)
     back = torch.stack([theta.sin() * phi.sin(), theta.cos(), theta.sin() * phi.cos()], -1)
     # the right axis depends on azimuth only, so the frame stays defined at the poles
@@ -154,18 +159,22 @@ def view_ranges(cfg: CameraConfig, r: float) -> dict[str, tuple[float, float]]:
 
 def sample_novel_cameras(cfg: CameraConfig, batch: int, r: float = 1.0,
                          generator: torch.Generator | None = None, device=None) -> Cameras:
-    """Random novel views, uniform in the ranges at ratio r (`view_ranges`); r = 1: the full ranges."""
+    """Random novel views, uniform in the ranges at ratio r (`view_ranges`); r = 1: the full ranges.
+
+    Drawn and built on the generator's device (else `device`), in float64, then cast to float32 on `device`: on
+    the compute device this involves no host sync (the ranges come from a checked config)."""
     ranges = view_ranges(cfg, min(max(r, 0.0), 1.0))
+    where = generator.device if generator is not None else device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)
+        return lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64, device=where)
 
     # the draw order (radius, polar, azimuth) is nerf/provider.py rand_poses'
     radius = uniform(*ranges["radius"])
     polar = uniform(*ranges["polar"])
     azimuth = uniform(*ranges["azimuth"])
-    cams = orbit_cameras(polar, azimuth, radius, cfg.fovy)
-    return cams.to(device=device, dtype=torch.float32)
+    fovy = torch.full_like(radius, cfg.fovy)
+    return _orbit(polar, azimuth, radius, fovy).to(device=device, dtype=torch.float32)
 
 
 def view_angle(cams: Cameras, ref_cams: Cameras) -> torch.Tensor:

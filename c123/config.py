@@ -80,7 +80,8 @@ class NerfConfig:
     num_importance: int = 32
     """Extra importance samples per ray (0 disables the second pass)."""
     backend: str = "auto"
-    """Hash-grid backend: 'auto' (tinycudann if importable and on CUDA), 'torch' or 'tcnn'."""
+    """Hash-grid backend: 'auto' (the fused Triton kernels for CUDA points when triton imports, else 'torch'),
+    'torch', 'triton' or 'tcnn' (tinycudann: faster, but its own lattice alignment, not the official one)."""
     occupancy_grid: bool = True
     """Skip samples outside occupied cells of a density grid, as the official `-O` (cuda_ray) renderer does."""
     occupancy_resolution: int = 128
@@ -89,6 +90,10 @@ class NerfConfig:
     """A cell is occupied when its density exceeds min(mean density, this) (--density_thresh)."""
     occupancy_every: int = 16
     """Refresh the density grid every this many steps (--update_extra_interval)."""
+    occupancy_mode: str = "auto"
+    """How samples in empty cells are skipped: 'compact' (only occupied samples reach the field: the fewest
+    evaluations, one host sync per render pass), 'mask' (every sample is evaluated, empty ones zeroed: no host
+    sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
 
 
 @dataclass
@@ -310,6 +315,9 @@ class TrainConfig:
     """Baked texture size."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda[:N]'."""
+    compile: str = "auto"
+    """torch.compile the hot paths (field, renderer chunks, rasteriser, marching tets): 'auto' (on for CUDA, off
+    for CPU, where compiling costs more than a short run saves), 'on' or 'off'; the same arithmetic."""
 
 
 @dataclass

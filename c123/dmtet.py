@@ -25,10 +25,12 @@ from torch import nn
 
 from c123.atomic import atomic_path
 from c123.cameras import Cameras, generate_rays, projection_matrix
+from c123.compiling import hot
 from c123.config import DMTetConfig
 from c123.errors import C123Error, GeometryError
 from c123.rasterizer import get_rasterizer
-from c123.volume_render import RenderOutput
+from c123.sync_count import host_values
+from c123.volume_render import RenderOutput, indices_of
 
 _TET_EDGES = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 NEAR, FAR = 0.1, 100.0
@@ -140,50 +142,85 @@ def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
 _TABLE, _NUM_TRIANGLES = _triangle_table()
 
 
-def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def tet_edges(tets: torch.Tensor, num_verts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct edges of a tet mesh: (ends [E,2] long, ascending by (low, high) vertex id; per tet the edge
+    id of each local edge in _TET_EDGES order [T,6] long). Constant for a grid: found once, not per step."""
+    pairs = tets.long()[:, torch.tensor(_TET_EDGES, device=tets.device)].sort(-1).values.reshape(-1, 2)
+    keys, edge_id = torch.unique(pairs[:, 0] * num_verts + pairs[:, 1], return_inverse=True)
+    return torch.stack([keys // num_verts, keys % num_verts], -1), edge_id.reshape(-1, 6)
+
+
+@hot
+def marching_tets(verts: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
+                  edges: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero level set of `sdf` (> 0 inside) on a tet mesh: (mesh_verts[M,3], faces[F,3] long), outward winding.
 
     Table-driven as DMTet/Kaolin; the vertex positions interpolate along crossing edges, so they are
     differentiable w.r.t. both `verts` and `sdf`. An sdf of magnitude below SDF_EPS (exact zeros included,
     which count as outside) is moved to +-SDF_EPS first, with the gradient passed straight through: otherwise
     the surface vertices of all edges at such a grid vertex coincide and make zero-area triangles.
+
+    edges: `tet_edges(tets, len(verts))` when known (a DMTet keeps them); then the extraction reads the mesh size
+    from the device once (one host sync) and every other shape follows from it. Mesh vertices are ordered by
+    their edge (low, high) ids; faces list the one-triangle tets' faces, then the two-triangle tets' pairs, each
+    in tet order.
     """
-    device = verts.device
     nudged = torch.where(sdf > 0, sdf.clamp(min=SDF_EPS), sdf.clamp(max=-SDF_EPS))
     sdf = sdf + (nudged - sdf).detach()
+    ends, tet_edge = tet_edges(tets, verts.shape[0]) if edges is None else edges
     with torch.no_grad():
-        inside = sdf > 0
-        occ = inside[tets]
-        n_in = occ.sum(1)
-        active = (n_in > 0) & (n_in < 4)
-        tets, occ = tets[active].long(), occ[active]
-        edges = tets[:, torch.tensor(_TET_EDGES, device=device)].sort(-1).values.reshape(-1, 2)
-        keys, edge_id = torch.unique(edges[:, 0] * verts.shape[0] + edges[:, 1], return_inverse=True)
-        ends = torch.stack([keys // verts.shape[0], keys % verts.shape[0]], -1)
-        crossing = inside[ends[:, 0]] != inside[ends[:, 1]]
-        new_id = torch.full_like(keys, -1)
-        new_id[crossing] = torch.arange(int(crossing.sum()), device=device)
-        tet_vert = new_id[edge_id].reshape(-1, 6)                       # output vertex per local edge
-        code = (occ.long() << torch.arange(4, device=device)).sum(1)
-        table, num = _TABLE.to(device)[code], _NUM_TRIANGLES.to(device)[code]
-        one, two = num == 1, num == 2
-        faces = torch.cat([tet_vert[one].gather(1, table[one, :3]),
-                           tet_vert[two].gather(1, table[two]).reshape(-1, 3)])
-        # direction from the inside corners to the outside corners of each face's tet, for the winding
-        corner = verts[tets]
-        w = occ.to(verts.dtype)[..., None]
-        out_dir = (corner * (1 - w)).sum(1) / (1 - w).sum(1) - (corner * w).sum(1) / w.sum(1)
-        out_dir = torch.cat([out_dir[one], out_dir[two].repeat_interleave(2, 0)])
-        ends = ends[crossing]
-    a, b = ends[:, 0], ends[:, 1]
+        cut = _cut_tets(sdf > 0, tets, ends)
+        n_one, n_two, n_verts = host_values(cut.counts)  # the extraction's one host sync: the mesh's size
+        faces, out_dir, crossing = _surface_topology(cut, n_one, n_two, n_verts, tets, ends, tet_edge, verts)
+    a, b = crossing[:, 0], crossing[:, 1]
     sa, sb = sdf[a, None], sdf[b, None]
     mesh_verts = (verts[a] * sb - verts[b] * sa) / (sb - sa)
     with torch.no_grad():
         v = mesh_verts[faces]
         normal = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
         flip = (normal * out_dir).sum(-1) < 0
-        faces[flip] = faces[flip].flip(1)
+        faces = torch.where(flip[:, None], faces.flip(1), faces)
     return mesh_verts, faces
+
+
+@dataclass
+class TetCut:
+    """Which tets and edges the zero level set cuts."""
+
+    occ: torch.Tensor
+    """bool [T,4]: which corners are inside."""
+    code: torch.Tensor
+    """[T]: the inside/outside code of each tet (bit k: corner k inside)."""
+    num: torch.Tensor
+    """[T]: triangles each tet contributes (0, 1 or 2)."""
+    crossing: torch.Tensor
+    """bool [E]: edges with one end inside."""
+    counts: torch.Tensor
+    """[3]: tets with one triangle, tets with two, crossing edges (= mesh vertices)."""
+
+
+def _cut_tets(inside: torch.Tensor, tets: torch.Tensor, ends: torch.Tensor) -> TetCut:
+    occ = inside[tets.long()]
+    code = (occ.long() << torch.arange(4, device=inside.device)).sum(1)
+    num = _NUM_TRIANGLES.to(inside.device)[code]
+    crossing = inside[ends[:, 0]] != inside[ends[:, 1]]
+    return TetCut(occ, code, num, crossing, torch.stack([(num == 1).sum(), (num == 2).sum(), crossing.sum()]))
+
+
+def _surface_topology(cut: TetCut, n_one: int, n_two: int, n_verts: int, tets: torch.Tensor, ends: torch.Tensor,
+                      tet_edge: torch.Tensor, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(faces [F,3] as crossing-edge ids, each face's inside-to-outside direction [F,3], crossing edges [M,2])."""
+    new_id = torch.cumsum(cut.crossing, 0) - 1                                  # output vertex of each crossing edge
+    table = _TABLE.to(verts.device)
+    one, two = indices_of(cut.num == 1, n_one), indices_of(cut.num == 2, n_two)
+    faces = torch.cat([new_id[tet_edge[one]].gather(1, table[cut.code[one], :3]),
+                       new_id[tet_edge[two]].gather(1, table[cut.code[two]]).reshape(-1, 3)])
+    # direction from the inside corners to the outside corners of each face's tet, for the winding
+    face_tet = torch.cat([one, two.repeat_interleave(2)])
+    corner = verts[tets[face_tet].long()]
+    w = cut.occ[face_tet].to(verts.dtype)[..., None]
+    out_dir = (corner * (1 - w)).sum(1) / (1 - w).sum(1) - (corner * w).sum(1) / w.sum(1)
+    return faces, out_dir, ends[indices_of(cut.crossing, n_verts)]
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -259,7 +296,15 @@ class DMTet(nn.Module):
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.grid_verts.device != self.sdf.device:
             self.grid_verts, self.tets = self.grid_verts.to(self.sdf.device), self.tets.to(self.sdf.device)
+            self._edges = None
         return self.grid_verts, self.tets
+
+    def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """tet_edges of the grid, found on first use on the grid's device and kept (a constant, not state)."""
+        grid, tets = self._grid()
+        if getattr(self, "_edges", None) is None:
+            self._edges = tet_edges(tets, grid.shape[0])
+        return self._edges
 
     def vertices(self) -> torch.Tensor:
         """Deformed grid vertices: scaled grid + deform_scale * tanh(deform) / tet_resolution."""
@@ -289,20 +334,22 @@ class DMTet(nn.Module):
     def get_mesh(self) -> Mesh:
         """The current surface (GeometryError if empty)."""
         _, tets = self._grid()
-        verts, faces = marching_tets(self.vertices(), self.sdf, tets)
+        verts, faces = marching_tets(self.vertices(), self.sdf, tets, self.edges())
         return Mesh(verts, faces)
 
 
 def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
-                rasterizer=None) -> RenderOutput:
-    """Rasterise `mesh` from `cams`: shaded rgb over bg_color, antialiased opacity, ray depth and world normals."""
+                rasterizer=None, textureless: torch.Tensor | None = None) -> RenderOutput:
+    """Rasterise `mesh` from `cams`: shaded rgb over bg_color, antialiased opacity, ray depth and world normals.
+
+    textureless: a bool 0-dim tensor that turns 'lambertian' into 'textureless' on the device (no host read)."""
     device, dtype = mesh.verts.device, mesh.verts.dtype
     cams = cams.to(device=device, dtype=dtype)
     raster = rasterizer or get_rasterizer("auto", device)
     batch = len(cams)
     homo = F.pad(mesh.verts, (0, 1), value=1.0)
-    w2c = torch.linalg.inv(cams.c2w)
+    w2c = torch.linalg.inv_ex(cams.c2w).inverse  # camera frames are invertible: no check (a host sync)
     clip = homo @ (projection_matrix(cams, NEAR, FAR, width / height) @ w2c).transpose(1, 2)
     # rasteriser row 0 is NDC y = -1; flipping y puts camera +y (image up) in row 0
     clip = clip * clip.new_tensor([1.0, -1.0, 1.0, 1.0])
@@ -312,10 +359,12 @@ def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *
     pos = raster.interpolate(mesh.verts[None], rast, faces)
     normal = F.normalize(raster.interpolate(mesh.normals[None], rast, faces), dim=-1, eps=1e-12) * mask
 
-    hit = mask[..., 0] > 0
-    albedo = torch.zeros_like(pos)
-    if hit.any():
-        albedo = albedo.index_put((hit,), albedo_fn(pos[hit]).to(dtype))
+    # the texture is looked up only where the mesh is: the render's one host sync reads how many pixels that is
+    hit = (mask[..., 0] > 0).reshape(-1).nonzero().squeeze(1)
+    albedo = torch.zeros_like(pos).reshape(-1, 3)
+    if hit.numel():
+        albedo = albedo.index_put((hit,), albedo_fn(pos.reshape(-1, 3).index_select(0, hit)).to(dtype))
+    albedo = albedo.reshape(pos.shape)
     origin = cams.position[:, None, None, :]
     if light_dir is None:
         light_dir = cams.position
@@ -325,7 +374,7 @@ def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *
     if shading == "albedo":
         color = albedo
     elif shading == "lambertian":
-        color = albedo * lambert
+        color = albedo * lambert if textureless is None else lambert * torch.where(textureless, 1.0, albedo)
     elif shading == "textureless":
         color = lambert.expand_as(albedo)
     elif shading == "normal":
@@ -342,37 +391,39 @@ def render_mesh(mesh: Mesh, albedo_fn, cams: Cameras, height: int, width: int, *
                         weights=None, sample_normals=None, rays_d=rays_d.reshape(batch * height * width, 3))
 
 
-def _edge_faces(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs of faces sharing an edge (manifold edges only): two [E] index tensors."""
-    edges = torch.stack([faces, faces.roll(-1, 1)], -1).sort(-1).values.reshape(-1, 2)
-    key = edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
-    order = key.argsort()
-    key, face = key[order], torch.arange(faces.shape[0], device=faces.device).repeat_interleave(3)[order]
-    same = key[1:] == key[:-1]
-    return face[:-1][same], face[1:][same]
+def _sorted_edges(faces: torch.Tensor, num_verts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every face's 3 edges as keys low * V + high, sorted: (keys [3F], the position in faces.reshape(-1) of
+    each, i.e. face * 3 + corner)."""
+    ends = torch.stack([faces, faces.roll(-1, 1)], -1).sort(-1).values.reshape(-1, 2)
+    return torch.sort(ends[:, 0] * num_verts + ends[:, 1])
 
 
 def mesh_normal_consistency(mesh: Mesh) -> torch.Tensor:
     """Mean of 1 - cos between the unit normals of faces sharing an edge (renderer.py `normal_consistency`).
 
     On the closed meshes marching tets makes, every edge pairs its two faces as the official edge-to-face map
-    does; an open edge is skipped (the official pairs it with face 0).
+    does; an open edge is skipped (the official pairs it with face 0). Sorted edge keys pair the faces: the
+    pairs are masked, not gathered, so the loss needs no host sync.
     """
     v = mesh.verts[mesh.faces]
     n = F.normalize(torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), dim=-1, eps=1e-10)
-    f0, f1 = _edge_faces(mesh.faces)
-    return (1.0 - (n[f0] * n[f1]).sum(-1).clamp(-1.0, 1.0)).mean()
+    key, where = _sorted_edges(mesh.faces, mesh.verts.shape[0])
+    face = where // 3
+    same = key[1:] == key[:-1]
+    cos = (n[face[:-1]] * n[face[1:]]).sum(-1).clamp(-1.0, 1.0)
+    return torch.where(same, 1.0 - cos, 0.0).sum() / same.sum().clamp(min=1)
 
 
 def mesh_laplacian(mesh: Mesh) -> torch.Tensor:
     """Uniform Laplacian loss mean_i |(D - A) v|_i = |deg_i v_i - sum of neighbours| (renderer.py
-    `laplacian_smooth_loss` with `laplacian_uniform`): deg_i times the distance from the neighbours' centroid."""
+    `laplacian_smooth_loss` with `laplacian_uniform`): deg_i times the distance from the neighbours' centroid.
+
+    Each distinct edge counts once: the first of its sorted keys carries weight 1, repeats 0 (no host sync)."""
     n = mesh.verts.shape[0]
-    ends = torch.stack([mesh.faces, mesh.faces.roll(-1, 1)], -1).reshape(-1, 2).sort(-1).values
-    key = torch.unique(ends[:, 0] * n + ends[:, 1])
+    key, _ = _sorted_edges(mesh.faces, n)
+    first = torch.cat([key.new_ones(1, dtype=torch.bool), key[1:] != key[:-1]]).to(mesh.verts.dtype)
     a, b = key // n, key % n
-    src, dst = torch.cat([a, b]), torch.cat([b, a])
-    neighbours = torch.zeros_like(mesh.verts).index_add(0, src, mesh.verts[dst])
-    degree = torch.zeros(n, device=mesh.verts.device, dtype=mesh.verts.dtype).index_add(
-        0, src, torch.ones_like(src, dtype=mesh.verts.dtype))
+    src, dst, weight = torch.cat([a, b]), torch.cat([b, a]), torch.cat([first, first])
+    neighbours = torch.zeros_like(mesh.verts).index_add(0, src, mesh.verts[dst] * weight[:, None])
+    degree = torch.zeros(n, device=mesh.verts.device, dtype=mesh.verts.dtype).index_add(0, src, weight)
     return (degree[:, None] * mesh.verts - neighbours).norm(dim=-1).mean()

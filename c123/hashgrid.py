@@ -1,5 +1,6 @@
 """Multiresolution hash encoding as the authors' code runs it (stable-dreamfusion's gridencoder, `align_corners`
-off, smoothstep interpolation), in vectorised PyTorch, plus a tiny-cuda-nn wrapper behind the same interface.
+off, smoothstep interpolation), in vectorised PyTorch (the reference), as fused Triton kernels (c123/kernels/hashgrid.py, the CUDA default), and a
+tiny-cuda-nn wrapper behind the same interface.
 
 Level l has resolution ceil(base * s^l) with s = (finest / base)^(1 / (L - 1)) and finest = 2048 * bound; its
 table holds min(2^log2_hashmap_size, resolution^3) rows rounded up to a multiple of 8. A point u in [0,1]^3 sits
@@ -15,7 +16,9 @@ not in buffers, so it is neither averaged nor checkpointed. The table is the onl
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import torch
 from torch import nn
@@ -40,6 +43,11 @@ def active_levels(max_level: float, num_levels: int) -> int:
     return max(min(math.ceil(max_level * num_levels), num_levels), 1)
 
 
+def triton_available() -> bool:
+    """Whether Triton imports (PyTorch's CUDA wheels on Linux ship it); the fused kernels need it."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _tcnn():
     try:
         import tinycudann
@@ -48,28 +56,40 @@ def _tcnn():
     return tinycudann
 
 
+BACKENDS = ("auto", "torch", "triton", "tcnn")
+
+
 class HashGrid(nn.Module):
-    """Encodes points x[N,3] in [-bound, bound]^3 into features [N, num_levels * level_dim]."""
+    """Encodes points x[N,3] in [-bound, bound]^3 into features [N, num_levels * level_dim].
+
+    Backends: 'torch' (vectorised PyTorch, any device), 'triton' (c123.kernels.hashgrid: fused forward and backward
+    kernels for CUDA points; CPU points run them only under TRITON_INTERPRET=1, else the torch code), 'tcnn'
+    (tiny-cuda-nn's HashGrid: its own lattice alignment, not the official gridencoder's), 'auto' (triton for CUDA
+    points when Triton imports, else torch).
+    """
 
     def __init__(self, num_levels: int = 16, level_dim: int = 2, log2_hashmap_size: int = 19,
                  base_resolution: int = 16, finest_resolution: int = 2048, bound: float = 1.0,
                  backend: str = "auto", interpolation: str = "smoothstep"):
         super().__init__()
-        if backend not in ("auto", "torch", "tcnn"):
-            raise C123Error(f"unknown hash-grid backend '{backend}': use 'auto', 'torch' or 'tcnn'")
+        if backend not in BACKENDS:
+            raise C123Error(f"unknown hash-grid backend '{backend}': use one of {', '.join(BACKENDS)}")
         if interpolation not in INTERPOLATIONS:
             raise C123Error(f"unknown hash-grid interpolation '{interpolation}': use 'smoothstep' or 'linear'")
         if backend == "tcnn" and _tcnn() is None:
             raise C123Error("hash-grid backend 'tcnn' needs tinycudann: pip install the gpu extra or use 'torch'")
+        if backend == "triton" and not triton_available():
+            raise C123Error("hash-grid backend 'triton' needs triton (PyTorch's CUDA wheels ship it): "
+                            "pip install triton or use 'torch'")
         self.num_levels, self.level_dim, self.bound = num_levels, level_dim, bound
         self.interpolation, self.output_dim = interpolation, num_levels * level_dim
-        self.max_level = 1.0
-        """Fraction of the levels computed (set by the loop from `level_ratio`); the rest encode to zeros."""
         # finest = 2048 * bound as network_grid.py's desired_resolution
         self.per_level_scale = 2.0 ** (math.log2(finest_resolution * bound / base_resolution) / max(num_levels - 1, 1))
-        # tcnn only runs on CUDA, so 'auto' picks it only when a GPU is there to run it
-        self.backend = "tcnn" if backend == "tcnn" or (
-            backend == "auto" and _tcnn() is not None and torch.cuda.is_available()) else "torch"
+        self.backend = backend
+        # the active level count also lives on the device, where compiled code and the kernels read it: a new
+        # ratio needs neither a host sync nor a recompilation
+        self._active = torch.full((1,), num_levels, dtype=torch.int32)
+        self.max_level = 1.0
         if self.backend == "tcnn":
             self.tcnn = _tcnn().Encoding(3, {
                 "otype": "HashGrid", "n_levels": num_levels, "n_features_per_level": level_dim,
@@ -88,23 +108,58 @@ class HashGrid(nn.Module):
         self._offset = torch.tensor(offsets[:-1], dtype=torch.long)
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], level_dim).uniform_(-1e-4, 1e-4))
 
+    @property
+    def max_level(self) -> float:
+        """Fraction of the levels computed (set by the loop from `level_ratio`); the rest encode to zeros."""
+        return self._max_level
+
+    @max_level.setter
+    def max_level(self, ratio: float) -> None:
+        self._max_level = ratio
+        self.levels = active_levels(ratio, self.num_levels)
+        self._active.fill_(self.levels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features [N, output_dim] (float32) of points x[N,3]; zero outside the bound and beyond max_level."""
+        if self.backend == "tcnn":
+            return self._tcnn_encode(x)
+        if self._res.device != x.device:
+            self._res, self._offset, self._active = (t.to(x.device) for t in (self._res, self._offset, self._active))
+        if self.backend_for(x.device) == "triton":
+            from c123.kernels import hashgrid as kernels
+            return kernels.encode(x, self.embeddings, self._res.int(), self._offset.int(), self._active,
+                                  bound=self.bound, num_dense=self._num_dense, table_size=self._table,
+                                  smooth=self.interpolation == "smoothstep")
         unit = (x + self.bound) / (2 * self.bound)
         inside = ((unit >= 0) & (unit <= 1)).all(-1, keepdim=True)
-        levels = active_levels(self.max_level, self.num_levels)
-        if self.backend == "tcnn":
-            if not x.is_cuda:
-                raise C123Error("hash-grid backend 'tcnn' got CPU points: move the field to CUDA or use 'torch'")
-            feats = self.tcnn(unit.clamp(0.0, 1.0)).float()[:, :levels * self.level_dim]
+        if torch.compiler.is_compiling():  # every level, the inactive ones zeroed by the device-side count
+            on = (torch.arange(self.num_levels, device=x.device) < self._active).repeat_interleave(self.level_dim)
+            feats = self._encode(unit.clamp(0.0, 1.0), self.num_levels) * on
         else:
-            feats = self._encode(unit.clamp(0.0, 1.0), levels)
+            feats = self._encode(unit.clamp(0.0, 1.0), self.levels)
         feats = feats * inside
         return torch.cat([feats, feats.new_zeros(x.shape[0], self.output_dim - feats.shape[1])], 1)
 
+    def backend_for(self, device) -> str:
+        """The backend that encodes points on `device`: 'auto' resolves to 'triton' for CUDA points when Triton
+        imports, else 'torch'; 'triton' runs CPU points through the kernels only under TRITON_INTERPRET=1."""
+        device = torch.device(device)
+        if self.backend == "tcnn":
+            return "tcnn"
+        if self.backend in ("auto", "triton") and triton_available() and (
+                device.type == "cuda" or (self.backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")):
+            return "triton"
+        return "torch"
+
+    def _tcnn_encode(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            raise C123Error("hash-grid backend 'tcnn' got CPU points: move the field to CUDA or use 'torch'")
+        unit = (x + self.bound) / (2 * self.bound)
+        inside = ((unit >= 0) & (unit <= 1)).all(-1, keepdim=True)
+        feats = self.tcnn(unit.clamp(0.0, 1.0)).float()[:, :self.levels * self.level_dim] * inside
+        return torch.cat([feats, feats.new_zeros(x.shape[0], self.output_dim - feats.shape[1])], 1)
+
     def _encode(self, unit: torch.Tensor, levels: int) -> torch.Tensor:
-        if self._res.device != unit.device:
-            self._res, self._offset = self._res.to(unit.device), self._offset.to(unit.device)
         res_i = self._res[:levels]
         res = res_i.to(unit.dtype)[None, :, None]
         pos = torch.minimum((unit[:, None, :] * res - 0.5).clamp(min=0.0), res - 1)      # [N,L,3]
@@ -126,8 +181,9 @@ class HashGrid(nn.Module):
         # products stay below 2^63 in int64; the low bits match uint32 arithmetic since the table is 2^k
         idx = torch.cat([dense, hashed], 1) + self._offset[None, :levels, None]
         # index_select's backward (index_add) is several times faster on CPU than advanced indexing's
-        feats = self.embeddings.index_select(0, idx.reshape(-1)).reshape(*idx.shape, -1)   # [N,L,8,F]
-        return (feats * weights[..., None].to(feats.dtype)).sum(2).reshape(unit.shape[0], -1)
+        # explicit sizes: a chunk may have no points
+        feats = self.embeddings.index_select(0, idx.reshape(-1)).reshape(*idx.shape, self.level_dim)  # [N,L,8,F]
+        return (feats * weights[..., None].to(feats.dtype)).sum(2).reshape(unit.shape[0], levels * self.level_dim)
 
 
 def _outer(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, op) -> torch.Tensor:

@@ -26,10 +26,21 @@ def reference_mask_loss(pred_opacity: torch.Tensor, mask: torch.Tensor) -> torch
     return F.mse_loss(pred_opacity, mask)
 
 
-def pearson_depth_loss(pred_depth: torch.Tensor, ref_depth: torch.Tensor, ref_mask: torch.Tensor) -> torch.Tensor:
-    """1 - Pearson correlation of rendered and reference depth inside the mask (scale/shift free)."""
-    inside = ref_mask[..., 0] > 0.5
-    a, b = pred_depth[..., 0][inside], ref_depth[..., 0][inside]
+def depth_loss_pixels(ref_mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the pixels of a mask [H,W,1] where the depth loss looks (mask > 0.5)."""
+    return (ref_mask[..., 0] > 0.5).reshape(-1).nonzero().squeeze(1)
+
+
+def pearson_depth_loss(pred_depth: torch.Tensor, ref_depth: torch.Tensor, ref_mask: torch.Tensor,
+                       inside: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - Pearson correlation of rendered and reference depth inside the mask (scale/shift free).
+
+    inside: `depth_loss_pixels(ref_mask)` when found once beforehand (the mask is constant): then the loss needs
+    no host sync."""
+    if inside is None:
+        inside = depth_loss_pixels(ref_mask)
+    a = pred_depth[..., 0].reshape(-1).index_select(0, inside)
+    b = ref_depth[..., 0].reshape(-1).index_select(0, inside)
     if a.numel() < 2:
         return pred_depth.sum() * 0.0
     a, b = a - a.mean(), b - b.mean()

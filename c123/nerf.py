@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c123.compiling import hot
 from c123.config import NerfConfig
 from c123.hashgrid import HashGrid
 
@@ -59,6 +60,7 @@ class NeRFField(nn.Module):
         """The Gaussian density prior (pre-activation) at points x[N,3]."""
         return self.cfg.blob_density * torch.exp(-(x * x).sum(-1) / (2 * self.cfg.blob_radius ** 2))
 
+    @hot
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma[N] >= 0, albedo[N,3] in [0,1]) at points x[N,3]."""
         h = self.mlp(self.encoder(x))
@@ -68,6 +70,7 @@ class NeRFField(nn.Module):
         """sigma[N] at points x[N,3]."""
         return self(x)[0]
 
+    @hot
     def forward_with_normal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sigma, albedo, normal[N,3]) from one batched evaluation of x and its 6 finite-difference probes.
 

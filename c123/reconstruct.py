@@ -141,7 +141,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     write_atomic(out / "config.yaml", to_yaml(cfg, header_lines(cfg)))  # the resolved config, rerunnable
     device = resolve_device(cfg.train.device)
     report = progress or (lambda info: None)
-    gen = seed_everything(cfg.seed)
+    gen = seed_everything(cfg.seed, device)
     warnings: list[str] = list(inp.warnings)  # what preprocessing noticed (a dropped depth map, ...)
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
@@ -225,10 +225,11 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     return result
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch (utils.py seed_everything) and return the run's own generator."""
+def seed_everything(seed: int, device="cpu") -> torch.Generator:
+    """Seed Python, NumPy and torch (utils.py seed_everything) and return the run's own generator, on the compute
+    device (its draws need no host-to-device copy, which would wait for the device)."""
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def dmtet_threshold(field_: NeRFField, occupancy: OccupancyGrid | None, cfg: ReconstructConfig,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from c123 import losses
+from c123 import compiling, losses
 from c123.cameras import Cameras, orbit, progressive_ratio, reference_camera, sample_novel_cameras
 from c123.config import ReconstructConfig
 from c123.dmtet import DMTet, mesh_laplacian, mesh_normal_consistency, render_mesh
@@ -25,7 +25,7 @@ from c123.hashgrid import level_ratio
 from c123.nerf import NeRFField
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
-from c123.volume_render import OccupancyGrid, RenderOutput, render_nerf
+from c123.volume_render import OccupancyGrid, RenderOutput, occupancy_mode_for, render_nerf
 
 
 # ---- the reference view ------------------------------------------------------------------------
@@ -36,6 +36,8 @@ class ReferenceView:
     white: torch.Tensor
     mask: torch.Tensor
     depth: torch.Tensor | None
+    depth_index: torch.Tensor | None = None
+    """Flat indices of the pixels where the depth loss looks (mask > 0.5), found once: no per-step host sync."""
 
     @property
     def size(self) -> int:
@@ -51,29 +53,40 @@ def reference_view(rgba: torch.Tensor, depth: torch.Tensor | None, size: int, ma
     white = (premult[0, :3].permute(1, 2, 0) + (1 - a)).clamp(0, 1)
     d = None if depth is None else F.interpolate(depth, size=(size, size), mode="area")[0].permute(1, 2, 0)
     mask = losses.reference_mask(a, mask_threshold)
-    return ReferenceView(white.to(device), mask.to(device), None if d is None else d.to(device))
+    index = None if d is None else losses.depth_loss_pixels(mask).to(device)
+    return ReferenceView(white.to(device), mask.to(device), None if d is None else d.to(device), index)
+
+
+def rand(gen: torch.Generator, *shape, normal: bool = False, device=None) -> torch.Tensor:
+    """Uniform (or standard normal) draws from the run's generator, made on its device (the compute device:
+    no host-to-device copy), then placed on `device`."""
+    draw = torch.randn if normal else torch.rand
+    return draw(shape, generator=gen, device=gen.device).to(device or gen.device)
 
 
 def reference_background(cfg: ReconstructConfig, size: int, gen: torch.Generator, device) -> torch.Tensor:
     """A random colour per pixel [1,H,W,3] (the official) or one flat colour [3]."""
     shape = (1, size, size, 3) if cfg.train.ref_background == "noise" else (3,)
-    return torch.rand(shape, generator=gen).to(device)
+    return rand(gen, *shape, device=device)
 
 
 # ---- what every novel view shares ----------------------------------------------------------------
 def novel_view_style(cfg: ReconstructConfig, gen: torch.Generator, cams: Cameras, device) -> dict:
     """Shading, light and background of a novel view: lambertian 80% / textureless 20%, random ambient,
-    a light around the camera, a random flat background (train_step's novel branch)."""
-    u = torch.rand(5, generator=gen).tolist()
-    shading = "lambertian" if u[0] < cfg.train.lambertian_prob else "textureless"
+    a light around the camera, a random flat background (train_step's novel branch).
+
+    Drawn and decided on the device (no host sync): `textureless` is a bool tensor the renderers read."""
+    u = rand(gen, 5, device=device)
     lo, hi = cfg.train.ambient_range
-    if shading == "lambertian" and lo >= 1.0:
-        shading = "albedo"  # full ambient light is plain albedo, and needs no normals
+    if lo >= 1.0 and cfg.train.lambertian_prob >= 1.0:
+        shading, textureless = "albedo", None  # always lambertian under full ambient light: plain albedo
+    else:
+        shading, textureless = "lambertian", u[0] >= cfg.train.lambertian_prob
     eye = cams.c2w[:, :3, 3].to(device)
-    light = F.normalize(eye + torch.randn(eye.shape, generator=gen).to(device), dim=-1)
-    bg = (torch.tensor(u[2:5], device=device) if cfg.train.novel_background == "random"
-          else torch.ones(3, device=device))
-    return dict(shading=shading, ambient=lo + (hi - lo) * u[1], light_dir=light, bg_color=bg)
+    light = F.normalize(eye + rand(gen, *eye.shape, normal=True, device=device), dim=-1)
+    bg = u[2:5] if cfg.train.novel_background == "random" else torch.ones(3, device=device)
+    ambient = (lo + (hi - lo) * u[1].double()).float()  # in float64 as the official's Python float
+    return dict(shading=shading, textureless=textureless, ambient=ambient, light_dir=light, bg_color=bg)
 
 
 def prior_terms(priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: float,
@@ -113,9 +126,10 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
     ref_cam = reference_camera(cfg.camera).to(device)
     ref = reference_view(rgba, depth, int(round(t.nerf_size * t.ref_scale)), t.ref_mask_threshold, device)
     occupancy = (OccupancyGrid(cfg.nerf.bound, cfg.nerf.occupancy_resolution, cfg.nerf.occupancy_threshold,
-                               device=device) if cfg.nerf.occupancy_grid else None)
+                               device=device, mode=occupancy_mode_for(cfg.nerf.occupancy_mode, device)) if cfg.nerf.occupancy_grid else None)
+    # no per-render finiteness check: the loop checks the loss periodically
     render = dict(occupancy=occupancy, num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
-                  generator=gen)
+                  generator=gen, check_finite=False)
 
     def before_step(step: int) -> None:
         ramp_levels(field, cfg, step, iters)
@@ -124,7 +138,8 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
 
     def reference_terms(step: int) -> tuple[LossTerms, RenderOutput]:
         bg = reference_background(cfg, ref.size, gen, device)
-        jitter = (torch.randn(3, generator=gen) * t.ref_jitter, torch.randn(3, generator=gen) * t.ref_jitter)
+        jitter = (rand(gen, 3, normal=True, device=device) * t.ref_jitter,
+                  rand(gen, 3, normal=True, device=device) * t.ref_jitter)
         shaded = t.ref_shading == "lambertian" and needs_normals(cfg)  # ambient 1: the colour is the albedo
         out = render_nerf(field, ref_cam, ref.size, ref.size, shading="lambertian" if shaded else "albedo",
                           ambient=1.0, bg_color=bg, ray_jitter=jitter, **render)
@@ -133,11 +148,12 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
                  "ref_mask": cfg.loss.mask * losses.reference_mask_loss(out.opacity[0], ref.mask)}
         if ref.depth is not None and cfg.loss.depth > 0:
             ramp = min(1.0, step / max(iters, 1))
-            terms["ref_depth"] = cfg.loss.depth * ramp * losses.pearson_depth_loss(out.depth[0], ref.depth, ref.mask)
+            terms["ref_depth"] = cfg.loss.depth * ramp * losses.pearson_depth_loss(out.depth[0], ref.depth, ref.mask,
+                                                                                   ref.depth_index)
         return terms, out
 
     def novel_terms(step: int, w3d: float, w2d: float) -> tuple[LossTerms, RenderOutput]:
-        cams = sample_novel_cameras(cfg.camera, 1, progressive_ratio(cfg.camera, step, iters), gen).to(device)
+        cams = sample_novel_cameras(cfg.camera, 1, progressive_ratio(cfg.camera, step, iters), gen, device)
         style = novel_view_style(cfg, gen, cams, device)
         out = render_nerf(field, cams, t.nerf_size, t.nerf_size, need_normals=needs_normals(cfg), **style, **render)
         return prior_terms(priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, cfg.prior.t_range_nerf, gen), out
@@ -154,6 +170,8 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
     groups = [{"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
               {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
     score = None if clip_score is None else (lambda: clip_score(field, occupancy))
+    on = compiling.resolve(t.compile, device)  # the hot paths these call run compiled
+    loss_terms, before_step = compiling.within(on, loss_terms), compiling.within(on, before_step)
     stage = Stage("nerf", 1, iters, field, make_optimizer(groups, cfg), loss_terms, before_step, score,
                   ema=ParameterEMA(field, t.ema_decay), extras={} if occupancy is None else {"occupancy": occupancy},
                   scaler=make_scaler(cfg, device), preview=preview)
@@ -175,11 +193,14 @@ def nerf_regularisers(field: NeRFField, out: RenderOutput, step: int, iters: int
         terms["orientation"] = w.orientation * losses.orientation_loss(out.weights, out.sample_normals, out.rays_d,
                                                                         out.sample_valid)
     if w.normal_smooth_3d > 0:
-        valid = (torch.ones_like(out.weights, dtype=torch.bool) if out.sample_valid is None else out.sample_valid)
-        points = out.sample_points[valid]
-        noise = torch.randn(points.shape, generator=gen).to(points) * 1e-2
-        terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(out.sample_normals[valid],
-                                                                              field.normal(points + noise))
+        points, normals = out.sample_points.reshape(-1, 3), out.sample_normals.reshape(-1, 3)
+        valid = None if out.sample_valid is None else out.sample_valid.reshape(-1)
+        if out.sample_index is not None:  # the samples that exist, gathered without a host sync
+            points, normals = points.index_select(0, out.sample_index), normals.index_select(0, out.sample_index)
+            valid = None
+        noise = rand(gen, *points.shape, normal=True, device=points.device) * 1e-2
+        terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals, field.normal(points + noise),
+                                                                              valid)
     if w.normal_smooth_2d > 0:
         terms["normal_2d"] = w.normal_smooth_2d * losses.normal_smoothness_2d(out.normal_image)
     return terms
@@ -233,7 +254,7 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
                                                                          bg[0] if bg.dim() == 4 else bg),
                      "ref_mask": cfg.loss.mask * losses.reference_mask_loss(out.opacity[0], ref.mask)}
         else:
-            cams = sample_novel_cameras(cfg.camera, 1, 1.0, gen).to(device)
+            cams = sample_novel_cameras(cfg.camera, 1, 1.0, gen, device)
             style = novel_view_style(cfg, gen, cams, device)
             out = render_mesh(mesh, albedo, cams, size, size, rasterizer=rasterizer, **style)
             terms = prior_terms(priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, cfg.prior.t_range_dmtet, gen)
@@ -249,5 +270,7 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
               {"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
               {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
     module = nn.ModuleDict({"dmtet": dmtet, "field": field})
+    on = compiling.resolve(t.compile, device)  # the hot paths these call run compiled
+    loss_terms, before_step = compiling.within(on, loss_terms), compiling.within(on, before_step)
     return Stage("dmtet", first, t.nerf_iters + t.dmtet_iters, module, make_optimizer(groups, cfg), loss_terms,
                  before_step, scaler=make_scaler(cfg, device), preview=preview)

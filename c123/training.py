@@ -7,6 +7,7 @@ checkpoints. The switch policy itself lives in `c123.schedules`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from c123.cameras import Cameras
 from c123.checkpoint import CheckpointIdentity, save_checkpoint
 from c123.config import ReconstructConfig
 from c123.ema import ParameterEMA
-from c123.errors import C123Error
+from c123.errors import C123Error, GeometryError
 from c123.schedules import BoundaryDetector, get_variant, planned_switch, prior_weights
 
 LossTerms = dict[str, torch.Tensor]
@@ -62,10 +63,14 @@ class RunState:
         return cls(**data)
 
     def capture_rng(self, gen: torch.Generator) -> None:
-        self.rng = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+        self.rng = {"generator": gen.get_state(), "device": gen.device.type, "torch": torch.get_rng_state()}
 
     def restore_rng(self, gen: torch.Generator) -> None:
         if self.rng:
+            saved = self.rng.get("device", "cpu")
+            if saved != gen.device.type:
+                raise C123Error(f"the checkpoint's random state is of a {saved} generator and this run draws on "
+                                f"{gen.device.type}: resume on a {saved} device, or delete checkpoints/ to restart")
             gen.set_state(self.rng["generator"])
             torch.set_rng_state(self.rng["torch"])
 
@@ -162,11 +167,15 @@ class Loop:
 
 
 def run_stage(stage: Stage, loop: Loop) -> None:
-    """Train `stage` from the step after `loop.state.step` to `stage.last`, checkpointing as it goes."""
+    """Train `stage` from the step after `loop.state.step` to `stage.last`, checkpointing as it goes.
+
+    A step never waits for the device: the loss terms of each log step are copied to the host in the background
+    and read (into the history, the progress line and a finiteness check) at the next log step or checkpoint."""
     cfg, state = loop.cfg, loop.state
     detector = BoundaryDetector.from_dict(cfg.schedule, state.detector)
     uses_detector = get_variant(cfg.schedule.variant).switch == "detector"
     every = cfg.train.checkpoint_every
+    pending: LoggedStep | None = None
     tic = time.perf_counter()
     for step in range(max(state.step + 1, stage.first), stage.last + 1):
         reference = step % cfg.train.ref_every == 0
@@ -181,18 +190,61 @@ def run_stage(stage: Stage, loop: Loop) -> None:
             stage.ema.update(stage.module)  # at each epoch end; a last, partial epoch counts as one
 
         state.stage, state.step, state.detector = stage.name, step, detector.to_dict()
+        logged = logged_step = None
         if step % loop.log_every == 0 or step == stage.last:
-            record(state.history, step, w3d, w2d, terms)
-            if loop.log is not None:
+            if pending is not None:
+                logged, logged_step = pending.finish(state.history), pending.step
+            pending = LoggedStep.start(step, w3d, w2d, terms)
+            if loop.log is not None:  # TensorBoard: one host read per log step (gradient norms need this step)
                 loop.log(StepLog(stage, step, w3d, w2d, terms, detector, state.switch))
         loop.progress({"stage": stage.name, "step": step, "total": loop.total, "w3d": w3d, "w2d": w2d,
                        "S": detector.scores[-1] if detector.scores else None, "switch": state.switch,
-                       "loss": float(loss) if step % loop.log_every == 0 else None})
+                       "loss": logged, "loss_step": logged_step})  # the previous log step's loss: no waiting
         if step == stage.last or (every and step % every == 0):
+            if pending is not None:  # the history a checkpoint keeps is complete
+                pending.finish(state.history)
+                pending = None
             state.seconds[stage.name] += time.perf_counter() - tic
             tic = time.perf_counter()
             write_checkpoint(stage, loop)
     state.seconds[stage.name] += time.perf_counter() - tic
+
+
+@dataclass
+class LoggedStep:
+    """A log step's prior weights and loss terms, on their way to the host without the step waiting for them."""
+
+    step: int
+    w3d: float
+    w2d: float
+    names: list[str]
+    values: torch.Tensor
+    """The terms' values [n] on the host (filled by an asynchronous copy from a CUDA device)."""
+    copied: object | None
+    """The CUDA event after the copy (None: the values were on the host already)."""
+
+    @classmethod
+    def start(cls, step: int, w3d: float, w2d: float, terms: LossTerms) -> LoggedStep:
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]) if terms else torch.zeros(0)
+        copied = None
+        if values.is_cuda:
+            values = values.to("cpu", non_blocking=True)  # into pinned memory, behind the step's kernels
+            copied = torch.cuda.Event()
+            copied.record()
+        return cls(step, w3d, w2d, list(terms), values, copied)
+
+    def finish(self, history: dict) -> float:
+        """Append to the history and return the loss (their sum); GeometryError when it is not finite."""
+        if self.copied is not None:
+            self.copied.synchronize()  # long done by the next log step
+        values = dict(zip(self.names, self.values.tolist()))
+        record(history, self.step, self.w3d, self.w2d, values)
+        loss = sum(values.values())
+        if not math.isfinite(loss):
+            named = ", ".join(f"{k}={v:.3g}" for k, v in values.items())
+            raise GeometryError(f"the loss is not finite at step {self.step} ({named}): the field diverged; lower "
+                                "the learning rate or check the inputs")
+        return loss
 
 
 def decide_switch(detector: BoundaryDetector, step: int, reference: bool,
@@ -204,13 +256,13 @@ def decide_switch(detector: BoundaryDetector, step: int, reference: bool,
     return detector.step(step, reference, score)
 
 
-def record(history: dict, step: int, w3d: float, w2d: float, terms: LossTerms) -> None:
-    """Append the step's weights and loss terms to the history series."""
+def record(history: dict, step: int, w3d: float, w2d: float, values: dict[str, float]) -> None:
+    """Append the step's weights and loss term values to the history series."""
     history["iterations"].append(step)
     history["w3d"].append(w3d)
     history["w2d"].append(w2d)
-    for name, value in terms.items():
-        history["loss"].setdefault(name, []).append([step, float(value.detach())])
+    for name, value in values.items():
+        history["loss"].setdefault(name, []).append([step, value])
 
 
 def write_checkpoint(stage: Stage, loop: Loop) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from c123.cameras import Cameras, generate_rays
+from c123.compiling import hot
 from c123.errors import GeometryError
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
@@ -39,6 +40,20 @@ class RenderOutput:
     """Sample positions [R,S,3] (for the 3D normal smoothness)."""
     sample_valid: torch.Tensor | None = None
     """bool [R,S]: samples that exist (in occupied cells); None when every sample does."""
+    sample_index: torch.Tensor | None = None
+    """Flat indices into [R*S] of the samples that exist, in row-major order, when they were compacted
+    (OccupancyGrid mode 'compact'); None when every sample exists or empty ones were masked."""
+
+
+OCCUPANCY_MODES = ("compact", "mask")
+
+
+def occupancy_mode_for(mode: str, device) -> str:
+    """nerf.occupancy_mode on `device`: 'auto' masks on CUDA (no host sync, fixed shapes for compiled code) and
+    compacts on CPU (the fewest field evaluations; a host sync costs nothing there)."""
+    if mode == "auto":
+        return "mask" if torch.device(device).type == "cuda" else "compact"
+    return mode
 
 
 class OccupancyGrid:
@@ -47,31 +62,42 @@ class OccupancyGrid:
     Each update (nerf/renderer.py update_extra_state) evaluates the density at one jittered point per cell,
     keeps max(0.95 * old, new) per cell and their mean (`mean_density`), and marks a cell occupied when it
     exceeds min(mean_density, density_threshold). Before the first update every cell is occupied.
+
+    mode 'compact': only the occupied samples reach the field (the fewest evaluations; one host sync per render
+    pass reads how many there are); 'mask': every sample is evaluated and the empty ones are zeroed (no host
+    sync, fixed shapes; costs an evaluation per empty sample). Both give the same image.
     """
 
     def __init__(self, bound: float, resolution: int = 128, density_threshold: float = 10.0, decay: float = 0.95,
-                 device=None):
-        self.bound, self.resolution, self.decay = bound, resolution, decay
+                 device=None, mode: str = "compact"):
+        if mode not in OCCUPANCY_MODES:
+            raise ValueError(f"unknown occupancy mode '{mode}': use one of {OCCUPANCY_MODES}")
+        self.bound, self.resolution, self.decay, self.mode = bound, resolution, decay, mode
         self.density_threshold = density_threshold
         self.density = torch.zeros(resolution, resolution, resolution, device=device)
         self.mask = torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device)
-        self.mean_density = 0.0
+        self.mean = torch.zeros((), device=device)
+        """mean_density as a tensor on the grid's device (reading it as a float waits for the device)."""
+
+    @property
+    def mean_density(self) -> float:
+        return float(self.mean)
 
     @torch.no_grad()
     def update(self, field, generator: torch.Generator | None = None) -> None:
-        """Re-probe the field's density in every cell and refresh the mean and the mask."""
-        r = self.resolution
-        axis = torch.arange(r, device=self.density.device, dtype=torch.float32)
+        """Re-probe the field's density in every cell and refresh the mean and the mask (no host sync)."""
+        r, device = self.resolution, self.density.device
+        axis = torch.arange(r, device=device, dtype=torch.float32)
         cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         half = self.bound / r
         centres = (2 * cells / max(r - 1, 1) - 1) * (self.bound - half)
-        jitter = (torch.rand(cells.shape, generator=generator, device=generator.device if generator else None)
+        jitter = (torch.rand(cells.shape, generator=generator, device=generator.device if generator else device)
                   .to(cells) * 2 - 1) * half
         x = centres + jitter
         sigma = torch.cat([field.density(x[i:i + CHUNK_RAYS * 8]) for i in range(0, x.shape[0], CHUNK_RAYS * 8)])
         self.density = torch.maximum(self.density * self.decay, sigma.reshape(r, r, r).float())
-        self.mean_density = float(self.density.mean())
-        self.mask = self.density > min(self.mean_density, self.density_threshold)
+        self.mean = self.density.mean()
+        self.mask = self.density > self.mean.clamp(max=self.density_threshold)
 
     def occupied(self, x: torch.Tensor) -> torch.Tensor:
         """bool[N]: whether points x[N,3] lie in occupied cells."""
@@ -82,7 +108,17 @@ class OccupancyGrid:
         return {"density": self.density, "mean_density": self.mean_density, "mask": self.mask}
 
     def load_state_dict(self, state: dict) -> None:
-        self.density, self.mean_density, self.mask = state["density"], float(state["mean_density"]), state["mask"]
+        self.density, self.mask = state["density"], state["mask"]
+        self.mean = torch.as_tensor(float(state["mean_density"]), device=self.density.device)
+
+
+def indices_of(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the True entries of a flat bool `mask` in ascending order, when the host already knows
+    there are `count` of them: `mask.nonzero()` without its host sync (the same as torch.nonzero_static)."""
+    position = torch.cumsum(mask, 0) - 1
+    slot = torch.where(mask, position, count)  # the others go to a spare last slot
+    out = torch.empty(count + 1, dtype=torch.long, device=mask.device)
+    return out.scatter_(0, slot, torch.arange(mask.numel(), device=mask.device))[:count]
 
 
 def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,14 +130,12 @@ def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tu
     return near, torch.maximum(far, near)
 
 
-def _sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, perturb: bool,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """n samples [R,n] from the piecewise-constant pdf given by `weights` [R,B] over `bins` [R,B+1]."""
+def _sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, u: torch.Tensor | None) -> torch.Tensor:
+    """n samples [R,n] from the piecewise-constant pdf given by `weights` [R,B] over `bins` [R,B+1], at the
+    quantiles u [R,n] in [0,1) (None: n evenly spaced quantiles)."""
     pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), pdf.cumsum(-1)], -1).clamp(max=1.0)
-    if perturb:
-        u = torch.rand(bins.shape[0], n, generator=generator, device=bins.device, dtype=bins.dtype)
-    else:
+    if u is None:
         u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=bins.device, dtype=bins.dtype).expand(bins.shape[0], n)
     idx = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, cdf.shape[-1] - 1)
     c0, c1 = cdf.gather(-1, idx - 1), cdf.gather(-1, idx)
@@ -118,38 +152,77 @@ def _composite(sigma: torch.Tensor, z: torch.Tensor, far: torch.Tensor) -> torch
     return alpha * trans
 
 
-def _eval(field, x: torch.Tensor, with_normal: bool, occupancy: OccupancyGrid | None):
-    """(sigma, albedo, normal or None, valid or None) at points x[N,3]."""
+@dataclass
+class Pass:
+    """One pass of field evaluations at samples [R,S] of a chunk of rays."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    albedo: torch.Tensor
+    normal: torch.Tensor | None
+    valid: torch.Tensor | None
+    """bool [R,S]: samples in occupied cells (None: no occupancy grid)."""
+    count: int | None
+    """How many samples are valid, when they were compacted (host int), else None."""
+
+
+def _eval(field, x: torch.Tensor, with_normal: bool, occupancy: OccupancyGrid | None, shape) -> Pass:
+    """The field at points x[N,3] (N = prod(shape)); samples in empty cells get zero density, albedo and normal."""
     if occupancy is None:
-        return (*field.forward_with_normal(x), None) if with_normal else (*field(x), None, None)
-    # evaluate only the occupied samples; the rest are empty space (zero density, no colour)
-    valid = occupancy.occupied(x)
-    keep = valid.nonzero().squeeze(1)
-    outs = field.forward_with_normal(x[keep]) if with_normal else (*field(x[keep]), None)
-    n = x.shape[0]
-    return (*(None if v is None else v.new_zeros(n, *v.shape[1:]).index_put((keep,), v) for v in outs), valid)
+        outs = field.forward_with_normal(x) if with_normal else (*field(x), None)
+        valid, count = None, None
+    elif occupancy.mode == "mask":
+        valid = occupancy.occupied(x)
+        outs = field.forward_with_normal(x) if with_normal else (*field(x), None)
+        outs = tuple(None if v is None else torch.where(valid.view(-1, *([1] * (v.dim() - 1))), v, 0.0)
+                     for v in outs)
+        count = None
+    else:
+        valid = occupancy.occupied(x)
+        keep = valid.nonzero().squeeze(1)  # the pass's one host sync: how many samples exist
+        count = keep.shape[0]
+        points = x.index_select(0, keep)
+        outs = field.forward_with_normal(points) if with_normal else (*field(points), None)
+        n = x.shape[0]
+        outs = tuple(None if v is None else v.new_zeros(n, *v.shape[1:]).index_put((keep,), v) for v in outs)
+    sigma, albedo, normal = outs
+    return Pass(x.reshape(*shape, 3), sigma.reshape(shape), albedo.reshape(*shape, 3),
+                None if normal is None else normal.reshape(*shape, 3),
+                None if valid is None else valid.reshape(shape), count)
 
 
-def _shade(albedo, normal, shading, light_dir, ambient):
+def _shade(albedo, normal, shading, light_dir, ambient, textureless=None):
     if shading == "albedo":
         return albedo
     if shading == "normal":
         return (normal + 1.0) / 2.0
     lambert = ambient + (1.0 - ambient) * (normal * light_dir[:, None, :]).sum(-1, keepdim=True).clamp(min=0.0)
-    return lambert.expand_as(albedo) if shading == "textureless" else albedo * lambert
+    if shading == "textureless":
+        return lambert.expand_as(albedo)
+    if textureless is not None:  # decided on the device: lambert alone, or times the albedo
+        return lambert * torch.where(textureless, 1.0, albedo)
+    return albedo * lambert
 
 
 def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: str = "albedo",
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
                 perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Render rays [R,3] (unit directions) in chunks: dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
+                generator: torch.Generator | None = None, textureless: torch.Tensor | None = None,
+                check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Render rays [R,3] (unit directions): dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
     weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3] ((n+1)/2 under
-    detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples.
+    detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples, and
+    sample_index (see RenderOutput) when it compacts them.
 
-    light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float or
-    [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells.
+    light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float,
+    0-dim tensor or [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells;
+    textureless: a bool 0-dim tensor that turns 'lambertian' into 'textureless' on the device (no host read);
+    check_finite: raise GeometryError on a non-finite render (a host sync; the training loop checks its loss
+    periodically instead).
+
+    With gradients on, all rays form one chunk (the graph keeps every chunk's tensors until backward anyway);
+    without, chunks of CHUNK_RAYS rays bound the memory.
     """
     if shading not in SHADINGS:
         raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
@@ -162,71 +235,117 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
-    chunks, finite = [], []
-    for s in range(0, R, CHUNK_RAYS):
-        e = min(R, s + CHUNK_RAYS)
-        chunk, ok = _render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
-                                  num_samples, num_importance, with_normal, perturb, bound, occupancy,
-                                  generator)
-        chunks.append(chunk)
-        finite.append(ok)
-    out = {k: torch.cat([c[k] for c in chunks]) if chunks[0][k] is not None else None for k in chunks[0]}
-    # one host sync per render: densities (inf survives compositing) and the composited outputs (NaN)
-    if not (torch.stack(finite).all() and torch.isfinite(out["rgb"]).all() and torch.isfinite(out["depth"]).all()):
+    step = R if torch.is_grad_enabled() else CHUNK_RAYS
+    chunks = []
+    for s in range(0, R, step):
+        e = min(R, s + step)
+        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
+                                    num_samples, num_importance, with_normal, perturb, bound, occupancy,
+                                    generator, textureless))
+    if len(chunks) == 1:
+        out = chunks[0]
+    else:
+        out = {k: torch.cat([c[k] for c in chunks]) if chunks[0][k] is not None else None for k in chunks[0]}
+        out["sample_index"] = _join_indices([c["sample_index"] for c in chunks], [c["weights"] for c in chunks])
+    if check_finite and not (torch.isfinite(out["sigma_max"]).all() and torch.isfinite(out["rgb"]).all()
+                             and torch.isfinite(out["depth"]).all()):
+        # densities (inf survives compositing) and the composited outputs (NaN): one host sync per render
         raise GeometryError("the field produced non-finite densities or colours (NaN/inf): lower the learning "
                             "rate or check the inputs")
+    del out["sigma_max"]
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"]) * bg
     return out
 
 
+def _join_indices(indices, weights) -> torch.Tensor | None:
+    """Flat sample indices of chunks as indices into the concatenated [R*S] samples."""
+    if indices[0] is None:
+        return None
+    out, offset = [], 0
+    for index, w in zip(indices, weights):
+        out.append(index + offset)
+        offset += w.numel()
+    return torch.cat(out)
+
+
 def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                  with_normal, perturb, bound, occupancy, generator):
+                  with_normal, perturb, bound, occupancy, generator, textureless):
+    """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
+    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
+    where = generator.device if generator is not None else rays_o.device
+    jitter, u = [], []
+    for s in range(0, rays_o.shape[0], CHUNK_RAYS):
+        rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
+        if perturb:
+            jitter.append(torch.rand(rays, num_samples, generator=generator, dtype=rays_o.dtype, device=where))
+        if perturb and num_importance > 0:
+            u.append(torch.rand(rays, num_importance, generator=generator, dtype=rays_o.dtype, device=where))
+    jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
+    u = torch.cat(u).to(rays_o.device) if u else None
+    return _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
+                       with_normal, bound, occupancy, textureless, jitter, u)
+
+
+@hot
+def _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
+                with_normal, bound, occupancy, textureless, jitter, u):
+    """A chunk's samples, field passes and compositing; jitter [R,S] and u [R,num_importance]: the random
+    numbers of the stratified and importance samples (None: bin centres / evenly spaced quantiles)."""
     near, far = near_far_box(rays_o, rays_d, bound)
-    steps = torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype)
-    if perturb:
-        steps = steps + torch.rand(rays_o.shape[0], num_samples, generator=generator,
-                                   device=generator.device if generator is not None else rays_o.device,
-                                   dtype=rays_o.dtype).to(rays_o.device)
-    else:
-        steps = (steps + 0.5).expand(rays_o.shape[0], num_samples)
-    z = near[:, None] + (far - near)[:, None] * steps / num_samples
-
-    def evaluate(zs):
-        x = (rays_o[:, None, :] + zs[..., None] * rays_d[:, None, :]).clamp(-bound, bound)
-        sigma, albedo, normal, valid = _eval(field, x.reshape(-1, 3), with_normal, occupancy)
-        n = zs.shape
-        return (x, sigma.reshape(n), albedo.reshape(*n, 3), None if normal is None else normal.reshape(*n, 3),
-                None if valid is None else valid.reshape(n))
-
-    x, sigma, albedo, normal, valid = evaluate(z)
+    z = _stratified(near, far, rays_o, num_samples, jitter)
+    coarse = _eval(field, _points(rays_o, rays_d, z, bound).reshape(-1, 3), with_normal, occupancy, z.shape)
+    x, sigma, albedo, normal, valid, count = (coarse.x, coarse.sigma, coarse.albedo, coarse.normal, coarse.valid,
+                                              coarse.count)
     if num_importance > 0:
         with torch.no_grad():
-            weights = _composite(sigma, z, far)
-            bins = torch.cat([z, far[:, None]], -1)
-            z_new = _sample_pdf(bins, weights, num_importance, perturb, generator)
-        x2, s2, a2, n2, v2 = evaluate(z_new)
+            z_new = _importance(z, sigma, far, num_importance, u)
+        fine = _eval(field, _points(rays_o, rays_d, z_new, bound).reshape(-1, 3), with_normal, occupancy,
+                     z_new.shape)
         z, order = torch.sort(torch.cat([z, z_new], -1), -1)
-
-        def merge(a, b):
-            if a is None:
-                return None
-            both = torch.cat([a, b], 1)
-            return both.gather(1, order.reshape(*order.shape, *([1] * (both.dim() - 2))).expand_as(both))
-
-        x, sigma, albedo, normal, valid = (merge(a, b) for a, b in
-                                           ((x, x2), (sigma, s2), (albedo, a2), (normal, n2), (valid, v2)))
+        x, sigma, albedo, normal, valid = (_merge(a, b, order) for a, b in ((x, fine.x), (sigma, fine.sigma),
+                                           (albedo, fine.albedo), (normal, fine.normal), (valid, fine.valid)))
+        count = None if count is None else count + fine.count
+    sample_index = None if count is None else indices_of(valid.reshape(-1), count)
     weights = _composite(sigma, z, far)
-    color = _shade(albedo, normal, shading, light_dir, ambient)
+    color = _shade(albedo, normal, shading, light_dir, ambient, textureless)
     opacity = weights.sum(-1, keepdim=True)
     wz = (weights * z).sum(-1, keepdim=True)
     depth = torch.where(opacity > 1e-4, wz / opacity.clamp(min=1e-4), torch.zeros_like(wz))
     normal_map = (weights[..., None] * normal).sum(-2) if normal is not None else torch.zeros_like(rays_o)
     # the normal regulariser's image sees the geometry only through the normals (detached density)
     normal_image = (weights.detach()[..., None] * (normal + 1.0) / 2.0).sum(-2) if normal is not None else None
-    out = {"rgb": (weights[..., None] * color).sum(-2), "opacity": opacity, "depth": depth,
-           "normal": normal_map, "weights": weights, "sample_normals": normal, "normal_image": normal_image,
-           "sample_points": x.detach() if normal is not None else None, "sample_valid": valid}
-    return out, torch.isfinite(sigma.detach()).all()
+    return {"rgb": (weights[..., None] * color).sum(-2), "opacity": opacity, "depth": depth,
+            "normal": normal_map, "weights": weights, "sample_normals": normal, "normal_image": normal_image,
+            "sample_points": x.detach() if normal is not None else None, "sample_valid": valid,
+            "sample_index": sample_index, "sigma_max": sigma.detach().amax(-1)}
+
+
+def _stratified(near, far, rays_o, num_samples: int, jitter: torch.Tensor | None) -> torch.Tensor:
+    """num_samples distances per ray [R,S] in [near, far): one per equal bin, at jitter in [0,1) within it
+    (None: the bin centres)."""
+    steps = torch.arange(num_samples, device=rays_o.device, dtype=rays_o.dtype)
+    steps = steps + jitter if jitter is not None else (steps + 0.5).expand(rays_o.shape[0], num_samples)
+    return near[:, None] + (far - near)[:, None] * steps / num_samples
+
+
+def _points(rays_o, rays_d, z, bound: float) -> torch.Tensor:
+    """Sample positions [R,S,3] at distances z along the rays, clamped to the box."""
+    return (rays_o[:, None, :] + z[..., None] * rays_d[:, None, :]).clamp(-bound, bound)
+
+
+def _importance(z, sigma, far, num_importance: int, u: torch.Tensor | None) -> torch.Tensor:
+    """Importance samples [R,num_importance] from the coarse pass's compositing weights (u: see _sample_pdf)."""
+    weights = _composite(sigma, z, far)
+    bins = torch.cat([z, far[:, None]], -1)
+    return _sample_pdf(bins, weights, num_importance, u)
+
+
+def _merge(a, b, order):
+    """Coarse and fine samples side by side [R,S1+S2,...], in the order that sorts their distances."""
+    if a is None:
+        return None
+    both = torch.cat([a, b], 1)
+    return both.gather(1, order.reshape(*order.shape, *([1] * (both.dim() - 2))).expand_as(both))
 
 
 def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
@@ -234,11 +353,13 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
                 perturb: bool = True, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None,
-                ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None) -> RenderOutput:
+                ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None,
+                textureless: torch.Tensor | None = None, check_finite: bool = True) -> RenderOutput:
     """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera.
 
     bg_color: [3], per camera [B,3] or per pixel [B,H,W,3]; ray_jitter: offsets ([3], [3]) added to every
-    ray's origin and direction (the official reference-view camera noise)."""
+    ray's origin and direction (the official reference-view camera noise); textureless, check_finite: see
+    render_rays."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
     if ray_jitter is not None:
@@ -260,9 +381,9 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
     out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
                       ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
                       num_importance=num_importance, need_normals=need_normals, perturb=perturb,
-                      occupancy=occupancy, generator=generator)
+                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
     normal_image = None if out["normal_image"] is None else out["normal_image"].reshape(B, height, width, 3)
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],
                         out["sample_normals"], rays_d.reshape(-1, 3), normal_image, out["sample_points"],
-                        out["sample_valid"])
+                        out["sample_valid"], out["sample_index"])

@@ -167,7 +167,8 @@ def test_hashgrid_rejects_unknown_backend_and_interpolation():
 def test_auto_backend_is_torch_without_cuda_and_tcnn_without_tinycudann_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only selection")
-    assert HashGrid(num_levels=2, log2_hashmap_size=8, finest_resolution=32, backend="auto").backend == "torch"
+    grid = HashGrid(num_levels=2, log2_hashmap_size=8, finest_resolution=32, backend="auto")
+    assert grid.backend_for("cpu") == "torch"
     try:
         import tinycudann  # noqa: F401
     except ImportError:

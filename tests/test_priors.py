@@ -425,6 +425,23 @@ def test_priors_on_cpu_run_float32_whatever_the_precision(zero123, sd, tiny_dirs
     assert clip.model.dtype == torch.float32 and not clip.use_autocast
 
 
+def test_fast_kernels_change_nothing_on_cpu_and_select_sdpa_and_tf32_for_cuda(sd):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from c123.priors.weights import fast_kernels
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    sd.unet.set_attn_processor(AttnProcessor())
+    assert not fast_kernels(sd.unet, "cpu")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    assert all(type(p) is AttnProcessor for p in sd.unet.attn_processors.values())
+    try:  # the CUDA choice only sets flags and processors: checkable without a GPU
+        assert fast_kernels(sd.unet, "cuda")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert all(type(p) is AttnProcessor2_0 for p in sd.unet.attn_processors.values())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.mark.parametrize("field, value", [("zero123_timestep", "min"), ("sd_view_prompt", "nearest"),
                                           ("render_latents", "mode"), ("zero123_variant", "ema"),
                                           ("precision", "bf16")])

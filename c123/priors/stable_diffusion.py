@@ -35,11 +35,9 @@ def delta_azimuth(azimuth: torch.Tensor, ref_azimuth: float) -> torch.Tensor:
 
 def view_index(azimuth: torch.Tensor) -> torch.Tensor:
     """0 front, 1 side, 2 back for each (delta) azimuth in degrees, any range ('bucket' mode)."""
-    a = delta_azimuth(azimuth, 0.0)
-    index = torch.ones_like(a, dtype=torch.long)
-    index[a.abs() < FRONT_HALF_ANGLE] = 0
-    index[a.abs() >= 180.0 - FRONT_HALF_ANGLE] = 2
-    return index
+    a = delta_azimuth(azimuth, 0.0).abs()
+    index = torch.where(a < FRONT_HALF_ANGLE, 0, 1)
+    return torch.where(a >= 180.0 - FRONT_HALF_ANGLE, 2, index)  # selected on the device: no host sync
 
 
 def view_mix(azimuth: torch.Tensor) -> torch.Tensor:

@@ -177,4 +177,23 @@ def load_frozen(model_cls, path: str, subfolder: str, dtype, device,
     variant = pick_variant(folder, variants, f"{Path(path).name}/{subfolder}".rstrip("/."))
     kwargs = {"subfolder": subfolder} if subfolder not in ("", ".") else {}
     model = model_cls.from_pretrained(path, variant=variant, dtype=dtype, **kwargs)
+    fast_kernels(model, device)
     return model.to(device).eval().requires_grad_(False), variant_label(variant)
+
+
+def fast_kernels(model, device) -> bool:
+    """On CUDA: attention through PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels; the
+    official enables xformers) in every diffusers attention block, and TF32 matmuls and convolutions for what
+    stays in float32 (Zero-1-to-3 outside autocast, the SDS arithmetic, the field). Elsewhere nothing changes:
+    the arithmetic on CPU is the reference. Returns whether it changed anything."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if hasattr(model, "set_attn_processor"):  # diffusers models; transformers' CLIP uses SDPA by default
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        model.set_attn_processor(AttnProcessor2_0())
+    return True

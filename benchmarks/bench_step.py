@@ -1,0 +1,269 @@
+"""Cost of one training step at the paper sizes, by component, with the host syncs and eager ops it makes.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--only nerf|dmtet] [--threads 1]
+
+The paper preset (128 px novel views, 192 px reference view, 64 + 32 samples per ray, the 16-level hash grid;
+DMTet on the A15 256 grid rendered at 1024 px) with the tiny random priors at the paper's prior input sizes
+(Zero-1-to-3 at 256 px, Stable Diffusion at 512 px), both priors on (w3D = w2D = 0.5), on CPU with one torch
+thread. The steps are mid-stage (global step 2004/2005 of the NeRF stage, so every hash level is active; the
+DMTet stage's steps 5004/5005), after one update of the occupancy grid (the update itself is timed apart: it
+runs every 16 steps). `--quick` runs the same at a sixteenth of the pixels and a 64 grid.
+
+Printed per step kind (reference / novel view):
+- CPU-seconds (process time) by component, exclusive of nested components: render, field normals of the
+  regularisers, priors, regularisers, marching tets, rasteriser, backward, optimiser, other;
+- host syncs per step (c123.sync_count: the ops that make the host wait on CUDA) and which ops they were,
+  eager ops per step, and bytes read + written by eager ops per sample point (NeRF steps; forward and whole step),
+  counted on a third run of the step with the choices a CUDA run makes (nerf.occupancy_mode 'auto' masks empty
+  samples on CUDA, compacts them on CPU; see `cuda_choices`).
+With --compile (train.compile=on) the timed step runs the compiled hot paths after one warm-up step (whose
+time, the compilation, is printed apart); syncs and ops are always counted on the eager step, since the compiled
+code does the same work in fused kernels the dispatcher never sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import c123.stages as stages_mod
+from c123.config import paper
+from c123.dmtet import DMTet
+from c123.nerf import NeRFField
+from c123.priors.tiny import write_tiny_models
+from c123.reconstruct import Priors, condition_priors, load_priors, seed_everything
+try:
+    from c123.sync_count import SyncCounter
+except ImportError:  # measuring an older checkout (PYTHONPATH=that checkout): the counter from beside this script
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("sync_count", Path(__file__).parents[1] / "c123" / "sync_count.py")
+    _module = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_module)
+    SyncCounter = _module.SyncCounter
+
+
+class ComponentTimer:
+    """Exclusive process-CPU seconds per named component (a nested component's time is not its parent's)."""
+
+    current: ComponentTimer | None = None
+    """The timer of the step being measured; wrapped functions report to it (none: they just run)."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.stack: list[list] = []
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        now = time.process_time()
+        if self.stack:
+            self.stack[-1][1] += now - self.stack[-1][2]  # the parent's time so far
+        self.stack.append([name, 0.0, now])
+        try:
+            yield
+        finally:
+            name, spent, since = self.stack.pop()
+            now = time.process_time()
+            self.seconds[name] += spent + now - since
+            if self.stack:
+                self.stack[-1][2] = now
+
+
+def wrap(obj, attr: str, name: str, method: bool = False) -> None:
+    """Time every call of obj.attr as component `name` of the current timer (skipped when obj has no attr;
+    method=True wraps a class's method)."""
+    fn = getattr(obj, attr, None)
+    if fn is None:
+        return
+
+    def timed(*args, **kwargs):
+        timer = ComponentTimer.current
+        if timer is None:
+            return fn(*args, **kwargs)
+        with timer.part(name):
+            return fn(*args, **kwargs)
+
+    setattr(obj, attr, timed)
+
+
+def reference_image(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """An RGBA disk (uint8 [H,W,4]) with a depth map (a bump), as a dataset case provides."""
+    yy, xx = np.mgrid[:size, :size] / (size - 1) * 2 - 1
+    r2 = xx ** 2 + yy ** 2
+    inside = r2 < 0.5
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, (100 + 100 * xx).clip(0, 255), 60
+    rgba[..., 3] = inside * 255
+    depth = np.where(inside, 1.0 - np.sqrt(np.clip(0.5 - r2, 0, None)), 0.0).astype(np.float32)
+    return rgba, depth
+
+
+def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu"):
+    """The paper preset with the tiny priors written to `models` (quick: smaller renders and grid)."""
+    cfg = paper()
+    write_tiny_models(models)
+    cfg.prior.zero123_model, cfg.prior.sd_model = str(models / "zero123"), str(models / "stable-diffusion")
+    cfg.prior.clip_model = str(models / "clip")
+    cfg.schedule.variant = "fixed-switch"  # both priors, no CLIP detector to load
+    cfg.train.device = device
+    if quick:
+        cfg.train.nerf_size, cfg.dmtet.render_size, cfg.dmtet.tet_resolution = 32, 256, 64
+    if hasattr(cfg.train, "compile"):
+        cfg.train.compile = "on" if compile_on else "off"
+    elif compile_on:
+        raise SystemExit("this checkout has no train.compile")
+    return cfg
+
+
+def make_generator(seed: int, device):
+    if "device" in inspect.signature(seed_everything).parameters:
+        return seed_everything(seed, device)
+    return seed_everything(seed)
+
+
+def run_step(stage, step: int, reference: bool) -> None:
+    stage.before_step(step)
+    terms = stage.loss_terms(step, reference, 0.5, 0.5)
+    loss = sum(terms.values())
+    timer = ComponentTimer.current
+    with timer.part("backward") if timer else contextlib.nullcontext():
+        stage.backward_and_step(loss)
+
+
+def instrument(stage, field) -> None:
+    """Wrap the components of a step (once per stage)."""
+
+    for name, part in (("render_nerf", "render"), ("render_mesh", "render"), ("prior_terms", "priors"),
+                       ("nerf_regularisers", "regularisers"), ("mesh_normal_consistency", "regularisers"),
+                       ("mesh_laplacian", "regularisers")):
+        wrap(stages_mod, name, part)
+    wrap(field, "normal", "field normals (regularisers)")
+    wrap(stage.optimizer, "step", "optimiser")
+    if "dmtet" in getattr(stage.module, "keys", lambda: ())():
+        wrap(stage.module["dmtet"], "get_mesh", "marching tets")
+
+
+@contextlib.contextmanager
+def cuda_choices(occupancy):
+    """What a CUDA run picks where CPU and CUDA differ (nerf.occupancy_mode 'auto': mask on CUDA), so the sync
+    count is the CUDA step's; an older checkout without the choice is left as it is."""
+    previous = getattr(occupancy, "mode", None)
+    if previous is not None:
+        occupancy.mode = "mask"
+    try:
+        yield
+    finally:
+        if previous is not None:
+            occupancy.mode = previous
+
+
+def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on: bool, samples_per_step,
+            occupancy=None) -> None:
+    """Time and count each step kind of `stage` (the count with the CUDA choices, see `cuda_choices`)."""
+    instrument(stage, field)
+    for step, reference in steps:
+        kind = "reference" if reference else "novel"
+        if compile_on:
+            tic = time.process_time()
+            run_step(stage, step, reference)
+            print(f"{label} {kind}: warm-up (compilation) {time.process_time() - tic:.1f} CPU-s")
+        ComponentTimer.current = timer = ComponentTimer()
+        tic = time.process_time()
+        run_step(stage, step, reference)
+        total = time.process_time() - tic
+        ComponentTimer.current = None
+        parts = dict(timer.seconds)
+        parts["other"] = total - sum(parts.values())
+        print(f"{label} {kind} step: {total:.2f} CPU-s = " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        with SyncCounter() as count, cuda_choices(occupancy):
+            with torch.compiler.set_stance("force_eager") if compile_on else contextlib.nullcontext():
+                run_step(stage, step, reference)
+        reasons = ", ".join(f"{k} x{v}" for k, v in count.reasons.most_common())
+        print(f"{label} {kind} step: {count.syncs} host syncs ({reasons or 'none'}), {count.ops} eager ops")
+        n = samples_per_step(reference)
+        if n:
+            print(f"{label} {kind} step: {count.bytes / n / 1e3:.1f} KB read+written by eager ops per sample point "
+                  f"({n} sample points)")
+
+
+def render_bytes_per_sample(field, cfg, gen, size: int = 32) -> None:
+    """Eager memory traffic of a render alone (forward without autograd, with normals, every sample evaluated),
+    per sample point; a small image, as the figure does not depend on its size."""
+    from c123.cameras import orbit
+    from c123.volume_render import render_nerf
+
+    cams = orbit(1, polar=80.0)
+    with torch.no_grad(), SyncCounter() as count:
+        render_nerf(field, cams, size, size, shading="lambertian", num_samples=cfg.nerf.num_samples,
+                    num_importance=cfg.nerf.num_importance, generator=gen)
+    n = size * size * (cfg.nerf.num_samples + cfg.nerf.num_importance)
+    print(f"render forward ({size} px, no occupancy grid, with normals): {count.bytes / n / 1e3:.1f} KB per sample "
+          f"point, {count.ops} eager ops")
+
+
+def nerf_setup(cfg, device):
+    """(reference rgba, field, NeRF stage, occupancy grid, priors, generator), every hash level active."""
+    rgba_np, depth_np = reference_image()
+    rgba = torch.from_numpy(rgba_np).float().div(255).permute(2, 0, 1)[None]
+    depth = torch.from_numpy(depth_np)[None, None]
+    gen = make_generator(0, device)
+    priors = load_priors(cfg, device, Priors())
+    condition_priors(priors, rgba, "a red ball", cfg, device)
+    field = NeRFField(cfg.nerf).to(device)
+    nerf, occupancy = stages_mod.nerf_stage(field, rgba, depth, priors, cfg, gen, device, None)
+    field.set_level_ratio(1.0)
+    return rgba, field, nerf, occupancy, priors, gen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--compile", action="store_true", help="train.compile=on (after a warm-up step)")
+    p.add_argument("--quick", action="store_true", help="a sixteenth of the pixels, a 64 tet grid")
+    p.add_argument("--only", choices=("nerf", "dmtet"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "c123-bench-tiny-models"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    cfg = build(args.quick, args.compile, Path(args.models))
+    print(f"preset paper{' (quick)' if args.quick else ''}: nerf {cfg.train.nerf_size} px (reference "
+          f"{round(cfg.train.nerf_size * cfg.train.ref_scale)} px), {cfg.nerf.num_samples}+{cfg.nerf.num_importance}"
+          f" samples, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
+          f"{cfg.prior.zero123_size}/{cfg.prior.sd_size} px; {torch.get_num_threads()} thread(s), compile "
+          f"{'on' if args.compile else 'off'}")
+    rgba, field, nerf, occupancy, priors, gen = nerf_setup(cfg, device)
+    tic = time.process_time()
+    occupancy.update(field, gen)
+    print(f"occupancy grid update ({cfg.nerf.occupancy_resolution}^3 probes, every {cfg.nerf.occupancy_every} "
+          f"steps): {time.process_time() - tic:.2f} CPU-s")
+    if args.only != "dmtet":
+        render_bytes_per_sample(field, cfg, gen)
+        size = cfg.train.nerf_size
+        per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
+        samples = lambda reference: (round(size * cfg.train.ref_scale) ** 2 if reference else size * size) * per_ray
+        measure("nerf", nerf, [(2004, True), (2005, False)], field, args.compile, samples, occupancy)
+    if args.only != "nerf":
+        tic = time.process_time()
+        dmtet = DMTet(cfg.dmtet).to(device)
+        dmtet.init_from_density(field.density, min(float(occupancy.mean_density), 10.0))
+        print(f"dmtet init ({dmtet.tets.shape[0]} tets): {time.process_time() - tic:.1f} CPU-s")
+        stage = stages_mod.dmtet_stage(field, dmtet, rgba, priors, cfg, gen, device)
+        import c123.rasterizer as raster_mod
+        for attr in ("rasterize", "interpolate", "antialias"):
+            wrap(raster_mod.TorchRasterizer, attr, "rasteriser")
+        mesh = dmtet.get_mesh()
+        print(f"dmtet mesh: {mesh.verts.shape[0]} vertices, {mesh.faces.shape[0]} faces")
+        it = cfg.train.nerf_iters
+        measure("dmtet", stage, [(it + 4, True), (it + 5, False)], field, args.compile, lambda reference: 0)
+
+
+if __name__ == "__main__":
+    main()
