@@ -88,7 +88,7 @@ print(len(hf), hf[1]["case"], sorted(c.id for c in ours.cases), BenchmarkSpec().
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + "\n(pip install -e '.[test]' installs Hugging Face datasets)"
-    assert proc.stdout.split() == ["2", "pear", "['blocks',", "'toy']", "c123"]
+    assert proc.stdout.split() == ["2", "pear", "['blocks',", "'chair',", "'mug',", "'toy']", "c123"]
 
 
 def test_the_wheel_holds_the_pipeline_under_c123_pipeline_only(tmp_path):
