@@ -262,15 +262,15 @@ def write_preprocessed(files: WorkingInput, prompt: str, parts: list[str], cfg, 
     quiet_loading()
     from c123.priors.tiny import ensure_tiny_models
     ensure_tiny_models(cfg)
-    _resolve_models(parts, cfg.preprocess)  # a missing model fails here, before any model runs
+    _resolve_models(parts, cfg)  # a missing model fails here, before any model runs
     device, out, estimates = resolve_device(cfg.train.device), Path(out_dir), []
     alpha, depth_map = files.alpha, files.depth
     if "prompt" in parts:
         prompt = _caption(files, cfg, device, say, estimates)
     if "alpha" in parts:
-        alpha = _cut_out(files, prompt, cfg.preprocess, device, say, estimates)
+        alpha = _cut_out(files, prompt, cfg, device, say, estimates)
     if "depth" in parts:
-        depth_map = _depth(files, alpha, cfg.preprocess, device, say, estimates)
+        depth_map = _depth(files, alpha, cfg, device, say, estimates)
     depth_name = f"the depth estimated with {cfg.preprocess.depth_model}" if "depth" in parts else "the given depth map"
     inp = assemble(files, alpha, depth_map, size, cfg.preprocess.border_ratio, recenter, depth_name)
     written = write_input_files(inp, prompt, out, files.path.stem)
@@ -280,15 +280,17 @@ def write_preprocessed(files: WorkingInput, prompt: str, parts: list[str], cfg, 
     return record
 
 
-def _resolve_models(parts: list[str], pre) -> None:
-    """Find every model `parts` needs on this machine (WeightsMissingError naming the first one missing)."""
+def _resolve_models(parts: list[str], cfg) -> None:
+    """Find every model `parts` needs on this machine, in cfg.prior.model_cache like the priors
+    (WeightsMissingError naming the first one missing)."""
     from c123.priors import background, caption, depth
     from c123.priors.weights import resolve
 
+    pre = cfg.preprocess
     models = {"prompt": (pre.caption_model, caption.WHAT), "alpha": (pre.background_model, background.WHAT),
               "depth": (pre.depth_model, depth.WHAT)}
     for part in parts:
-        resolve(*models[part])
+        resolve(*models[part], cache_dir=cfg.prior.model_cache)
 
 
 def _caption(files: WorkingInput, cfg, device, say: Announce, estimates: list[Estimate]) -> str:
@@ -297,7 +299,8 @@ def _caption(files: WorkingInput, cfg, device, say: Announce, estimates: list[Es
 
     pre = cfg.preprocess
     say(f"{files.path.name}: no prompt: captioning it with {pre.caption_model}")
-    prompt = caption_image(files.rgb, pre.caption_model, pre.caption_max_tokens, cfg.prior.precision, device)
+    prompt = caption_image(files.rgb, pre.caption_model, pre.caption_max_tokens, cfg.prior.precision, device,
+                           cache_dir=cfg.prior.model_cache)
     if not prompt:
         raise InputError(f"{files.path}: the caption model {pre.caption_model} returned an empty caption: "
                          "pass --prompt TEXT describing the object")
@@ -306,14 +309,16 @@ def _caption(files: WorkingInput, cfg, device, say: Announce, estimates: list[Es
     return prompt
 
 
-def _cut_out(files: WorkingInput, prompt: str, pre, device, say: Announce, estimates: list[Estimate]) -> np.ndarray:
+def _cut_out(files: WorkingInput, prompt: str, cfg, device, say: Announce, estimates: list[Estimate]) -> np.ndarray:
     """The background remover's alpha of the object the prompt names; InputError when it finds no object or
     keeps the whole frame."""
     from c123.priors.background import remove_background
 
+    pre = cfg.preprocess
     say(f"{files.path.name} {files.no_alpha} and no mask was given: removing the background with "
         f"{pre.background_model}")
-    alpha = remove_background(files.rgb, prompt, pre.background_model, pre.mask_threshold, device)
+    alpha = remove_background(files.rgb, prompt, pre.background_model, pre.mask_threshold, device,
+                              cache_dir=cfg.prior.model_cache)
     share = float((alpha > 127).mean())
     lo, hi = OBJECT_SHARE
     if not lo <= share <= hi:
@@ -324,15 +329,16 @@ def _cut_out(files: WorkingInput, prompt: str, pre, device, say: Announce, estim
     return alpha
 
 
-def _depth(files: WorkingInput, alpha: np.ndarray, pre, device, say: Announce,
+def _depth(files: WorkingInput, alpha: np.ndarray, cfg, device, say: Announce,
            estimates: list[Estimate]) -> np.ndarray:
     """The depth model's map of the image, normalised on the object."""
     from c123.priors.depth import estimate_depth
 
+    pre = cfg.preprocess
     say(f"{files.path.name}: no depth map: estimating it with {pre.depth_model}")
     # an RGBA's colours under transparent pixels mean nothing: the model sees it on white; a photo is whole
     image = on_white(files.rgb, alpha) if files.alpha_from_image else files.rgb
-    depth_map = estimate_depth(image, alpha > 127, pre.depth_model, device)
+    depth_map = estimate_depth(image, alpha > 127, pre.depth_model, device, cache_dir=cfg.prior.model_cache)
     estimates.append(Estimate("depth", pre.depth_model, "relative depth, flipped from disparity, 0..1 on the object"))
     return depth_map
 

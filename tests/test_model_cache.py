@@ -41,3 +41,22 @@ def test_the_cache_location_is_a_config_field_left_out_of_the_result_key():
     assert cfg.hash() == before
     apply_overrides(cfg, ["prior.guidance_scale_2d=7.5"])
     assert cfg.hash() != before
+
+
+def test_the_photo_models_are_looked_up_in_the_same_cache(tmp_path, monkeypatch):
+    """A node with the shared cache finds the caption, cut-out and depth models there, as it finds the priors."""
+    from c123.config import apply_overrides, tiny
+    from c123.errors import WeightsMissingError
+    from c123.preprocess import _resolve_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "default-cache"))
+    cfg = apply_overrides(tiny("/models"), ["preprocess.caption_model=org/tiny-blip2",
+                                            "preprocess.background_model=org/tiny-clipseg",
+                                            "preprocess.depth_model=org/tiny-dpt"])
+    for repo_id in ("org/tiny-blip2", "org/tiny-clipseg", "org/tiny-dpt"):
+        _hub_cache_with(tmp_path / "shared", repo_id)
+    with pytest.raises(WeightsMissingError, match="not in the local Hugging Face cache"):
+        _resolve_models(["prompt", "alpha", "depth"], cfg)
+    cfg.prior.model_cache = str(tmp_path / "shared")
+    _resolve_models(["prompt", "alpha", "depth"], cfg)

@@ -15,15 +15,17 @@ import numpy as np
 WHAT = "background removal (CLIPSeg)"
 
 
-def remove_background(rgb: np.ndarray, prompt: str, model: str, threshold: float, device="cpu") -> np.ndarray:
-    """uint8 alpha HxW (255 on the object the prompt names, 0 elsewhere) of an RGB photo HxWx3."""
+def remove_background(rgb: np.ndarray, prompt: str, model: str, threshold: float, device="cpu",
+                      cache_dir: str | None = None) -> np.ndarray:
+    """uint8 alpha HxW (255 on the object the prompt names, 0 elsewhere) of an RGB photo HxWx3; a Hub id is
+    read from the HF cache `cache_dir` (prior.model_cache)."""
     import torch
     from PIL import Image
     from transformers import AutoProcessor, CLIPSegForImageSegmentation
 
     from c123.priors.weights import load_frozen, resolve
 
-    path = resolve(model, WHAT)
+    path = resolve(model, WHAT, cache_dir=cache_dir)
     processor = AutoProcessor.from_pretrained(path)
     segmenter, _ = load_frozen(CLIPSegForImageSegmentation, path, "", torch.float32, device)
     inputs = processor(text=[prompt], images=[Image.fromarray(rgb)], padding="max_length", return_tensors="pt")

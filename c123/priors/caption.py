@@ -13,15 +13,17 @@ import numpy as np
 WHAT = "captioning (BLIP-2)"
 
 
-def caption_image(rgb: np.ndarray, model: str, max_tokens: int, precision: str = "fp16", device="cpu") -> str:
-    """The model's caption of an RGB photo HxWx3, on one line ('' when it says nothing)."""
+def caption_image(rgb: np.ndarray, model: str, max_tokens: int, precision: str = "fp16", device="cpu",
+                  cache_dir: str | None = None) -> str:
+    """The model's caption of an RGB photo HxWx3, on one line ('' when it says nothing); a Hub id is read from
+    the HF cache `cache_dir` (prior.model_cache)."""
     import torch
     from PIL import Image
     from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
     from c123.priors.weights import load_frozen, resolve, runtime_dtypes
 
-    path = resolve(model, WHAT)
+    path = resolve(model, WHAT, cache_dir=cache_dir)
     dtype, _ = runtime_dtypes(precision, device, half_weights=True)  # float16 on CUDA, as the BLIP2 class
     processor = AutoProcessor.from_pretrained(path)
     captioner, _ = load_frozen(Blip2ForConditionalGeneration, path, "", dtype, device)

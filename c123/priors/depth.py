@@ -13,15 +13,17 @@ import numpy as np
 WHAT = "depth estimation (DPT)"
 
 
-def estimate_depth(rgb: np.ndarray, inside: np.ndarray, model: str, device="cpu") -> np.ndarray:
-    """float32 HxW depth of an RGB image HxWx3 on the object (`inside`, bool HxW), larger = farther, 0 outside."""
+def estimate_depth(rgb: np.ndarray, inside: np.ndarray, model: str, device="cpu",
+                   cache_dir: str | None = None) -> np.ndarray:
+    """float32 HxW depth of an RGB image HxWx3 on the object (`inside`, bool HxW), larger = farther, 0 outside;
+    a Hub id is read from the HF cache `cache_dir` (prior.model_cache)."""
     import torch
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     from c123.priors.weights import load_frozen, resolve
 
-    path = resolve(model, WHAT)
+    path = resolve(model, WHAT, cache_dir=cache_dir)
     processor = AutoImageProcessor.from_pretrained(path)
     estimator, _ = load_frozen(AutoModelForDepthEstimation, path, "", torch.float32, device)
     inputs = processor(images=Image.fromarray(rgb), return_tensors="pt").to(device)
