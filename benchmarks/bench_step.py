@@ -1,6 +1,6 @@
 """Cost of one training step at the paper sizes, by component, with the host syncs and eager ops it makes.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--only nerf|dmtet] [--threads 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--nerf-size N] [--skip-counts] [--only nerf|dmtet] [--threads 1]
 
 The paper preset (128 px novel views, 192 px reference view, 64 + 32 samples per ray, the 16-level hash grid;
 DMTet on the A15 256 grid rendered at 1024 px) with the tiny random priors at the paper's prior input sizes
@@ -106,8 +106,9 @@ def reference_image(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     return rgba, depth
 
 
-def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu"):
-    """The paper preset with the tiny priors written to `models` (quick: smaller renders and grid)."""
+def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu", nerf_size: int | None = None):
+    """The paper preset with the tiny priors written to `models` (quick: smaller renders and grid; nerf_size:
+    another novel-view size, the reference view scaled with it)."""
     cfg = paper()
     write_tiny_models(models)
     cfg.prior.zero123_model, cfg.prior.sd_model = str(models / "zero123"), str(models / "stable-diffusion")
@@ -116,6 +117,8 @@ def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu"):
     cfg.train.device = device
     if quick:
         cfg.train.nerf_size, cfg.dmtet.render_size, cfg.dmtet.tet_resolution = 32, 256, 64
+    if nerf_size:
+        cfg.train.nerf_size = nerf_size
     if hasattr(cfg.train, "compile"):
         cfg.train.compile = "on" if compile_on else "off"
     elif compile_on:
@@ -166,7 +169,7 @@ def cuda_choices(occupancy):
 
 
 def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on: bool, samples_per_step,
-            occupancy=None) -> None:
+            occupancy=None, count: bool = True) -> None:
     """Time and count each step kind of `stage` (the count with the CUDA choices, see `cuda_choices`)."""
     instrument(stage, field)
     for step, reference in steps:
@@ -183,6 +186,8 @@ def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on:
         parts = dict(timer.seconds)
         parts["other"] = total - sum(parts.values())
         print(f"{label} {kind} step: {total:.2f} CPU-s = " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        if not count:
+            continue
         with SyncCounter() as count, cuda_choices(occupancy):
             with torch.compiler.set_stance("force_eager") if compile_on else contextlib.nullcontext():
                 run_step(stage, step, reference)
@@ -228,12 +233,16 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="train.compile=on (after a warm-up step)")
     p.add_argument("--quick", action="store_true", help="a sixteenth of the pixels, a 64 tet grid")
     p.add_argument("--only", choices=("nerf", "dmtet"))
+    p.add_argument("--nerf-size", type=int, help="novel-view size of the NeRF steps (paper 128; the reference view "
+                   "x1.5): the eager 192 px reference step with normals needs more than 24 GB on CPU")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-counts", action="store_true", help="time only: no sync/op/byte counts (they do not "
+                   "depend on the size; their eager run evaluates every sample and needs far more memory)")
     p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "c123-bench-tiny-models"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    cfg = build(args.quick, args.compile, Path(args.models))
+    cfg = build(args.quick, args.compile, Path(args.models), nerf_size=args.nerf_size)
     print(f"preset paper{' (quick)' if args.quick else ''}: nerf {cfg.train.nerf_size} px (reference "
           f"{round(cfg.train.nerf_size * cfg.train.ref_scale)} px), {cfg.nerf.num_samples}+{cfg.nerf.num_importance}"
           f" samples, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
@@ -245,11 +254,13 @@ def main() -> None:
     print(f"occupancy grid update ({cfg.nerf.occupancy_resolution}^3 probes, every {cfg.nerf.occupancy_every} "
           f"steps): {time.process_time() - tic:.2f} CPU-s")
     if args.only != "dmtet":
-        render_bytes_per_sample(field, cfg, gen)
+        if not args.skip_counts:
+            render_bytes_per_sample(field, cfg, gen)
         size = cfg.train.nerf_size
         per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
         samples = lambda reference: (round(size * cfg.train.ref_scale) ** 2 if reference else size * size) * per_ray
-        measure("nerf", nerf, [(2004, True), (2005, False)], field, args.compile, samples, occupancy)
+        measure("nerf", nerf, [(2004, True), (2005, False)], field, args.compile, samples, occupancy,
+                not args.skip_counts)
     if args.only != "nerf":
         tic = time.process_time()
         dmtet = DMTet(cfg.dmtet).to(device)
@@ -262,7 +273,8 @@ def main() -> None:
         mesh = dmtet.get_mesh()
         print(f"dmtet mesh: {mesh.verts.shape[0]} vertices, {mesh.faces.shape[0]} faces")
         it = cfg.train.nerf_iters
-        measure("dmtet", stage, [(it + 4, True), (it + 5, False)], field, args.compile, lambda reference: 0)
+        measure("dmtet", stage, [(it + 4, True), (it + 5, False)], field, args.compile, lambda reference: 0,
+                count=not args.skip_counts)
 
 
 if __name__ == "__main__":

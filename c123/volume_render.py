@@ -114,11 +114,9 @@ class OccupancyGrid:
 
 def indices_of(mask: torch.Tensor, count: int) -> torch.Tensor:
     """The indices of the True entries of a flat bool `mask` in ascending order, when the host already knows
-    there are `count` of them: `mask.nonzero()` without its host sync (the same as torch.nonzero_static)."""
-    position = torch.cumsum(mask, 0) - 1
-    slot = torch.where(mask, position, count)  # the others go to a spare last slot
-    out = torch.empty(count + 1, dtype=torch.long, device=mask.device)
-    return out.scatter_(0, slot, torch.arange(mask.numel(), device=mask.device))[:count]
+    there are `count` of them: `mask.nonzero()` without its host sync (torch.nonzero_static: sync-free on CUDA
+    since torch 2.6, and one pass, where a cumsum + scatter took four over the whole mask)."""
+    return torch.nonzero_static(mask, size=count).squeeze(1)
 
 
 def near_far_box(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -385,6 +385,12 @@ class MetricStep:
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
+def warm_config(spec: BenchmarkSpec, cfg) -> dict | None:
+    """The config whose priors the actors load as they start: the first case's, for the reconstruction (a
+    `work_fn` replacing it may need none)."""
+    return cfg.to_dict() if spec.work_fn is None else None
+
+
 @dataclass
 class DispatchStats:
     """What the dispatch step did."""
@@ -394,15 +400,18 @@ class DispatchStats:
     compute_seconds: float = 0.0
     case_seconds: list[float] = field(default_factory=list)
     spans: list[tuple] = field(default_factory=list)
+    started_ahead: bool = False
+    """The cluster and actors were started before the flow run (tasks/warm_start.py)."""
     stopper: threading.Thread | None = None
     """Stops a cluster this run started, in the background, while metrics and the report are written."""
 
 
 def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> DispatchStats:
-    """Cases without a finished folder go to Ray actors; each finished case starts its metrics."""
+    """Cases without a finished folder go to Ray actors (started ahead by the command when it could: see
+    tasks/warm_start.py); each finished case starts its metrics."""
     from c123.config_checks import check_device_exists
-    from c123_pipeline.tasks import storage
-    from c123_pipeline.tasks.actors import ActorPool, Job, actor_resources, default_num_actors, input_bytes
+    from c123_pipeline.tasks import storage, warm_start
+    from c123_pipeline.tasks.actors import ActorPool, Job, input_bytes, pool_shape
     from c123_pipeline.tasks.ray_cluster import ensure_ray, shutdown_ray
 
     stats = DispatchStats()
@@ -410,27 +419,34 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
         if entry.cached:
             metrics.submit(entry)
     todo = [e for e in plan_.entries if e.outcome is None]
+    warm = warm_start.take(plan_.spec)  # from here on, this run stops it (an error before: the command does)
     if not todo:
+        stats.stopper = warm.release() if warm else None
         return stats
-    cluster = ensure_ray()
-    plan_.timings["ray_start"] = time.perf_counter() - t_start - plan_.timings["prepare"]
+    cluster, stats.started_ahead = None, warm is not None
     try:
+        cluster, pool = warm.ready() if warm else (ensure_ray(), None)
+        plan_.timings["ray_start"] = time.perf_counter() - t_start - plan_.timings["prepare"]
         for entry in todo:  # the device must exist where the actors run, not necessarily here
             check_device_exists(entry.cfg.train.device, int(cluster.num_gpus))
-        stats.actors = min(len(todo), plan_.spec.num_actors or default_num_actors(cluster.num_cpus, cluster.num_gpus))
-        resources = actor_resources(cluster.num_gpus)
-        if not resources["num_gpus"]:
-            resources["num_cpus"] = min(1.0, cluster.num_cpus / stats.actors) if cluster.num_cpus else 1.0
-        log.info(f"Ray at {cluster.address}: {stats.actors} actors x {resources}; {len(todo)} cases to compute")
+        stats.actors, resources = pool_shape(cluster.num_cpus, cluster.num_gpus, len(todo), plan_.spec.num_actors)
+        if pool is None:
+            pool = ActorPool(stats.actors, resources=resources, work_fn=plan_.spec.work_fn,
+                             max_retries=plan_.spec.max_retries, warm_config=warm_config(plan_.spec, todo[0].cfg))
+        else:
+            pool.trim(stats.actors)
+            stats.actors = pool.num_actors
+        pool.log = log
+        log.info(f"Ray at {cluster.address}: {stats.actors} actors x {pool.resources}; {len(todo)} cases to compute"
+                 f"{' (started ahead)' if stats.started_ahead else ''}")
         remote = isinstance(plan_.run_dir, str)  # object storage: the nodes share no disk, inputs travel along
         jobs = [Job(e.index, e.case, variant_folder(e.cfg), e.cfg.seed, e.cfg.to_dict(),
                     str(storage.join(plan_.run_dir, e.case_dir)), e.key, plan_.dataset.name,
                     input_bytes(e.case) if remote else None) for e in todo]
         t_epoch = time.time() - (time.perf_counter() - t_start)
-        with ActorPool(stats.actors, resources=resources, work_fn=plan_.spec.work_fn,
-                       max_retries=plan_.spec.max_retries, logger=log) as pool:
-            # loaded while the actors compute, not while they start (on a small machine the load would slow
-            # the actors' start, which nothing overlaps)
+        with pool:
+            # loaded once the actors have started and loaded their priors, while they compute (on a small
+            # machine the load would slow the actors' start, which nothing overlaps)
             metrics.models(after=pool.wait_ready)
             metrics.loader.submit(importlib.import_module, "c123_pipeline.reports.build")  # ready for the report
             for job, outcome in pool.run(jobs):
@@ -446,7 +462,9 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
                 metrics.submit(entry)
             stats.replaced = pool.replaced
     finally:
-        if cluster.started:
+        if warm is not None:  # its keeper thread stops the pool and the cluster it started
+            stats.stopper = warm.release()
+        elif cluster is not None and cluster.started:
             stats.stopper = threading.Thread(target=shutdown_ray, name="ray-shutdown")
             stats.stopper.start()
     return stats
@@ -541,7 +559,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         "per_view": written["per_view"], "report": report["index_html"], "cases": len(case_rows),
         "ok": len(case_rows) - n_failed, "failed": n_failed, "cached": sum(e.cached for e in plan_.entries),
         "computed": sum(not e.cached for e in plan_.entries), "actors": stats.actors,
-        "actors_replaced": stats.replaced, "wall_seconds": wall, "compute_seconds": stats.compute_seconds,
+        "actors_replaced": stats.replaced, "started_ahead": stats.started_ahead, "wall_seconds": wall,
+        "compute_seconds": stats.compute_seconds,
         "case_seconds": stats.case_seconds, "case_spans": stats.spans, "timings": plan_.timings,
         "protocol": dataclasses.asdict(plan_.protocol),
         "baseline": report["baseline"], "regressed": report["regressed"], "verdict_md": report["verdict_md"],

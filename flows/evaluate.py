@@ -147,6 +147,23 @@ class _Display:
         self.progress.stop()
 
 
+def run_started_ahead(spec, checked):
+    """The benchmark flow run's final state, with Ray and the actors started ahead (tasks/warm_start.py): they
+    start while Prefect's API does, and the actors load the first case's priors meanwhile."""
+    from c123_pipeline.flows.benchmark import benchmark, case_config, warm_config
+    from c123_pipeline.tasks import warm_start
+
+    first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
+    warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
+                         len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first)).begin()
+    try:
+        return benchmark(**dataclasses.asdict(spec), return_state=True)
+    finally:
+        stopper = warm_start.release_pending()  # none when the flow run took it (it stops it itself)
+        if stopper is not None:
+            stopper.join(timeout=30)
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     """`c123 evaluate ...` (args.rest): run the benchmark flow; 0 when every case finished (or no more failed
     than --allow-failures) and nothing regressed, else 1. Interrupted (Ctrl-C, SIGTERM), the caller prints
@@ -156,20 +173,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from c123_pipeline.tasks import lifeline
 
     lifeline.arm()  # before Prefect's server or Ray start: whatever they start ends with this process
-    from c123_pipeline.flows.benchmark import benchmark, check_spec, default_run_dir, summary_of
+    from c123_pipeline.flows.benchmark import check_spec, default_run_dir, summary_of
     from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
 
     spec = spec_from(opts)
     out = spec.out or default_run_dir(opts.dataset, opts.preset)  # a folder or a URL (tasks/storage.py)
     spec.out = str(out)
     args.resume = f"finished cases are kept; resume with: {resume_command(args.rest, out)}"
-    check_spec(spec, _StderrLog())  # every user error before Prefect and Ray start
+    checked = check_spec(spec, _StderrLog())  # every user error before Prefect and Ray start
     print(f"run folder: {out} (rerun with --out {out} to resume)", file=sys.stderr)
     display = _Display()
     add_progress_listener(display)
     try:
         with display, _signals_as_interrupts():
-            state = benchmark(**dataclasses.asdict(spec), return_state=True)
+            state = run_started_ahead(spec, checked)
             summary = summary_of(state)
     finally:
         remove_progress_listener(display)

@@ -230,6 +230,18 @@ class ReconstructionActor:
         self.state: dict = {"case": None, "pid": os.getpid()}
         self.cases_done = 0
 
+    def warm(self, config: dict) -> str | None:
+        """Import the reconstruction and load the priors of `config` ahead of the first case, so that a case's
+        seconds are its own work (the first case on an actor no longer carries the imports and the loading).
+        A failure here is met again, and reported, by the case that needs those priors; it is returned too."""
+        try:
+            from c123.config import from_dict
+
+            self.priors.get(from_dict(config))
+        except Exception as err:  # noqa: BLE001 - the case reports it (see above)
+            return error_line(err)
+        return None
+
     def run(self, job: Job, token: int | None = None) -> Outcome:
         """Reconstruct one job; never raises for a failed case (the outcome says why).
 
@@ -351,6 +363,16 @@ def default_num_actors(num_cpus: float, num_gpus: float, num_cpus_per_actor: flo
     return max(1, int(num_cpus // max(num_cpus_per_actor, 1e-9)))
 
 
+def pool_shape(num_cpus: float, num_gpus: float, jobs: int, num_actors: int | None) -> tuple[int, dict]:
+    """(actors, Ray options of each) for `jobs` cases: `num_actors` (default one per GPU, else per CPU), no more
+    than there are cases; CPU actors share the CPUs when there are more actors than CPUs."""
+    n = max(1, min(jobs, num_actors or default_num_actors(num_cpus, num_gpus)))
+    resources = actor_resources(num_gpus)
+    if not resources["num_gpus"]:
+        resources["num_cpus"] = min(1.0, num_cpus / n) if num_cpus else 1.0
+    return n, resources
+
+
 def tail_threads(base: int, running: int, idle: int) -> int:
     """Threads per running CPU actor once the queue is empty: the idle actors' CPUs shared among the busy ones."""
     return max(base, base * (running + idle) // max(running, 1))
@@ -360,8 +382,10 @@ class ActorPool:
     """A fixed number of ReconstructionActors fed from a job queue; dead actors are replaced."""
 
     def __init__(self, num_actors: int, *, resources: dict | None = None, work_fn: str | None = None,
-                 max_retries: int = 2, poll_seconds: float = 1.0, logger=None):
+                 max_retries: int = 2, poll_seconds: float = 1.0, logger=None, warm_config: dict | None = None):
         self.num_actors = max(1, int(num_actors))
+        self.warm_config = warm_config
+        """Config whose priors every new actor (a replacement too) loads before its first case."""
         self.resources = resources or {"num_cpus": 1, "num_gpus": 0}
         self.work_fn = work_fn
         self.max_retries = max_retries
@@ -373,9 +397,13 @@ class ActorPool:
         self._tokens = itertools.count()
         self._token: dict[int, int] = {}  # slot -> dispatch token of the case it runs
         self._asked: dict[int, tuple[int, int]] = {}  # slot -> (token, threads) last sent
+        self._warming: list = []  # the actors' warm-up calls (see `wait_ready`)
 
     def _new_actor(self):
-        return ReconstructionActor.options(**self.resources).remote(self.work_fn, self.base_threads)
+        actor = ReconstructionActor.options(**self.resources).remote(self.work_fn, self.base_threads)
+        if self.warm_config is not None:  # runs before any case: an actor runs its calls in order
+            self._warming.append(actor.warm.remote(self.warm_config))
+        return actor
 
     def _rebalance(self, running: dict, idle: list) -> None:
         """Once no case waits, CPU actors still computing take over the idle actors' threads (the tail of a run
@@ -390,8 +418,19 @@ class ActorPool:
                 self._asked[slot] = (token, n)
 
     def start(self) -> "ActorPool":
-        self.actors = [self._new_actor() for _ in range(self.num_actors)]
+        """Create the actors (once; a pool started ahead of its run is entered as it is)."""
+        if not self.actors:
+            self.actors = [self._new_actor() for _ in range(self.num_actors)]
         return self
+
+    def trim(self, num_actors: int) -> None:
+        """Keep only the first `num_actors` actors (a pool started before the cases to compute were known)."""
+        keep = max(1, num_actors)
+        for actor in self.actors[keep:]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        self.actors = self.actors[:keep]
+        self.num_actors = len(self.actors)
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -402,8 +441,9 @@ class ActorPool:
         self.actors = []
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until every actor has started (or `timeout`); a failed start is left to `run` to handle."""
-        refs = [actor.pid.remote() for actor in self.actors]
+        """Block until every actor has started and loaded its priors (or `timeout`); a failed start is left to
+        `run` to handle."""
+        refs = [actor.pid.remote() for actor in self.actors] + self._warming
         ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
     def __enter__(self) -> "ActorPool":

@@ -67,3 +67,8 @@ def threads_seen(job, priors, progress):
             progress({"stage": "nerf", "step": 0, "total": 1})
             time.sleep(0.05)
     return {"threads": torch.get_num_threads()}
+
+
+def priors_held(job, priors, progress):
+    """Report how many prior sets the actor held when the case started (loaded ahead by `ActorPool`'s warm-up)."""
+    return {"priors_held": len(priors), "pid": os.getpid()}
