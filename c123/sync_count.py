@@ -54,6 +54,13 @@ def sync_reason(func, args, kwargs) -> str | None:
 _counting: list[SyncCounter] = []
 
 
+def host_waits(device) -> bool:
+    """Whether a data-dependent shape on `device` makes the host wait: on CUDA, and on CPU while a SyncCounter
+    runs (it counts what the code does on CUDA). Where it does not, compacting first is the cheaper path."""
+    return torch.device(device).type != "cpu" or bool(_counting)
+
+
+
 @torch.compiler.disable  # compiled code splits here: the values become plain ints for what follows
 def host_values(values: torch.Tensor) -> list:
     """A small tensor's values on the host, read in one go: where code means to wait for the device (a shape it
