@@ -200,8 +200,9 @@ class TetCut:
 
 
 def _cut_tets(inside: torch.Tensor, tets: torch.Tensor, ends: torch.Tensor) -> TetCut:
-    occ = inside[tets.long()]
-    code = (occ.long() << torch.arange(4, device=inside.device)).sum(1)
+    occ = inside[tets]
+    bits = occ.to(torch.uint8)  # the code in bytes: an int64 shift-and-sum over [T,4] was a third of the cut's time
+    code = (bits[:, 0] | bits[:, 1] << 1 | bits[:, 2] << 2 | bits[:, 3] << 3).long()
     num = _NUM_TRIANGLES.to(inside.device)[code]
     crossing = inside[ends[:, 0]] != inside[ends[:, 1]]
     return TetCut(occ, code, num, crossing, torch.stack([(num == 1).sum(), (num == 2).sum(), crossing.sum()]))
