@@ -48,14 +48,12 @@ def rasterize(clip_pos: torch.Tensor, faces: torch.Tensor, resolution) -> torch.
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Per-pixel attributes [B,H,W,C] from per-vertex ones [B or 1,V,C] (or [V,C]); zero where empty.
 
-    Where reading a shape makes the host wait (`host_waits`) every pixel is computed (an empty one with a
-    stand-in triangle, then zeroed: no host sync); elsewhere only the covered ones."""
+    Every pixel or only the covered ones, as `_computed_pixels` decides."""
     if attr.dim() == 2:
         attr = attr[None]
     batch, height, width = rast.shape[:3]
     tri_all = rast[..., 3].detach().long().reshape(-1) - 1
-    masked = host_waits(rast.device)
-    pix = torch.arange(tri_all.numel(), device=rast.device) if masked else (tri_all >= 0).nonzero().squeeze(1)
+    pix, masked = _computed_pixels(tri_all)
     tri = tri_all if masked else tri_all[pix]
     b = pix // (height * width)
     corners = faces.long()[tri.clamp(min=0)]                            # [N,3]
@@ -63,11 +61,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor) -> 
     uv = rast.reshape(-1, 4)[:, :2] if masked else rast.reshape(-1, 4)[pix, :2]
     bary = torch.cat([uv, 1.0 - uv.sum(-1, keepdim=True)], -1)
     values = (bary[..., None] * a).sum(1)
-    if masked:
-        out = torch.where((tri >= 0)[:, None], values, 0.0)
-    else:
-        out = values.new_zeros(tri_all.numel(), values.shape[-1]).index_copy(0, pix, values)
-    return out.reshape(batch, height, width, -1)
+    return _every_pixel(values, tri_all, pix, masked).reshape(batch, height, width, -1)
 
 
 @hot
@@ -256,13 +250,11 @@ def _splat(best, g, tx, ty, ox, oy, tile: int, s_flat, z_flat, num_faces: int, h
 
 
 def _barycentrics(clip_pos: torch.Tensor, faces: torch.Tensor, tri: torch.Tensor, height: int, width: int):
-    """rast from the winning triangle per pixel, recomputed differentiably from clip_pos. Where reading a shape
-    makes the host wait (`host_waits`) every pixel is computed, the empty ones with a stand-in triangle and then
-    zeroed (no host sync); elsewhere only the covered pixels are (the same values, several times less work)."""
+    """rast from the winning triangle per pixel, recomputed differentiably from clip_pos (every pixel or only the
+    covered ones, as `_computed_pixels` decides: the same values)."""
     batch = clip_pos.shape[0]
     height_width = height * width
-    masked = host_waits(clip_pos.device)
-    pix = torch.arange(tri.numel(), device=tri.device) if masked else (tri >= 0).nonzero().squeeze(1)
+    pix, masked = _computed_pixels(tri)
     tri_all, tri = tri, (tri if masked else tri[pix])
     covered = tri >= 0
     b = pix // height_width
@@ -284,11 +276,23 @@ def _barycentrics(clip_pos: torch.Tensor, faces: torch.Tensor, tri: torch.Tensor
     bary = persp / torch.where(covered[:, None] & (norm != 0), norm, 1.0)
     zw = (screen_bary * v[..., 2] / w).sum(-1)
     values = torch.stack([bary[:, 0], bary[:, 1], zw, (tri + 1).to(v.dtype)], -1)
+    return _every_pixel(values, tri_all, pix, masked).reshape(batch, height, width, 4)
+
+
+def _computed_pixels(tri: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(indices of the pixels to compute, masked) for per-pixel triangle ids `tri` [N] (-1: empty): every pixel
+    where reading a shape makes the host wait (`host_waits`; an empty one is computed with a stand-in triangle
+    and zeroed: no host sync), else only the covered ones (several times less work)."""
+    if host_waits(tri.device):
+        return torch.arange(tri.numel(), device=tri.device), True
+    return (tri >= 0).nonzero().squeeze(1), False
+
+
+def _every_pixel(values: torch.Tensor, tri: torch.Tensor, pix: torch.Tensor, masked: bool) -> torch.Tensor:
+    """The computed pixels' values [len(pix),C] placed over all pixels [N,C], zero where `tri` is empty."""
     if masked:
-        out = torch.where(covered[:, None], values, 0.0)
-    else:
-        out = values.new_zeros(tri_all.numel(), 4).index_copy(0, pix, values)
-    return out.reshape(batch, height, width, 4)
+        return torch.where((tri >= 0)[:, None], values, 0.0)
+    return values.new_zeros(tri.numel(), values.shape[-1]).index_copy(0, pix, values)
 
 
 def _silhouette_edges(screen: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

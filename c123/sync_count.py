@@ -60,7 +60,6 @@ def host_waits(device) -> bool:
     return torch.device(device).type != "cpu" or bool(_counting)
 
 
-
 @torch.compiler.disable  # compiled code splits here: the values become plain ints for what follows
 def host_values(values: torch.Tensor) -> list:
     """A small tensor's values on the host, read in one go: where code means to wait for the device (a shape it

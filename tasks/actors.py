@@ -378,6 +378,12 @@ def tail_threads(base: int, running: int, idle: int) -> int:
     return max(base, base * (running + idle) // max(running, 1))
 
 
+def _kill(actor) -> None:
+    """End an actor for good; one that is already gone (dead, or its cluster stopped) is fine."""
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+
+
 class ActorPool:
     """A fixed number of ReconstructionActors fed from a job queue; dead actors are replaced."""
 
@@ -427,17 +433,13 @@ class ActorPool:
         """Keep only the first `num_actors` actors (a pool started before the cases to compute were known)."""
         keep = max(1, num_actors)
         for actor in self.actors[keep:]:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+            _kill(actor)
         self.actors = self.actors[:keep]
         self.num_actors = len(self.actors)
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:
-                pass
+            _kill(actor)
         self.actors = []
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -453,10 +455,7 @@ class ActorPool:
         self.shutdown()
 
     def _replace(self, slot: int) -> None:
-        try:
-            ray.kill(self.actors[slot], no_restart=True)
-        except Exception:
-            pass
+        _kill(self.actors[slot])
         self.actors[slot] = self._new_actor()
         self.replaced += 1
 
