@@ -1,6 +1,6 @@
 """Cost of one training step at the paper sizes, by component, with the host syncs and eager ops it makes.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--nerf-size N] [--skip-counts] [--only nerf|dmtet] [--threads 1]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--nerf-size N] [--skip-counts] [--only nerf|dmtet] [--threads 1] [--repeat N]
 
 The paper preset (128 px novel views, 192 px reference view, 64 + 32 samples per ray, the 16-level hash grid;
 DMTet on the A15 256 grid rendered at 1024 px) with the tiny random priors at the paper's prior input sizes
@@ -11,7 +11,10 @@ runs every 16 steps). `--quick` runs the same at a sixteenth of the pixels and a
 
 Printed per step kind (reference / novel view):
 - CPU-seconds (process time) by component, exclusive of nested components: render, field normals of the
-  regularisers, priors, regularisers, marching tets, rasteriser, backward, optimiser, other;
+  regularisers, priors, regularisers, marching tets, rasteriser, backward, optimiser, other; then the same total
+  split into user and system time, with the page faults: glibc returns freed blocks above its mmap threshold
+  (at most 32 MB) to the kernel, so each step maps its large tensors afresh, and at the paper sizes that is a large part of a step's
+  time (a GPU's caching allocator has no such cost);
 - host syncs per step (c123.sync_count: the ops that make the host wait on CUDA) and which ops they were,
   eager ops per step, and bytes read + written by eager ops per sample point (NeRF steps; forward and whole step),
   counted on a third run of the step with the choices a CUDA run makes (nerf.occupancy_mode 'auto' masks empty
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -169,7 +173,7 @@ def cuda_choices(occupancy):
 
 
 def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on: bool, samples_per_step,
-            occupancy=None, count: bool = True) -> None:
+            occupancy=None, count: bool = True, repeat: int = 1) -> None:
     """Time and count each step kind of `stage` (the count with the CUDA choices, see `cuda_choices`)."""
     instrument(stage, field)
     for step, reference in steps:
@@ -179,13 +183,19 @@ def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on:
             run_step(stage, step, reference)
             print(f"{label} {kind}: warm-up (compilation) {time.process_time() - tic:.1f} CPU-s")
         ComponentTimer.current = timer = ComponentTimer()
-        tic = time.process_time()
-        run_step(stage, step, reference)
-        total = time.process_time() - tic
+        before, tic = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+        for _ in range(repeat):
+            run_step(stage, step, reference)
+        total = (time.process_time() - tic) / repeat
+        after = resource.getrusage(resource.RUSAGE_SELF)
         ComponentTimer.current = None
-        parts = dict(timer.seconds)
+        parts = {k: v / repeat for k, v in timer.seconds.items()}
         parts["other"] = total - sum(parts.values())
-        print(f"{label} {kind} step: {total:.2f} CPU-s = " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        mean = f" (mean of {repeat})" if repeat > 1 else ""
+        print(f"{label} {kind} step{mean}: {total:.2f} CPU-s = " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        print(f"{label} {kind} step{mean}: user {(after.ru_utime - before.ru_utime) / repeat:.2f} + system "
+              f"{(after.ru_stime - before.ru_stime) / repeat:.2f} CPU-s, "
+              f"{(after.ru_minflt - before.ru_minflt) / repeat / 1e6:.2f}M page faults")
         if not count:
             continue
         with SyncCounter() as count, cuda_choices(occupancy):
@@ -236,6 +246,7 @@ def main() -> None:
     p.add_argument("--nerf-size", type=int, help="novel-view size of the NeRF steps (paper 128; the reference view "
                    "x1.5): the eager 192 px reference step with normals needs more than 24 GB on CPU")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=1, help="timed steps per kind (their mean is printed)")
     p.add_argument("--skip-counts", action="store_true", help="time only: no sync/op/byte counts (they do not "
                    "depend on the size; their eager run evaluates every sample and needs far more memory)")
     p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "c123-bench-tiny-models"))
@@ -260,7 +271,7 @@ def main() -> None:
         per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
         samples = lambda reference: (round(size * cfg.train.ref_scale) ** 2 if reference else size * size) * per_ray
         measure("nerf", nerf, [(2004, True), (2005, False)], field, args.compile, samples, occupancy,
-                not args.skip_counts)
+                not args.skip_counts, args.repeat)
     if args.only != "nerf":
         tic = time.process_time()
         dmtet = DMTet(cfg.dmtet).to(device)
@@ -274,7 +285,7 @@ def main() -> None:
         print(f"dmtet mesh: {mesh.verts.shape[0]} vertices, {mesh.faces.shape[0]} faces")
         it = cfg.train.nerf_iters
         measure("dmtet", stage, [(it + 4, True), (it + 5, False)], field, args.compile, lambda reference: 0,
-                count=not args.skip_counts)
+                count=not args.skip_counts, repeat=args.repeat)
 
 
 if __name__ == "__main__":
