@@ -403,7 +403,8 @@ class DispatchStats:
     started_ahead: bool = False
     """The cluster and actors were started before the flow run (tasks/warm_start.py)."""
     stopper: threading.Thread | None = None
-    """Stops a cluster this run started, in the background, while metrics and the report are written."""
+    """Stops the actors and a cluster this run started, in the background, while metrics and the report are
+    written (awaited at the run's end; one started ahead is awaited by whoever started it)."""
 
 
 def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> DispatchStats:
@@ -547,7 +548,7 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         plan_.timings["parquet_end"] = time.perf_counter() - t_start
         report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds)
         plan_.timings["report_end"] = time.perf_counter() - t_start
-        if stats.stopper is not None:
+        if stats.stopper is not None and not stats.started_ahead:  # a start made ahead is awaited by its maker
             stats.stopper.join()
     finally:
         metrics.close()

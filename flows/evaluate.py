@@ -147,21 +147,30 @@ class _Display:
         self.progress.stop()
 
 
-def run_started_ahead(spec, checked):
-    """The benchmark flow run's final state, with Ray and the actors started ahead (tasks/warm_start.py): they
-    start while Prefect's API does, and the actors load the first case's priors meanwhile."""
-    from c123_pipeline.flows.benchmark import benchmark, case_config, warm_config
+@contextlib.contextmanager
+def started_ahead(spec, checked):
+    """Ray and the actors started for the flow run the block starts (tasks/warm_start.py): they start while
+    Prefect's API does, and the actors load the first case's priors meanwhile. The flow run stops them once its
+    cases are done; leaving the block releases a start no run took and waits for the stop, so that the block can
+    show the run's results first."""
+    from c123_pipeline.flows.benchmark import case_config, warm_config
     from c123_pipeline.tasks import warm_start
 
     first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
-    warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
-                         len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first)).begin()
+    warm = warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
+                                len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first)).begin()
     try:
-        return benchmark(**dataclasses.asdict(spec), return_state=True)
+        yield
     finally:
-        stopper = warm_start.release_pending()  # none when the flow run took it (it stops it itself)
-        if stopper is not None:
-            stopper.join(timeout=30)
+        warm.release().join(timeout=30)
+
+
+def run_started_ahead(spec, checked):
+    """The benchmark flow run's final state, with Ray and the actors started ahead (`started_ahead`)."""
+    from c123_pipeline.flows.benchmark import benchmark
+
+    with started_ahead(spec, checked):
+        return benchmark(**dataclasses.asdict(spec), return_state=True)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -173,7 +182,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from c123_pipeline.tasks import lifeline
 
     lifeline.arm()  # before Prefect's server or Ray start: whatever they start ends with this process
-    from c123_pipeline.flows.benchmark import check_spec, default_run_dir, summary_of
+    from c123_pipeline.flows.benchmark import benchmark, check_spec, default_run_dir, summary_of
     from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
 
     spec = spec_from(opts)
@@ -185,11 +194,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     display = _Display()
     add_progress_listener(display)
     try:
-        with display, _signals_as_interrupts():
-            state = run_started_ahead(spec, checked)
-            summary = summary_of(state)
+        with _signals_as_interrupts(), started_ahead(spec, checked):
+            with display:
+                state = benchmark(**dataclasses.asdict(spec), return_state=True)
+            return report_summary(state, summary_of(state))  # before the wait for Ray's stop
     finally:
         remove_progress_listener(display)
+
+
+def report_summary(state, summary: dict) -> int:
+    """Print the finished run's summary; the exit code (0 when every case finished, or no more failed than
+    allowed, and nothing regressed)."""
     print(f"{summary['ok']} ok, {summary['failed']} failed ({summary['cached']} reused, {summary['computed']} "
           f"computed) in {summary['wall_seconds']:.0f} s")
     for name, error in summary["errors"].items():
