@@ -101,8 +101,8 @@ def test_entropy_is_ramped_by_min_1_2_step_over_iters(tmp_path):
     iters = cfg.train.nerf_iters
     for step, ramp in ((6, 2 * 6 / iters), (iters // 2, 1.0)):
         terms = stages.nerf_regularisers(field, out, step, iters, cfg, torch.Generator().manual_seed(0))
-        assert float(terms["entropy"].detach()) == pytest.approx(cfg.loss.entropy * ramp * float(losses.entropy_loss(out.weights)),
-                                                        rel=1e-6)
+        expected = cfg.loss.entropy * ramp * float(losses.entropy_loss(out.weights).detach())
+        assert float(terms["entropy"].detach()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_reference_background_is_noise_per_pixel_and_rays_are_jittered():
