@@ -163,7 +163,10 @@ def prior_step(name: str, unet, encoder, size: int, context_shape, half_weights:
     from c123.priors.weights import fast_kernels
 
     dtype = torch.float16 if half_weights and device.type == "cuda" else torch.float32
-    unet, encoder = (m.to(device, dtype).eval().requires_grad_(False) for m in (unet, encoder))
+    # .half(), not .to(dtype): diffusers' `to` warns of fp32-only modules on every dtype cast, even with none
+    unet, encoder = (m.to(device).eval().requires_grad_(False) for m in (unet, encoder))
+    if dtype == torch.float16:
+        unet, encoder = unet.half(), encoder.half()
     fast_kernels(unet, device), fast_kernels(encoder, device)
     context = torch.randn(2, *context_shape, device=device, dtype=dtype)
     image = torch.rand(1, 3, render, render, device=device, requires_grad=True)
