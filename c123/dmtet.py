@@ -219,7 +219,8 @@ def _codes(occ: torch.Tensor) -> torch.Tensor:
 
 def _surface_topology(cut: TetCut, n_one: int, n_two: int, n_verts: int, tets: torch.Tensor, ends: torch.Tensor,
                       tet_edge: torch.Tensor, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(faces [F,3] as crossing-edge ids, each face's inside-to-outside direction [F,3], crossing edges [M,2])."""
+    """(faces [F,3] as mesh-vertex ids (ranks among the crossing edges), each face's inside-to-outside direction
+    [F,3], crossing edges [M,2] (ends of each mesh vertex's edge))."""
     table = _TABLE.to(verts.device)
     one, two = indices_of(cut.one, n_one), indices_of(cut.two, n_two)
     face_edges = torch.cat([tet_edge[one].gather(1, table[_codes(cut.occ[one]), :3]),

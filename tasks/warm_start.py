@@ -118,13 +118,6 @@ def take(spec) -> WarmStart | None:
     return pending
 
 
-def release_pending() -> threading.Thread | None:
-    """Release a start no flow run took (the run failed before its dispatch); the thread stopping it."""
-    with _PENDING_LOCK:
-        pending = _PENDING
-    return pending.release() if pending is not None else None
-
-
 class _quiet:
     """A logger raised to ERROR for the duration."""
 

@@ -58,15 +58,17 @@ def test_a_warm_start_for_other_parameters_is_released_not_taken(tmp_path):
     assert warm_start.take(BenchmarkSpec(num_actors=2, work_fn="pipeline_faults:priors_held")) is None
 
 
-def test_a_warm_start_no_run_takes_is_released_by_release_pending():
+def test_a_warm_start_no_run_takes_is_released_and_no_longer_pending():
+    from c123_pipeline.flows.benchmark import BenchmarkSpec
     from c123_pipeline.tasks import warm_start
 
     ray_cluster()
     start = warm_start.WarmStart(1, "pipeline_faults:priors_held", 2, jobs=1, config=None).begin()
-    stopper = warm_start.release_pending()
+    stopper = start.release()  # what leaving `c123 evaluate`'s started_ahead block does
     assert stopper is start.keeper
     stopper.join(timeout=60)
-    assert not stopper.is_alive() and warm_start.release_pending() is None
+    assert not stopper.is_alive()
+    assert warm_start.take(BenchmarkSpec(num_actors=1, work_fn="pipeline_faults:priors_held")) is None
 
 
 @needs_data
@@ -82,7 +84,7 @@ def test_the_flow_run_takes_the_actors_started_ahead_and_trims_them_to_its_cases
     assert summary["ok"] == 1 and summary["started_ahead"] is True
     assert summary["actors"] == 1  # one case: the second actor started ahead was let go
     start.keeper.join(timeout=60)
-    assert not start.keeper.is_alive() and warm_start.release_pending() is None
+    assert not start.keeper.is_alive() and warm_start.take(spec) is None
 
 
 @needs_data
