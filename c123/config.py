@@ -305,9 +305,9 @@ class ScheduleConfig:
     """Boundary detector and dynamic prior (paper sections 3.2-3.3; nerf/utils.py train_step)."""
 
     variant: str = field(default="consistent123", metadata=one_of_table("c123.schedules:VARIANTS"))
-    """consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d."""
+    """The method or one of its ablations (c123/schedules.py VARIANTS: what each switches on)."""
     weight_shape: str = field(default="exp", metadata=one_of_table("c123.schedules:SHAPES"))
-    """Dynamic prior shape: exp | linear | log (--weight_method)."""
+    """Shape of the dynamic prior's weights over the 2D stage (c123/schedules.py SHAPES; --weight_method)."""
     fixed_switch_step: int = field(default=2000, metadata=at_least(0))
     """Switch step of the 'fixed-switch' variant (--fix3D_iters)."""
     check_start: int = field(default=2000, metadata=at_least(0, not_above="check_end"))

@@ -59,7 +59,7 @@ def check_allowed(obj, prefix: str = "") -> None:
             raise _error(path, value, text)
     for path, value, _, f in leaves:
         if "not_above" in f.metadata:
-            other = path.rpartition(".")[0] + "." + f.metadata["not_above"]
+            other = f"{path.rpartition('.')[0]}.{f.metadata['not_above']}".lstrip(".")  # the sibling field
             limit = lookup(obj, other.removeprefix(prefix))
             if value > limit:
                 raise _error(path, value, f"must not exceed {other}={limit!r}")
