@@ -66,16 +66,14 @@ def signals_interrupt() -> Iterator[None]:
 
 def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
     """The checked config of a command's --preset, --config, --seed, --variant, --log and --set."""
-    from c123.config_checks import validate
     from c123.config_files import resolve_config
 
     log = getattr(args, "log", None)
     flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
     if getattr(args, "concept", False):
         flags.append("concept.enabled=true")
-    cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
-                         variant=getattr(args, "variant", None), overrides=flags + args.set)
-    return validate(cfg, check_device=check_device)
+    return resolve_config(args.preset, getattr(args, "variant", None), getattr(args, "seed", None), flags + args.set,
+                          config_file=args.config, check_device=check_device)
 
 
 def take_positional(args: argparse.Namespace, name: str, required: bool) -> None:
@@ -240,6 +238,7 @@ def add_input_arguments(cmd: argparse.ArgumentParser) -> None:
 def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
     from c123.config_files import fields_help
     from c123.provenance import code_version
+    from c123.schedules import SHAPES, VARIANTS
 
     parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
     parser.add_argument("--version", action="version", version=f"c123 {code_version()}")
@@ -249,8 +248,8 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views",
                          epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(rec)
-    rec.add_argument("--variant", help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d "
-                                       "(default: the config's, consistent123)")
+    rec.add_argument("--variant", help=f"{' | '.join(VARIANTS)}, optionally :SHAPE of the dynamic prior "
+                                       f"({' | '.join(SHAPES)}) (default: the config's, consistent123:exp)")
     rec.add_argument("--concept", action="store_true", help="learn a token for the object (textual inversion) "
                      "and put it in Stable Diffusion's prompt (paper appendix A.2; cached per image)")
     rec.add_argument("--out", help="output folder, used as given (resumes a run there); default: a new "
