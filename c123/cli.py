@@ -137,7 +137,8 @@ def reconstruct_main(args: argparse.Namespace) -> int:
                 return
             w3d, w2d = (1.0 if event.w3d is None else event.w3d), (0.0 if event.w2d is None else event.w2d)
             bar.update(task, completed=event.step, stage=event.label, w3d=w3d, w2d=w2d,
-                       s="-" if event.S is None else f"{event.S:.4f}", switch="-" if event.switch is None else event.switch)
+                       s="-" if event.S is None else f"{event.S:.4f}",
+                       switch="-" if event.switch is None else event.switch)
 
         result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
     print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'config.yaml'}, "
