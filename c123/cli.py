@@ -97,7 +97,9 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     from c123.outputs import case_name, new_run_dir
     from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
-    from c123.reconstruct import check_prompt, load_priors, reconstruct
+    from c123.priors.loading import load_priors
+    from c123.progress import Event, Notice, Resumed
+    from c123.reconstruct import check_prompt, reconstruct
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
@@ -123,16 +125,18 @@ def reconstruct_main(args: argparse.Namespace) -> int:
         task = bar.add_task("reconstruct", total=cfg.train.nerf_iters + cfg.train.dmtet_iters,
                             stage="load", w3d=1.0, w2d=0.0, s="-", switch="-")
 
-        def progress(info: dict) -> None:
-            if info["stage"] == "notice":
-                bar.console.print(f"notice: {info['message']}")
+        def progress(event: Event) -> None:
+            if isinstance(event, Notice):
+                bar.console.print(f"notice: {event.message}")
                 return
-            s, switch = info.get("S"), info.get("switch")
-            bar.update(task, completed=info["step"], stage=info["stage"], w3d=info.get("w3d", 1.0),
-                       w2d=info.get("w2d", 0.0), s="-" if s is None else f"{s:.4f}",
-                       switch="-" if switch is None else switch)
-            if info["stage"] == "resume":
-                bar.console.print(f"resumed from step {info['step']}")
+            if isinstance(event, Resumed):
+                bar.update(task, completed=event.step, stage=event.label)
+                bar.console.print(f"resumed from step {event.step}")
+                return
+            w3d, w2d = (1.0 if event.w3d is None else event.w3d), (0.0 if event.w2d is None else event.w2d)
+            bar.update(task, completed=event.step, stage=event.label, w3d=w3d, w2d=w2d,
+                       s="-" if event.S is None else f"{event.S:.4f}",
+                       switch="-" if event.switch is None else event.switch)
 
         result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
     print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'config.yaml'}, "
