@@ -73,8 +73,8 @@ def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
     flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
     if getattr(args, "concept", False):
         flags.append("concept.enabled=true")
-    cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
-                         variant=getattr(args, "variant", None), overrides=flags + args.set)
+    cfg = resolve_config(args.preset, getattr(args, "variant", None), getattr(args, "seed", None), flags + args.set,
+                         config_file=args.config)
     return validate(cfg, check_device=check_device)
 
 

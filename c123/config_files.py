@@ -20,6 +20,7 @@ import yaml
 from c123 import config as config_module
 from c123.config import PRESETS, ReconstructConfig, apply_overrides, preset
 from c123.errors import C123Error
+from c123.schedules import SHAPES, get_variant
 
 
 class ConfigFileError(C123Error):
@@ -154,13 +155,28 @@ def _flatten(data: dict, path: Path, prefix: str = "") -> dict[str, Any]:
 
 
 # ---- resolution -------------------------------------------------------------------------------------
-def resolve_config(preset_name: str | None = None, config_file: str | Path | None = None, *,
-                   seed: int | None = None, variant: str | None = None,
-                   overrides: list[str] | None = None) -> ReconstructConfig:
-    """Preset -> config file -> --seed / --variant -> --set, in that order; each later one wins.
+def parse_variant(spec: str) -> tuple[str, str | None]:
+    """'consistent123' -> ('consistent123', None); 'consistent123:linear' / '@linear' -> (.., 'linear')."""
+    spec = str(spec).strip()
+    for sep in (":", "@"):
+        if sep in spec:
+            name, shape = spec.split(sep, 1)
+            return name.strip(), shape.strip()
+    return spec, None
 
-    The preset is `preset_name`, else the file's `preset`, else paper (naming two different ones is an error).
-    Values are not checked here: c123.config_checks.validate does that on the result."""
+
+def resolve_config(preset_name: str | None = None, variant_spec: str | None = None, seed: int | None = None,
+                   overrides: list[str] | None = None, *,
+                   config_file: str | Path | None = None) -> ReconstructConfig:
+    """Preset -> config file -> variant (and weight shape: 'consistent123:linear') -> seed -> `--set`
+    overrides, in that order; each later one wins.
+
+    The preset is `preset_name`, else the file's `preset`, else paper (naming two different ones is an error);
+    the tiny-model presets find their models where c123.config.tiny says. The variant and the weight shape
+    are checked here; other values are not: c123.config_checks.validate does that on the result."""
+    variant, shape = parse_variant(variant_spec) if variant_spec is not None else (None, None)
+    if variant is not None:
+        get_variant(variant)
     from_file = read_config_file(config_file) if config_file is not None else {}
     file_preset = from_file.get("preset")
     if preset_name and file_preset and preset_name != file_preset:
@@ -175,8 +191,13 @@ def resolve_config(preset_name: str | None = None, config_file: str | Path | Non
         apply_overrides(cfg, from_file)
     except C123Error as err:
         raise ConfigFileError(f"config file {config_file}: {err}") from None
-    if seed is not None:
-        cfg.seed = seed
     if variant is not None:
         cfg.schedule.variant = variant
+    if shape is not None:
+        if shape not in SHAPES:
+            raise C123Error(f"unknown weight shape '{shape}' in variant '{variant_spec}': use one of "
+                            f"{', '.join(SHAPES)}")
+        cfg.schedule.weight_shape = shape
+    if seed is not None:
+        cfg.seed = seed
     return apply_overrides(cfg, list(overrides or []))

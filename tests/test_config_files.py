@@ -101,7 +101,7 @@ def test_a_file_and_a_preset_flag_that_disagree_are_refused(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("preset: tiny\n")
     with pytest.raises(ConfigFileError, match="starts from preset 'tiny' but --preset says 'paper'"):
-        resolve_config("paper", path)
+        resolve_config("paper", config_file=path)
     with pytest.raises(ConfigFileError, match="cannot be read"):
         read_config_file(tmp_path / "missing.yaml")
 
