@@ -72,7 +72,7 @@ def _prepare_env(verbose: bool) -> None:
 
 def spec_from(opts: argparse.Namespace):
     """The flow's parameters from the command line (names shared with BenchmarkSpec)."""
-    from c123_pipeline.flows.benchmark import BenchmarkSpec
+    from c123_pipeline.flows.spec import BenchmarkSpec
 
     given = vars(opts)
     thresholds = given.pop("thresholds")
@@ -153,7 +153,8 @@ def started_ahead(spec, checked):
     Prefect's API does, and the actors load the first case's priors meanwhile. The flow run stops them once its
     cases are done; leaving the block releases a start no run took and waits for the stop, so that the block can
     show the run's results first."""
-    from c123_pipeline.flows.benchmark import case_config, warm_config
+    from c123_pipeline.flows.cluster import warm_config
+    from c123_pipeline.flows.spec import case_config
     from c123_pipeline.tasks import warm_start
 
     first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
@@ -182,7 +183,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from c123_pipeline.tasks import lifeline
 
     lifeline.arm()  # before Prefect's server or Ray start: whatever they start ends with this process
-    from c123_pipeline.flows.benchmark import benchmark, check_spec, default_run_dir, summary_of
+    from c123_pipeline.flows.benchmark import benchmark, summary_of
+    from c123_pipeline.flows.spec import check_spec, default_run_dir
     from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
 
     spec = spec_from(opts)
