@@ -21,6 +21,7 @@ gets its own case folder, `cases/<variant>-<shape>/...`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import dataclass, field
