@@ -14,7 +14,7 @@ import torch
 from c123.cameras import orbit
 from c123.config import preset
 from c123.nerf import NeRFField
-from c123.volume_render import render_nerf
+from c123.volume_render import RaySettings, render_nerf
 
 
 def bench(device: str, cfg, size: int, shading: str, repeats: int) -> tuple[float, str]:
@@ -23,8 +23,7 @@ def bench(device: str, cfg, size: int, shading: str, repeats: int) -> tuple[floa
     cams = orbit(1, polar=80.0, device=device)
 
     def step():
-        out = render_nerf(field, cams, size, size, shading=shading, num_samples=cfg.num_samples,
-                          num_importance=cfg.num_importance)
+        out = render_nerf(field, cams, size, size, RaySettings(shading, cfg.num_samples, cfg.num_importance))
         out.rgb.mean().backward()
 
     step()

@@ -148,9 +148,9 @@ def instrument(stage, field) -> None:
     """Wrap the components of a step (once per stage)."""
 
     for name, part in (("render_nerf", "render"), ("render_mesh", "render"), ("prior_terms", "priors"),
-                       ("nerf_regularisers", "regularisers"), ("mesh_normal_consistency", "regularisers"),
-                       ("mesh_laplacian", "regularisers")):
+                       ("mesh_normal_consistency", "regularisers"), ("mesh_laplacian", "regularisers")):
         wrap(stages_mod, name, part)
+    wrap(stages_mod.NerfStage, "regularisers", "regularisers")
     wrap(field, "normal", "field normals (regularisers)")
     wrap(stage.optimizer, "step", "optimiser")
     if "dmtet" in getattr(stage.module, "keys", lambda: ())():
@@ -212,12 +212,12 @@ def render_bytes_per_sample(field, cfg, gen, size: int = 32) -> None:
     """Eager memory traffic of a render alone (forward without autograd, with normals, every sample evaluated),
     per sample point; a small image, as the figure does not depend on its size."""
     from c123.cameras import orbit
-    from c123.volume_render import render_nerf
+    from c123.volume_render import RaySettings, render_nerf
 
     cams = orbit(1, polar=80.0)
     with torch.no_grad(), SyncCounter() as count:
-        render_nerf(field, cams, size, size, shading="lambertian", num_samples=cfg.nerf.num_samples,
-                    num_importance=cfg.nerf.num_importance, generator=gen)
+        render_nerf(field, cams, size, size, RaySettings("lambertian", cfg.nerf.num_samples, cfg.nerf.num_importance),
+                    generator=gen)
     n = size * size * (cfg.nerf.num_samples + cfg.nerf.num_importance)
     print(f"render forward ({size} px, no occupancy grid, with normals): {count.bytes / n / 1e3:.1f} KB per sample "
           f"point, {count.ops} eager ops")

@@ -246,7 +246,7 @@ def main() -> None:
             print(f"rasteriser {backend}: not available ({str(error).splitlines()[0]})")
             continue
         cfg.dmtet.backend = backend
-        stage = stages_mod.dmtet_stage(field, dmtet, rgba, priors, cfg, gen, device)
+        stage = stages_mod.DmtetStage(field, dmtet, rgba, priors, cfg, gen, device).build()
         first = cfg.train.nerf_iters + 4
         mesh = dmtet.get_mesh()
         cams = stages_mod.reference_camera(cfg.camera).to(device)

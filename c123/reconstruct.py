@@ -39,9 +39,9 @@ from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
 from c123.runlog import EVENTS_DIR, RunLog, open_runlog
 from c123.schedules import get_variant
-from c123.stages import detector_score, dmtet_stage, nerf_stage, reference_view
+from c123.stages import DetectorScore, DmtetStage, NerfStage, reference_view
 from c123.training import Loop, RunState, Stage, run_stage
-from c123.volume_render import OccupancyGrid, render_nerf
+from c123.volume_render import OccupancyGrid, RaySettings, render_nerf
 
 
 # ---- setting up a run ---------------------------------------------------------------------------
@@ -197,10 +197,10 @@ def build_nerf_stage(rgba: torch.Tensor, depth: torch.Tensor | None, priors: Pri
     """A fresh NeRF field and its stage (Stages 1 and 2: the 3D prior, then the dynamic prior), with the CLIP
     boundary detector when the variant switches by it."""
     field_ = NeRFField(cfg.nerf).to(device)
-    score = detector_score(priors, prompt, cfg, device) if get_variant(cfg.schedule.variant).switch == "detector" \
+    score = DetectorScore(priors, prompt, cfg, device) if get_variant(cfg.schedule.variant).switch == "detector" \
         else None
-    stage, occupancy = nerf_stage(field_, rgba, depth, priors, cfg, gen, device, score)
-    return NerfBuild(field_, stage, occupancy)
+    parts = NerfStage(field_, rgba, depth, priors, cfg, gen, device, score)
+    return NerfBuild(field_, parts.build(), parts.occupancy)
 
 
 def hand_over(nerf: NerfBuild) -> None:
@@ -213,7 +213,7 @@ def build_dmtet_stage(nerf: NerfBuild, rgba: torch.Tensor, priors: Priors, cfg: 
     """The tet grid and its stage (Stage 3: DMTet under the same dynamic prior); with `init`, the grid's SDF is
     initialised from the NeRF's density (False: a resumed stage loads it)."""
     dmtet = DMTet(cfg.dmtet).to(device)
-    stage = dmtet_stage(nerf.field, dmtet, rgba, priors, cfg, gen, device)
+    stage = DmtetStage(nerf.field, dmtet, rgba, priors, cfg, gen, device).build()
     if init:
         nerf.field.set_level_ratio(1.0)  # init_tet queries the whole field
         dmtet.init_from_density(nerf.field.density, dmtet_threshold(nerf.field, nerf.occupancy, cfg, gen, device))
@@ -303,8 +303,8 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
                 mesh, albedo, cams, s, s, shading=shading, bg_color=white, rasterizer=rasterizer)
         else:
             render = lambda cams, shading="albedo": render_nerf(  # noqa: E731
-                field_, cams, s, s, shading=shading, perturb=False, bg_color=white,
-                num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance)
+                field_, cams, s, s, RaySettings(shading, cfg.nerf.num_samples, cfg.nerf.num_importance, perturb=False),
+                bg_color=white)
 
         views = []
         view_cams = orbit(cfg.train.eval_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)

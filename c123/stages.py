@@ -9,7 +9,7 @@ train_step and nerf/renderer.py of the authors' code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -26,7 +26,7 @@ from c123.nerf import NeRFField
 from c123.priors.loading import Priors
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
-from c123.volume_render import OccupancyGrid, RenderOutput, occupancy_mode_for, render_nerf
+from c123.volume_render import OccupancyGrid, RaySettings, RenderOutput, occupancy_mode_for, render_nerf
 
 
 # ---- the reference view ------------------------------------------------------------------------
@@ -127,155 +127,191 @@ def needs_normals(cfg: ReconstructConfig) -> bool:
 
 
 # ---- NeRF stage ----------------------------------------------------------------------------------
-def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None, priors: Priors,
-               cfg: ReconstructConfig, gen: torch.Generator, device,
-               clip_score: Callable[[NeRFField, OccupancyGrid | None], float] | None) -> tuple[Stage, OccupancyGrid | None]:
-    """The NeRF stage over steps 1..nerf_iters, and its occupancy grid (None when off)."""
-    t, iters = cfg.train, cfg.train.nerf_iters
-    ref_cam = reference_camera(cfg.camera).to(device)
-    ref = reference_view(rgba, depth, int(round(t.nerf_size * t.ref_scale)), t.ref_mask_threshold, device)
-    occupancy = (OccupancyGrid(cfg.nerf.bound, cfg.nerf.occupancy_resolution, cfg.nerf.occupancy_threshold,
-                               device=device, mode=occupancy_mode_for(cfg.nerf.occupancy_mode, device)) if cfg.nerf.occupancy_grid else None)
-    # no per-render finiteness check: the loop checks the loss periodically
-    render = dict(occupancy=occupancy, num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
-                  generator=gen, check_finite=False)
+class NerfStage:
+    """The NeRF stage over steps 1..nerf_iters as named parts, each callable (and replaceable) alone: the
+    reference-view terms, the novel-view (prior) terms, the regularisers, the preview and the detector's score.
+    `build()` hands the training loop its `Stage`."""
 
-    def before_step(step: int) -> None:
-        ramp_levels(field, cfg, step, iters)
-        if occupancy is not None and (step - 1) % cfg.nerf.occupancy_every == 0:
-            occupancy.update(field, gen)
+    def __init__(self, field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None, priors: Priors,
+                 cfg: ReconstructConfig, gen: torch.Generator, device,
+                 clip_score: Callable[[NeRFField, OccupancyGrid | None], float] | None = None):
+        t, n = cfg.train, cfg.nerf
+        self.field, self.priors, self.cfg, self.gen, self.device = field, priors, cfg, gen, device
+        self.iters, self.clip_score = t.nerf_iters, clip_score
+        self.ref_cam = reference_camera(cfg.camera).to(device)
+        self.ref = reference_view(rgba, depth, int(round(t.nerf_size * t.ref_scale)), t.ref_mask_threshold, device)
+        mode = occupancy_mode_for(n.occupancy_mode, device)
+        self.occupancy = (OccupancyGrid(n.bound, n.occupancy_resolution, n.occupancy_threshold, device=device,
+                                        mode=mode) if n.occupancy_grid else None)
+        # no per-render finiteness check in training: the loop checks the loss periodically
+        self.rays = RaySettings(num_samples=n.num_samples, num_importance=n.num_importance, check_finite=False)
+        self.preview_rays = RaySettings(num_samples=n.num_samples, num_importance=n.num_importance, perturb=False)
 
-    def reference_terms(step: int) -> tuple[LossTerms, RenderOutput]:
+    def before_step(self, step: int) -> None:
+        ramp_levels(self.field, self.cfg, step, self.iters)
+        if self.occupancy is not None and (step - 1) % self.cfg.nerf.occupancy_every == 0:
+            self.occupancy.update(self.field, self.gen)
+
+    def reference_terms(self, step: int) -> tuple[LossTerms, RenderOutput]:
+        """Colour, mask and (ramped) depth of the reference view, rendered from a jittered camera over a
+        random background."""
+        cfg, t, ref, gen, device = self.cfg, self.cfg.train, self.ref, self.gen, self.device
         bg = reference_background(cfg, ref.size, gen, device)
         jitter = (rand(gen, 3, normal=True, device=device) * t.ref_jitter,
                   rand(gen, 3, normal=True, device=device) * t.ref_jitter)
         shaded = t.ref_shading == "lambertian" and needs_normals(cfg)  # ambient 1: the colour is the albedo
-        out = render_nerf(field, ref_cam, ref.size, ref.size, shading="lambertian" if shaded else "albedo",
-                          ambient=1.0, bg_color=bg, ray_jitter=jitter, **render)
+        rays = replace(self.rays, shading="lambertian" if shaded else "albedo")
+        out = render_nerf(self.field, self.ref_cam, ref.size, ref.size, rays, ambient=1.0, bg_color=bg,
+                          ray_jitter=jitter, occupancy=self.occupancy, generator=gen)
         terms = reference_image_terms(out, ref, bg, cfg)
         if ref.depth is not None and cfg.loss.depth > 0:
-            ramp = min(1.0, step / max(iters, 1))
+            ramp = min(1.0, step / max(self.iters, 1))
             terms["ref_depth"] = cfg.loss.depth * ramp * losses.pearson_depth_loss(out.depth[0], ref.depth, ref.mask,
                                                                                    ref.depth_index)
         return terms, out
 
-    def novel_terms(step: int, w3d: float, w2d: float) -> tuple[LossTerms, RenderOutput]:
-        cams = sample_novel_cameras(cfg.camera, 1, progressive_ratio(cfg.camera, step, iters), gen, device)
-        style = novel_view_style(cfg, gen, cams, device)
-        out = render_nerf(field, cams, t.nerf_size, t.nerf_size, need_normals=needs_normals(cfg), **style, **render)
-        return prior_terms(priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, cfg.prior.t_range_nerf, gen), out
+    def novel_terms(self, step: int, w3d: float, w2d: float) -> tuple[LossTerms, RenderOutput]:
+        """The priors' SDS on a novel view (the camera range widens with the step)."""
+        cfg, gen, size = self.cfg, self.gen, self.cfg.train.nerf_size
+        cams = sample_novel_cameras(cfg.camera, 1, progressive_ratio(cfg.camera, step, self.iters), gen, self.device)
+        style = novel_view_style(cfg, gen, cams, self.device)
+        rays = replace(self.rays, shading=style.pop("shading"), need_normals=needs_normals(cfg))
+        out = render_nerf(self.field, cams, size, size, rays, occupancy=self.occupancy, generator=gen, **style)
+        return prior_terms(self.priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, cfg.prior.t_range_nerf, gen), out
 
-    def loss_terms(step: int, reference: bool, w3d: float, w2d: float) -> LossTerms:
-        terms, out = reference_terms(step) if reference else novel_terms(step, w3d, w2d)
-        return {**terms, **nerf_regularisers(field, out, step, iters, cfg, gen)}
-
-    def preview(cams: Cameras, size: int) -> torch.Tensor:
-        return render_nerf(field, cams, size, size, shading="albedo", perturb=False, bg_color=white(device),
-                           occupancy=occupancy, num_samples=cfg.nerf.num_samples,
-                           num_importance=cfg.nerf.num_importance).rgb
-
-    groups = [{"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
-              {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
-    score = None if clip_score is None else (lambda: clip_score(field, occupancy))
-    on = compiling.resolve(t.compile, device)  # the hot paths these call run compiled
-    loss_terms, before_step = compiling.within(on, loss_terms), compiling.within(on, before_step)
-    stage = Stage("nerf", 1, iters, field, make_optimizer(groups, cfg), loss_terms, before_step, score,
-                  ema=ParameterEMA(field, t.ema_decay), extras={} if occupancy is None else {"occupancy": occupancy},
-                  scaler=make_scaler(cfg, device), preview=preview)
-    return stage, occupancy
-
-
-def nerf_regularisers(field: NeRFField, out: RenderOutput, step: int, iters: int, cfg: ReconstructConfig,
-                      gen: torch.Generator) -> LossTerms:
-    """Entropy of the sample weights (ramped), orientation, 3D and 2D normal smoothness (renderer.py
-    run_cuda, train_step); they act on reference and novel steps alike."""
-    w = cfg.loss
-    terms = {}
-    if w.entropy > 0:
-        ramp = min(1.0, w.entropy_ramp * step / max(iters, 1))
-        terms["entropy"] = w.entropy * ramp * losses.entropy_loss(out.weights, out.sample_valid)
-    if out.sample_normals is None:
+    def regularisers(self, out: RenderOutput, step: int) -> LossTerms:
+        """Entropy of the sample weights (ramped), orientation, 3D and 2D normal smoothness (renderer.py
+        run_cuda, train_step); they act on reference and novel steps alike."""
+        w, field = self.cfg.loss, self.field
+        terms = {}
+        if w.entropy > 0:
+            ramp = min(1.0, w.entropy_ramp * step / max(self.iters, 1))
+            terms["entropy"] = w.entropy * ramp * losses.entropy_loss(out.weights, out.sample_valid)
+        if out.sample_normals is None:
+            return terms
+        if w.orientation > 0:
+            terms["orientation"] = w.orientation * losses.orientation_loss(out.weights, out.sample_normals,
+                                                                            out.rays_d, out.sample_valid)
+        if w.normal_smooth_3d > 0:
+            points, normals = out.sample_points.reshape(-1, 3), out.sample_normals.reshape(-1, 3)
+            valid = None if out.sample_valid is None else out.sample_valid.reshape(-1)
+            if out.sample_index is not None:  # the samples that exist, gathered without a host sync
+                points, normals = points.index_select(0, out.sample_index), normals.index_select(0, out.sample_index)
+                valid = None
+            noise = rand(self.gen, *points.shape, normal=True, device=points.device) * 1e-2
+            terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals,
+                                                                                  field.normal(points + noise), valid)
+        if w.normal_smooth_2d > 0:
+            terms["normal_2d"] = w.normal_smooth_2d * losses.normal_smoothness_2d(out.normal_image)
         return terms
-    if w.orientation > 0:
-        terms["orientation"] = w.orientation * losses.orientation_loss(out.weights, out.sample_normals, out.rays_d,
-                                                                        out.sample_valid)
-    if w.normal_smooth_3d > 0:
-        points, normals = out.sample_points.reshape(-1, 3), out.sample_normals.reshape(-1, 3)
-        valid = None if out.sample_valid is None else out.sample_valid.reshape(-1)
-        if out.sample_index is not None:  # the samples that exist, gathered without a host sync
-            points, normals = points.index_select(0, out.sample_index), normals.index_select(0, out.sample_index)
-            valid = None
-        noise = rand(gen, *points.shape, normal=True, device=points.device) * 1e-2
-        terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals, field.normal(points + noise),
-                                                                              valid)
-    if w.normal_smooth_2d > 0:
-        terms["normal_2d"] = w.normal_smooth_2d * losses.normal_smoothness_2d(out.normal_image)
-    return terms
+
+    def loss_terms(self, step: int, reference: bool, w3d: float, w2d: float) -> LossTerms:
+        terms, out = self.reference_terms(step) if reference else self.novel_terms(step, w3d, w2d)
+        return {**terms, **self.regularisers(out, step)}
+
+    def preview(self, cams: Cameras, size: int) -> torch.Tensor:
+        return render_nerf(self.field, cams, size, size, self.preview_rays, bg_color=white(self.device),
+                           occupancy=self.occupancy).rgb
+
+    def score(self) -> float:
+        """S^k of the current field (the boundary detector's input)."""
+        return self.clip_score(self.field, self.occupancy)
+
+    def build(self) -> Stage:
+        """The training loop's view of this stage (the hot paths its parts call run compiled when asked)."""
+        t, field = self.cfg.train, self.field
+        groups = [{"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
+                  {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
+        on = compiling.resolve(t.compile, self.device)
+        return Stage("nerf", 1, self.iters, field, make_optimizer(groups, self.cfg),
+                     compiling.within(on, self.loss_terms), compiling.within(on, self.before_step),
+                     None if self.clip_score is None else self.score, ema=ParameterEMA(field, t.ema_decay),
+                     extras={} if self.occupancy is None else {"occupancy": self.occupancy},
+                     scaler=make_scaler(self.cfg, self.device), preview=self.preview)
 
 
-def detector_score(priors: Priors, prompt: str, cfg: ReconstructConfig, device) -> Callable:
+class DetectorScore:
     """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders at elevation 0, rendered at
     schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official writes its
     validation PNGs and reads them back with INTER_AREA)."""
-    s = cfg.schedule
-    cams = orbit(s.num_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
-    text = None
+
+    def __init__(self, priors: Priors, prompt: str, cfg: ReconstructConfig, device):
+        s = cfg.schedule
+        self.priors, self.prompt, self.cfg = priors, prompt, cfg
+        self.cams = orbit(s.num_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        self.rays = RaySettings(num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
+                                perturb=False)
+        self.text = None
+        """The prompt's CLIP embedding, computed at the first score."""
 
     @torch.no_grad()
-    def score(field: NeRFField, occupancy: OccupancyGrid | None) -> float:
-        nonlocal text
-        out = render_nerf(field, cams, s.render_size, s.render_size, shading="albedo", perturb=False,
-                          occupancy=occupancy, num_samples=cfg.nerf.num_samples,
-                          num_importance=cfg.nerf.num_importance)
+    def __call__(self, field: NeRFField, occupancy: OccupancyGrid | None) -> float:
+        size, clip = self.cfg.schedule.render_size, self.priors.clip
+        out = render_nerf(field, self.cams, size, size, self.rays, occupancy=occupancy)
         png = (out.rgb.clamp(0, 1) * 255).floor() / 255  # cv2.imwrite of (pred * 255).astype(np.uint8)
-        images = F.interpolate(png.permute(0, 3, 1, 2), size=(cfg.prior.clip_size,) * 2, mode="area")
-        if text is None:
-            text = priors.clip.text_embeds([prompt])
-        return float((priors.clip.image_embeds(images, resize="bilinear") @ text.T).mean())
-
-    return score
+        images = F.interpolate(png.permute(0, 3, 1, 2), size=(self.cfg.prior.clip_size,) * 2, mode="area")
+        if self.text is None:
+            self.text = clip.text_embeds([self.prompt])
+        return float((clip.image_embeds(images, resize="bilinear") @ self.text.T).mean())
 
 
 # ---- DMTet stage ---------------------------------------------------------------------------------
-def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors: Priors, cfg: ReconstructConfig,
-                gen: torch.Generator, device) -> Stage:
+class DmtetStage:
     """The DMTet stage over the dmtet_iters steps after the NeRF stage: the tet grid's SDF and deformation
     and the NeRF (its colour network is the texture) are optimised together; no EMA (the official's
-    DMTet-run average is read by nothing it writes)."""
-    t, first = cfg.train, cfg.train.nerf_iters + 1
-    ref_cam = reference_camera(cfg.camera).to(device)
-    size = cfg.dmtet.render_size
-    ref = reference_view(rgba, None, size, t.ref_mask_threshold, device)   # known_view_scale = 1 in DMTet
-    rasterizer = get_rasterizer(cfg.dmtet.backend, device)
-    albedo = lambda points: field(points)[1]  # the NeRF's colour network is the texture
+    DMTet-run average is read by nothing it writes). Named parts as NerfStage's; `build()` gives the Stage."""
 
-    def before_step(step: int) -> None:
-        ramp_levels(field, cfg, step - first + 1, t.dmtet_iters)
+    def __init__(self, field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors: Priors, cfg: ReconstructConfig,
+                 gen: torch.Generator, device):
+        self.field, self.dmtet, self.priors, self.cfg, self.gen, self.device = field, dmtet, priors, cfg, gen, device
+        self.first = cfg.train.nerf_iters + 1
+        self.ref_cam = reference_camera(cfg.camera).to(device)
+        self.size = cfg.dmtet.render_size
+        self.ref = reference_view(rgba, None, self.size, cfg.train.ref_mask_threshold, device)  # known_view_scale 1
+        self.rasterizer = get_rasterizer(cfg.dmtet.backend, device)
 
-    def loss_terms(step: int, reference: bool, w3d: float, w2d: float) -> LossTerms:
-        mesh = dmtet.get_mesh()
-        if reference:
-            bg = reference_background(cfg, size, gen, device)
-            out = render_mesh(mesh, albedo, ref_cam, size, size, shading="albedo", bg_color=bg, rasterizer=rasterizer)
-            terms = reference_image_terms(out, ref, bg, cfg)
-        else:
-            cams = sample_novel_cameras(cfg.camera, 1, 1.0, gen, device)
-            style = novel_view_style(cfg, gen, cams, device)
-            out = render_mesh(mesh, albedo, cams, size, size, rasterizer=rasterizer, **style)
-            terms = prior_terms(priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, cfg.prior.t_range_dmtet, gen)
-        terms["mesh_normal"] = cfg.loss.mesh_normal_consistency * mesh_normal_consistency(mesh)
-        terms["mesh_laplacian"] = cfg.loss.mesh_laplacian * mesh_laplacian(mesh)
-        return terms
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        """The texture: the NeRF's colour network."""
+        return self.field(points)[1]
 
-    def preview(cams: Cameras, size: int) -> torch.Tensor:
-        return render_mesh(dmtet.get_mesh(), albedo, cams, size, size, shading="albedo", bg_color=white(device),
-                           rasterizer=rasterizer).rgb
+    def before_step(self, step: int) -> None:
+        ramp_levels(self.field, self.cfg, step - self.first + 1, self.cfg.train.dmtet_iters)
 
-    groups = [{"params": list(dmtet.parameters()), "lr": t.lr, "name": "tet"},
-              {"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
-              {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
-    module = nn.ModuleDict({"dmtet": dmtet, "field": field})
-    on = compiling.resolve(t.compile, device)  # the hot paths these call run compiled
-    loss_terms, before_step = compiling.within(on, loss_terms), compiling.within(on, before_step)
-    return Stage("dmtet", first, t.nerf_iters + t.dmtet_iters, module, make_optimizer(groups, cfg), loss_terms,
-                 before_step, scaler=make_scaler(cfg, device), preview=preview)
+    def reference_terms(self, mesh) -> LossTerms:
+        bg = reference_background(self.cfg, self.size, self.gen, self.device)
+        out = render_mesh(mesh, self.albedo, self.ref_cam, self.size, self.size, shading="albedo", bg_color=bg,
+                          rasterizer=self.rasterizer)
+        return reference_image_terms(out, self.ref, bg, self.cfg)
+
+    def novel_terms(self, mesh, w3d: float, w2d: float) -> LossTerms:
+        cams = sample_novel_cameras(self.cfg.camera, 1, 1.0, self.gen, self.device)
+        style = novel_view_style(self.cfg, self.gen, cams, self.device)
+        out = render_mesh(mesh, self.albedo, cams, self.size, self.size, rasterizer=self.rasterizer, **style)
+        return prior_terms(self.priors, out.rgb.permute(0, 3, 1, 2), cams, w3d, w2d, self.cfg.prior.t_range_dmtet,
+                           self.gen)
+
+    def regularisers(self, mesh) -> LossTerms:
+        """Normal consistency and Laplacian smoothness of the extracted surface."""
+        return {"mesh_normal": self.cfg.loss.mesh_normal_consistency * mesh_normal_consistency(mesh),
+                "mesh_laplacian": self.cfg.loss.mesh_laplacian * mesh_laplacian(mesh)}
+
+    def loss_terms(self, step: int, reference: bool, w3d: float, w2d: float) -> LossTerms:
+        mesh = self.dmtet.get_mesh()
+        terms = self.reference_terms(mesh) if reference else self.novel_terms(mesh, w3d, w2d)
+        return {**terms, **self.regularisers(mesh)}
+
+    def preview(self, cams: Cameras, size: int) -> torch.Tensor:
+        return render_mesh(self.dmtet.get_mesh(), self.albedo, cams, size, size, shading="albedo",
+                           bg_color=white(self.device), rasterizer=self.rasterizer).rgb
+
+    def build(self) -> Stage:
+        """The training loop's view of this stage (the hot paths its parts call run compiled when asked)."""
+        t, field = self.cfg.train, self.field
+        groups = [{"params": list(self.dmtet.parameters()), "lr": t.lr, "name": "tet"},
+                  {"params": field.grid_parameters(), "lr": t.lr * t.grid_lr_scale, "name": "grid"},
+                  {"params": field.other_parameters(), "lr": t.lr, "name": "mlp"}]
+        module = nn.ModuleDict({"dmtet": self.dmtet, "field": field})
+        on = compiling.resolve(t.compile, self.device)
+        return Stage("dmtet", self.first, t.nerf_iters + t.dmtet_iters, module, make_optimizer(groups, self.cfg),
+                     compiling.within(on, self.loss_terms), compiling.within(on, self.before_step),
+                     scaler=make_scaler(self.cfg, self.device), preview=self.preview)

@@ -9,7 +9,7 @@ opacity is below 1e-4 (as the synthetic scenes' depth maps are 0 where empty).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -204,55 +204,60 @@ def _shade(albedo, normal, shading, light_dir, ambient, textureless=None):
 
 @dataclass(frozen=True)
 class RaySettings:
-    """How a render samples and shades its rays, the same for every chunk (plain values: a compiled chunk
-    specialises on them as constants)."""
+    """How a render samples and shades its rays: the static options of render_nerf / render_rays, the same for
+    every chunk (plain values: a compiled chunk specialises on them as constants)."""
 
-    shading: str
+    shading: str = "albedo"
     """One of SHADINGS."""
-    num_samples: int
+    num_samples: int = 64
     """Stratified samples per ray."""
-    num_importance: int
+    num_importance: int = 0
     """Importance samples per ray (0: none)."""
-    with_normal: bool
-    """Evaluate the field's normals (shading other than albedo, or a normal-based regulariser)."""
-    perturb: bool
+    need_normals: bool = False
+    """Compute the field's normals even under albedo shading (for a normal-based regulariser)."""
+    perturb: bool = True
     """Jitter the stratified samples and draw the importance quantiles (False: bin centres, even quantiles)."""
-    bound: float
-    """Half the side of the box the samples are clamped to."""
+    bound: float | None = None
+    """Half the side of the box the samples are clamped to (None: the field's bound)."""
+    check_finite: bool = True
+    """Raise GeometryError on a non-finite render (a host sync; the training loop checks its loss periodically
+    instead)."""
+
+    def __post_init__(self):
+        if self.shading not in SHADINGS:
+            raise ValueError(f"unknown shading '{self.shading}': use one of {SHADINGS}")
+
+    @property
+    def with_normal(self) -> bool:
+        """Whether the field's normals are evaluated (shading other than albedo, or need_normals)."""
+        return self.need_normals or self.shading != "albedo"
 
 
-def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: str = "albedo",
+def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: RaySettings = RaySettings(), *,
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
-                num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
-                perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
-                generator: torch.Generator | None = None, textureless: torch.Tensor | None = None,
-                check_finite: bool = True) -> dict[str, torch.Tensor]:
-    """Render rays [R,3] (unit directions): dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
-    weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3] ((n+1)/2 under
-    detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples, and
-    sample_index (see RenderOutput) when it compacts them.
+                occupancy: OccupancyGrid | None = None, generator: torch.Generator | None = None,
+                textureless: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Render rays [R,3] (unit directions) as `settings` say: dict of rgb[R,3], opacity[R,1], depth[R,1],
+    normal[R,3], weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3]
+    ((n+1)/2 under detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips
+    samples, and sample_index (see RenderOutput) when it compacts them.
 
     light_dir: [3] or [R,3] unit vectors towards the light (default: towards the ray origin); ambient: float,
     0-dim tensor or [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells;
-    textureless: a bool 0-dim tensor that turns 'lambertian' into 'textureless' on the device (no host read);
-    check_finite: raise GeometryError on a non-finite render (a host sync; the training loop checks its loss
-    periodically instead).
+    textureless: a bool 0-dim tensor that turns 'lambertian' into 'textureless' on the device (no host read).
 
     With gradients on, all rays form one chunk (the graph keeps every chunk's tensors until backward anyway);
     without, chunks of CHUNK_RAYS rays bound the memory.
     """
-    if shading not in SHADINGS:
-        raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
     R = rays_o.shape[0]
-    bound = field.bound if bound is None else bound
-    with_normal = need_normals or shading != "albedo"
+    if settings.bound is None:
+        settings = replace(settings, bound=field.bound)
     if light_dir is None:
         light_dir = F.normalize(rays_o, dim=-1)
     light_dir = light_dir.to(rays_o).expand(R, 3)
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
-    settings = RaySettings(shading, num_samples, num_importance, with_normal, perturb, bound)
     step = R if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
     for s in range(0, R, step):
@@ -264,7 +269,7 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     else:
         out = {k: torch.cat([c[k] for c in chunks]) if chunks[0][k] is not None else None for k in chunks[0]}
         out["sample_index"] = _join_indices([c["sample_index"] for c in chunks], [c["weights"] for c in chunks])
-    if check_finite and not (torch.isfinite(out["sigma_max"]).all() and torch.isfinite(out["rgb"]).all()
+    if settings.check_finite and not (torch.isfinite(out["sigma_max"]).all() and torch.isfinite(out["rgb"]).all()
                              and torch.isfinite(out["depth"]).all()):
         # densities (inf survives compositing) and the composited outputs (NaN): one host sync per render
         raise GeometryError("the field produced non-finite densities or colours (NaN/inf): lower the learning "
@@ -365,18 +370,16 @@ def _merge(a, b, order):
     return both.gather(1, order.reshape(*order.shape, *([1] * (both.dim() - 2))).expand_as(both))
 
 
-def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str = "albedo",
+def render_nerf(field, cams: Cameras, height: int, width: int, settings: RaySettings = RaySettings(), *,
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
-                num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
-                perturb: bool = True, occupancy: OccupancyGrid | None = None,
-                generator: torch.Generator | None = None,
+                occupancy: OccupancyGrid | None = None, generator: torch.Generator | None = None,
                 ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None,
-                textureless: torch.Tensor | None = None, check_finite: bool = True) -> RenderOutput:
-    """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera.
+                textureless: torch.Tensor | None = None) -> RenderOutput:
+    """Render B cameras at height x width as `settings` say; light_dir [B,3] defaults to the direction towards
+    each camera.
 
     bg_color: [3], per camera [B,3] or per pixel [B,H,W,3]; ray_jitter: offsets ([3], [3]) added to every
-    ray's origin and direction (the official reference-view camera noise); textureless, check_finite: see
-    render_rays."""
+    ray's origin and direction (the official reference-view camera noise); textureless: see render_rays."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
     if ray_jitter is not None:
@@ -395,10 +398,9 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
 
     light = None if light_dir is None else per_camera(F.normalize(light_dir.to(rays_o), dim=-1), 3)
     bg = None if bg_color is None else per_camera(bg_color, 3)
-    out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
-                      ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
-                      num_importance=num_importance, need_normals=need_normals, perturb=perturb,
-                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite)
+    out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), settings, light_dir=light,
+                      ambient=per_camera(ambient, 0), bg_color=bg, occupancy=occupancy, generator=generator,
+                      textureless=textureless)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
     normal_image = None if out["normal_image"] is None else out["normal_image"].reshape(B, height, width, 3)
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],

@@ -12,7 +12,7 @@ from c123.cameras import Cameras, generate_rays, orbit_cameras
 from c123.config import NerfConfig
 from c123.nerf import NeRFField
 from c123.synthetic import SyntheticScene
-from c123.volume_render import OccupancyGrid, render_nerf, render_rays
+from c123.volume_render import OccupancyGrid, RaySettings, render_nerf, render_rays
 
 FIT_CONFIG = NerfConfig(num_levels=8, level_dim=2, log2_hashmap_size=15, base_resolution=16,
                         finest_resolution=256, hidden_dim=32, num_layers=2, num_samples=32, num_importance=16)
@@ -77,8 +77,8 @@ def fit_nerf_to_scene(scene: SyntheticScene, views: int = 16, size: int = 64, it
             grid.update(field, gen)
         idx = torch.cat([torch.randint(0, rays_o.shape[0], (batch_rays // 2,), generator=gen),
                          covered[torch.randint(0, covered.shape[0], (batch_rays - batch_rays // 2,), generator=gen)]])
-        out = render_rays(field, rays_o[idx], rays_d[idx], num_samples=cfg.num_samples,
-                          num_importance=cfg.num_importance, perturb=True, occupancy=grid, generator=gen)
+        out = render_rays(field, rays_o[idx], rays_d[idx], RaySettings(num_samples=cfg.num_samples,
+                          num_importance=cfg.num_importance, perturb=True), occupancy=grid, generator=gen)
         loss = ((out["rgb"] - target[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,8 +93,8 @@ def heldout_psnr(fit: FitResult, scene: SyntheticScene, size: int = 64, views: i
     """Mean PSNR of the fitted field against the scene on the held-out views (both on white)."""
     cams = heldout_cameras(views)
     target = on_white(scene.render(cams, size, size)["rgba"])
-    pred = render_nerf(fit.field, cams, size, size, num_samples=fit.cfg.num_samples,
-                       num_importance=fit.cfg.num_importance, perturb=False, occupancy=fit.occupancy).rgb
+    pred = render_nerf(fit.field, cams, size, size, RaySettings(num_samples=fit.cfg.num_samples,
+                       num_importance=fit.cfg.num_importance, perturb=False), occupancy=fit.occupancy).rgb
     return sum(psnr(p, t) for p, t in zip(pred, target)) / views
 
 

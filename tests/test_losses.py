@@ -13,7 +13,7 @@ from c123 import config as C
 from c123 import losses, stages
 from c123.cameras import reference_camera
 from c123.nerf import NeRFField
-from c123.volume_render import render_nerf
+from c123.volume_render import RaySettings, render_nerf
 
 
 def test_entropy_is_over_per_sample_weights_clamped_and_averaged():
@@ -82,8 +82,8 @@ def tiny_stage(tmp_path, **train):
     rgba = torch.zeros(1, 4, 48, 48)
     rgba[:, :, 12:36, 12:36] = torch.tensor([0.8, 0.4, 0.2, 1.0])[:, None, None]
     gen = torch.Generator().manual_seed(0)
-    stage, _ = stages.nerf_stage(field, rgba, None, None, cfg, gen, "cpu", None)
-    return cfg, field, stage
+    parts = stages.NerfStage(field, rgba, None, None, cfg, gen, "cpu")
+    return cfg, field, parts
 
 
 def test_reference_steps_are_shaded_so_the_normal_regularisers_act_on_them_too(tmp_path):
@@ -94,13 +94,28 @@ def test_reference_steps_are_shaded_so_the_normal_regularisers_act_on_them_too(t
     assert "normal_2d" not in albedo_stage.loss_terms(4, True, 1.0, 0.0)
 
 
+def test_one_part_of_a_stage_can_be_replaced_alone_and_the_loop_sees_the_replacement(tmp_path):
+    _, _, parts = tiny_stage(tmp_path)
+    state = parts.gen.get_state()
+    full = parts.loss_terms(4, True, 1.0, 0.0)
+    parts.gen.set_state(state)
+    parts.regularisers = lambda out, step: {"constant": torch.tensor(0.25)}
+    stage = parts.build()   # the training loop's view: it calls the replaced part
+    replaced = stage.loss_terms(4, True, 1.0, 0.0)
+    assert set(full) - set(replaced) == {"entropy", "orientation", "normal_3d", "normal_2d"}
+    assert set(replaced) == {"ref_rgb", "ref_mask", "constant"} and float(replaced["constant"]) == 0.25
+    for name in ("ref_rgb", "ref_mask"):   # the untouched parts give the same numbers as before
+        assert torch.equal(replaced[name], full[name]), name
+
+
 def test_entropy_is_ramped_by_min_1_2_step_over_iters(tmp_path):
-    cfg, field, _ = tiny_stage(tmp_path)
-    out = render_nerf(field, reference_camera(cfg.camera), 8, 8, shading="lambertian", need_normals=True,
-                      num_samples=cfg.nerf.num_samples, generator=torch.Generator().manual_seed(0))
+    cfg, field, parts = tiny_stage(tmp_path)
+    out = render_nerf(field, reference_camera(cfg.camera), 8, 8,
+                      RaySettings("lambertian", cfg.nerf.num_samples, need_normals=True),
+                      generator=torch.Generator().manual_seed(0))
     iters = cfg.train.nerf_iters
     for step, ramp in ((6, 2 * 6 / iters), (iters // 2, 1.0)):
-        terms = stages.nerf_regularisers(field, out, step, iters, cfg, torch.Generator().manual_seed(0))
+        terms = parts.regularisers(out, step)
         expected = cfg.loss.entropy * ramp * float(losses.entropy_loss(out.weights).detach())
         assert float(terms["entropy"].detach()) == pytest.approx(expected, rel=1e-6)
 
@@ -113,9 +128,9 @@ def test_reference_background_is_noise_per_pixel_and_rays_are_jittered():
     assert stages.reference_background(cfg, 16, torch.Generator().manual_seed(0), "cpu").shape == (3,)
     field = NeRFField(cfg.nerf)
     cam = reference_camera(cfg.camera)
-    plain = render_nerf(field, cam, 8, 8, perturb=False, num_samples=8)
+    plain = render_nerf(field, cam, 8, 8, RaySettings(num_samples=8, perturb=False))
     jitter = (torch.full((3,), 2e-3), torch.full((3,), -2e-3))
-    moved = render_nerf(field, cam, 8, 8, perturb=False, num_samples=8, ray_jitter=jitter)
+    moved = render_nerf(field, cam, 8, 8, RaySettings(num_samples=8, perturb=False), ray_jitter=jitter)
     assert not torch.equal(plain.rays_d, moved.rays_d)
     assert torch.allclose(moved.rays_d.norm(dim=-1), torch.ones(64))
 
@@ -131,15 +146,15 @@ def test_the_detector_renders_at_the_official_size_then_area_resizes_for_clip(tm
     sizes, seen = [], []
     real_render = stages.render_nerf
 
-    def spy_render(field, cams, h, w, **kw):
-        sizes.append((len(cams), h, w, kw.get("perturb")))
-        return real_render(field, cams, h, w, **kw)
+    def spy_render(field, cams, h, w, settings, **kw):
+        sizes.append((len(cams), h, w, settings.perturb))
+        return real_render(field, cams, h, w, settings, **kw)
 
     real_embeds = clip.image_embeds
     monkeypatch.setattr(stages, "render_nerf", spy_render)
     monkeypatch.setattr(clip, "image_embeds",
                         lambda images, resize: seen.append((images.shape, resize)) or real_embeds(images, resize))
-    score = stages.detector_score(type("P", (), {"clip": clip})(), "a cactus", cfg, "cpu")
+    score = stages.DetectorScore(type("P", (), {"clip": clip})(), "a cactus", cfg, "cpu")
     value = score(NeRFField(cfg.nerf), None)
     assert math.isfinite(value)
     assert sizes == [(cfg.schedule.num_views, 40, 40, False)]

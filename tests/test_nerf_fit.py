@@ -11,7 +11,7 @@ from c123.cameras import orbit_cameras, reference_camera
 from c123.config import CameraConfig, NerfConfig, paper
 from c123.errors import GeometryError
 from c123.nerf import NeRFField
-from c123.volume_render import OccupancyGrid, render_nerf, render_rays
+from c123.volume_render import OccupancyGrid, RaySettings, render_nerf, render_rays
 from helpers_fit import convention_holds, heldout_psnr
 from test_cameras import mirrored_orbit_cameras
 
@@ -52,8 +52,8 @@ def test_fitted_nerf_follows_the_camera_convention_and_a_mirrored_azimuth_fails(
 
     def nerf_rgba(cams):
         with torch.no_grad():
-            out = render_nerf(fit.field, cams, 48, 48, num_samples=fit.cfg.num_samples,
-                              num_importance=fit.cfg.num_importance, perturb=False, occupancy=fit.occupancy,
+            out = render_nerf(fit.field, cams, 48, 48, RaySettings(num_samples=fit.cfg.num_samples,
+                              num_importance=fit.cfg.num_importance, perturb=False), occupancy=fit.occupancy,
                               bg_color=torch.zeros(3))   # on black, rgb is the premultiplied colour
         alpha = out.opacity.clamp(min=1e-6)
         return torch.cat([out.rgb / alpha, out.opacity], -1)
@@ -171,8 +171,8 @@ def test_grid_and_other_parameters_partition_the_parameters():
 def test_render_nerf_returns_images_and_per_sample_tensors_for_regularisers():
     field = NeRFField(SMALL)
     cams = orbit_cameras(torch.tensor([90.0, 70.0]), torch.tensor([0.0, 40.0]), 3.2, 20.0)
-    out = render_nerf(field, cams, 12, 10, shading="lambertian", ambient=torch.tensor([0.2, 0.5]),
-                      num_samples=16, num_importance=8)
+    out = render_nerf(field, cams, 12, 10, RaySettings("lambertian", num_samples=16, num_importance=8),
+                      ambient=torch.tensor([0.2, 0.5]))
     assert out.rgb.shape == out.normal.shape == (2, 12, 10, 3)
     assert out.opacity.shape == out.depth.shape == (2, 12, 10, 1)
     assert out.weights.shape == (240, 24) and out.sample_normals.shape == (240, 24, 3)
@@ -180,13 +180,13 @@ def test_render_nerf_returns_images_and_per_sample_tensors_for_regularisers():
     out.rgb.mean().backward()
     assert field.encoder.embeddings.grad.abs().sum() > 0
     assert all(p.grad is not None for p in field.other_parameters())
-    assert render_nerf(field, cams, 4, 4, num_samples=8).sample_normals is None
+    assert render_nerf(field, cams, 4, 4, RaySettings(num_samples=8)).sample_normals is None
 
 
 def test_opaque_sphere_depth_opacity_and_normals_are_exact():
     cams = reference_camera(CameraConfig())
-    out = render_nerf(SphereField(), cams, 32, 32, num_samples=64, num_importance=64, perturb=False,
-                      need_normals=True)
+    out = render_nerf(SphereField(), cams, 32, 32, RaySettings(num_samples=64, num_importance=64, perturb=False,
+                                                          need_normals=True))
     centre = out.depth[0, 15:17, 15:17, 0]
     assert torch.allclose(centre, torch.full_like(centre, 3.2 - 0.3), atol=0.01)
     assert out.opacity[0, 16, 16, 0] > 0.999 and out.opacity[0, 0, 0, 0] < 1e-6
@@ -201,22 +201,22 @@ def test_shading_modes_and_background_blending():
     cams = reference_camera(CameraConfig())
     field = SphereField()
     kw = dict(num_samples=48, num_importance=32, perturb=False)
-    albedo = render_nerf(field, cams, 16, 16, shading="albedo", **kw)
-    lit_full_ambient = render_nerf(field, cams, 16, 16, shading="lambertian", ambient=1.0, **kw)
+    albedo = render_nerf(field, cams, 16, 16, RaySettings("albedo", **kw))
+    lit_full_ambient = render_nerf(field, cams, 16, 16, RaySettings("lambertian", **kw), ambient=1.0)
     assert torch.allclose(albedo.rgb, lit_full_ambient.rgb, atol=1e-5)
-    white = render_nerf(field, cams, 16, 16, shading="textureless", ambient=1.0, **kw)
+    white = render_nerf(field, cams, 16, 16, RaySettings("textureless", **kw), ambient=1.0)
     assert torch.allclose(white.rgb, torch.ones_like(white.rgb), atol=1e-4)
     # light from the camera, no ambient: the sphere's centre (n . l = 1) is fully lit, its rim dark
-    dark = render_nerf(field, cams, 16, 16, shading="textureless", ambient=0.0,
-                       bg_color=torch.zeros(3), **kw).rgb[0, ..., 0]
+    dark = render_nerf(field, cams, 16, 16, RaySettings("textureless", **kw), ambient=0.0,
+                       bg_color=torch.zeros(3)).rgb[0, ..., 0]
     assert dark[8, 8] > 0.95 and dark[8, 8] > dark[8, 5] > dark[8, 4] > 0.0
-    side = render_nerf(field, cams, 16, 16, shading="textureless", ambient=0.0, bg_color=torch.zeros(3),
-                       light_dir=torch.tensor([[1.0, 0.0, 0.0]]), **kw).rgb[0, ..., 0]
+    side = render_nerf(field, cams, 16, 16, RaySettings("textureless", **kw), ambient=0.0, bg_color=torch.zeros(3),
+                       light_dir=torch.tensor([[1.0, 0.0, 0.0]])).rgb[0, ..., 0]
     assert side[8, 11] > 0.5 and side[8, 4] < 0.05   # lit from +x: the right-hand side (x > 0) is bright
-    normal = render_nerf(field, cams, 16, 16, shading="normal", bg_color=torch.zeros(3), **kw)
+    normal = render_nerf(field, cams, 16, 16, RaySettings("normal", **kw), bg_color=torch.zeros(3))
     assert torch.allclose(normal.rgb[0, 7:9, 7:9].mean((0, 1)), torch.tensor([0.5, 0.5, 1.0]), atol=0.02)
     bg = torch.tensor([[0.2, 0.4, 0.6]])
-    blended = render_nerf(field, cams, 16, 16, bg_color=bg, **kw)
+    blended = render_nerf(field, cams, 16, 16, RaySettings(**kw), bg_color=bg)
     assert torch.allclose(blended.rgb[0, 0, 0], bg[0], atol=1e-5)
     assert torch.allclose(blended.rgb, albedo.rgb - (1 - albedo.opacity) * (1 - bg), atol=1e-5)
 
@@ -224,9 +224,10 @@ def test_shading_modes_and_background_blending():
 def test_chunked_render_matches_unchunked(monkeypatch):
     field = NeRFField(SMALL)
     cams = orbit_cameras(90.0, 30.0, 3.2, 20.0)
-    one = render_nerf(field, cams, 10, 10, num_samples=16, num_importance=8, perturb=False)
+    settings = RaySettings(num_samples=16, num_importance=8, perturb=False)
+    one = render_nerf(field, cams, 10, 10, settings)
     monkeypatch.setattr(vr, "CHUNK_RAYS", 7)
-    many = render_nerf(field, cams, 10, 10, num_samples=16, num_importance=8, perturb=False)
+    many = render_nerf(field, cams, 10, 10, settings)
     assert torch.allclose(one.rgb, many.rgb, atol=1e-6) and torch.allclose(one.depth, many.depth, atol=1e-5)
 
 
@@ -248,9 +249,9 @@ def test_occupancy_grid_probes_cell_centres_and_skips_empty_space_without_changi
     grid.update(field, torch.Generator().manual_seed(0))
     assert grid.mask.sum() == 16 ** 3 and grid.mean_density == pytest.approx(2000.0 * 16 ** 3 / 64 ** 3)
     cams = orbit_cameras(80.0, 20.0, 3.2, 20.0)
-    kw = dict(num_samples=48, num_importance=32, perturb=False)
-    full = render_nerf(field, cams, 24, 24, **kw)
-    skipped = render_nerf(field, cams, 24, 24, occupancy=grid, **kw)
+    settings = RaySettings(num_samples=48, num_importance=32, perturb=False)
+    full = render_nerf(field, cams, 24, 24, settings)
+    skipped = render_nerf(field, cams, 24, 24, settings, occupancy=grid)
     assert torch.allclose(full.rgb, skipped.rgb, atol=1e-5) and torch.allclose(full.depth, skipped.depth, atol=1e-4)
     assert skipped.sample_valid.float().mean() < 0.2
 
@@ -263,7 +264,7 @@ def test_non_finite_density_raises_geometry_error(bad):
             return torch.where(x[:, 0] > 0.1, torch.full_like(sigma, bad), sigma), albedo
 
     with pytest.raises(GeometryError, match="non-finite") as info:
-        render_nerf(Broken(), reference_camera(CameraConfig()), 8, 8, num_samples=16)
+        render_nerf(Broken(), reference_camera(CameraConfig()), 8, 8, RaySettings(num_samples=16))
     assert "\n" not in str(info.value)
 
 
@@ -272,9 +273,10 @@ def test_diverged_nerf_weights_raise_geometry_error_not_silent_nans():
     with torch.no_grad():
         field.mlp[-1].bias.fill_(float("nan"))
     with pytest.raises(GeometryError):
-        render_rays(field, torch.tensor([[0.0, 0.0, 3.2]]), torch.tensor([[0.0, 0.0, -1.0]]), num_samples=8)
+        render_rays(field, torch.tensor([[0.0, 0.0, 3.2]]), torch.tensor([[0.0, 0.0, -1.0]]),
+                    RaySettings(num_samples=8))
 
 
 def test_unknown_shading_is_rejected():
     with pytest.raises(ValueError, match="shading"):
-        render_nerf(SphereField(), reference_camera(CameraConfig()), 4, 4, shading="phong")
+        RaySettings(shading="phong")

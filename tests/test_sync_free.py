@@ -12,7 +12,7 @@ from c123.priors.tiny import write_tiny_models
 from c123.priors.loading import load_priors
 from c123.reconstruct import build_dmtet_stage, build_nerf_stage, condition_priors, seed_everything
 from c123.sync_count import SyncCounter, host_values
-from c123.volume_render import OccupancyGrid, indices_of, render_nerf
+from c123.volume_render import OccupancyGrid, RaySettings, indices_of, render_nerf
 
 
 def test_the_counter_sees_scalar_reads_data_dependent_shapes_and_boolean_masks():
@@ -43,8 +43,8 @@ def test_masked_and_compacted_occupancy_render_the_same_image():
     for mode in ("compact", "mask"):
         grid = OccupancyGrid(cfg.bound, 16, 1e3, mode=mode)  # occupied: above the mean density
         grid.update(field, torch.Generator().manual_seed(1))
-        out = render_nerf(field, cams, 12, 12, shading="lambertian", need_normals=True, num_samples=16,
-                          num_importance=8, occupancy=grid, generator=torch.Generator().manual_seed(2))
+        out = render_nerf(field, cams, 12, 12, RaySettings("lambertian", 16, 8, need_normals=True),
+                          occupancy=grid, generator=torch.Generator().manual_seed(2))
         assert 0 < grid.mask.float().mean() < 1  # some cells are empty: the modes differ in what they evaluate
         images[mode] = out
     torch.testing.assert_close(images["mask"].rgb, images["compact"].rgb, rtol=1e-5, atol=1e-6)
