@@ -79,12 +79,18 @@ class BenchmarkSpec:
     """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
     thresholds: dict[str, float] | None = None
     """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
+    drift_window: int | None = None
+    """Also judge the run against the median of the last N good earlier runs of its dataset and preset in its
+    runs folder (reports/drift.py: a slow decline); None: only against the baseline."""
+    golden: str | None = None
+    """Run id of a pinned golden run in the runs folder to judge drift against instead of the window."""
     work_fn: str | None = None
     """'module:function' replacing the reconstruction in the actors (instrumentation, fault tests)."""
 
     def check(self) -> None:
         """Parameters that cannot work, as one C123Error line naming the parameter (before anything runs)."""
         from c123_pipeline.datasets.registry import case_patterns
+        from c123_pipeline.reports.drift import Reference
         from c123_pipeline.reports.regression import parse_thresholds
 
         for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0)):
@@ -100,6 +106,8 @@ class BenchmarkSpec:
         case_patterns(self.cases)
         get_protocol(self.protocol)
         parse_thresholds(self.thresholds)
+        if self.drift_window is not None:
+            Reference(window=self.drift_window)
 
 
 # ---- plain helpers (no Prefect) ----------------------------------------------------------------
@@ -252,7 +260,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     from c123.provenance import offline_defaults
     from c123_pipeline.tasks import storage
     from c123_pipeline.tasks.metrics import resolve_protocol
-    from c123_pipeline.tasks.report import check_baseline
+    from c123_pipeline.tasks.report import check_baseline, check_golden
     from c123_pipeline.tasks.run_folder import RunLock, check_run_json
 
     offline_defaults()
@@ -270,6 +278,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views,
                                 spec.preset in TINY_MODEL_PRESETS)
     baseline = check_baseline(spec.baseline, run_dir, ds.name, spec.preset, [c.id for c in ds.cases], log)
+    check_golden(spec.golden, run_dir, ds.name, spec.preset)
     return Checked(ds, variants, seeds, configs, protocol, baseline, run_dir)
 
 
@@ -522,7 +531,8 @@ def benchmark(dataset: str = "c10", preset: str = "paper", variants: list[str] |
               overrides: list[str] | None = None, num_actors: int | None = None, baseline: str | None = None,
               data_root: str | None = None, fail_on_regression: bool = False, allow_failures: int = 0,
               max_retries: int = 2, clip_model: str | None = None, protocol: str = "c123",
-              thresholds: dict[str, float] | None = None, work_fn: str | None = None) -> dict:
+              thresholds: dict[str, float] | None = None, drift_window: int | None = None,
+              golden: str | None = None, work_fn: str | None = None) -> dict:
     """Benchmark `preset` x `variants` x `seeds` on `dataset` into the run folder `out`; parameters: see
     BenchmarkSpec. The flow run is Failed when more than `allow_failures` cases failed (after the Parquet
     files and the report of the others are written), or on a regression with `fail_on_regression`."""
@@ -546,7 +556,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         plan_.timings["metrics_end"] = time.perf_counter() - t_start
         written = write_results_task(str(plan_.run_dir), case_rows, view_rows)
         plan_.timings["parquet_end"] = time.perf_counter() - t_start
-        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds)
+        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds,
+                             drift_window=spec.drift_window, golden=spec.golden)
         plan_.timings["report_end"] = time.perf_counter() - t_start
         if stats.stopper is not None and not stats.started_ahead:  # a start made ahead is awaited by its maker
             stats.stopper.join()

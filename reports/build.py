@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from c123.atomic import write_atomic
 from c123_pipeline.reports.drift import Reference, judge
 from c123_pipeline.reports.history import from_runs, load_history
 from c123_pipeline.reports.runs import Run, all_cases, load_run, load_runs
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +45,8 @@ def trend_history(runs: list[Run], base: Run | None, runs_root=None) -> pd.DataF
     last = runs[-1]
     dataset = str(last.info.get("dataset") or last.per_case["dataset"].iloc[0])
     preset = str(last.info.get("preset") or last.per_case["preset"].iloc[0])
-    found = load_history(runs_root, dataset, preset)
+    # a damaged sibling run leaves the trend (with a warning), it does not stop this run's report
+    found = load_history(runs_root, dataset, preset, on_unreadable=lambda msg: log.warning(f"trend: {msg}"))
     found = found[found["run_time"] <= last.created_at]
     rows = pd.concat([found, given[~given["run_id"].isin(found["run_id"])]], ignore_index=True)
     return rows.sort_values(["run_time", "run_id"], kind="stable").reset_index(drop=True)

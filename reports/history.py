@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -40,9 +41,18 @@ SERIES = ["dataset", "variant", "weight_shape", "preset"]
 """One line of the trend / one method of a run."""
 
 
-def run_folders(runs_root: storage.Location, dataset: str, preset: str | None = None) -> list[tuple]:
+def _complain(message: str, on_unreadable: Callable[[str], None] | None) -> None:
+    """An unreadable run: a one-line C123Error, or (given `on_unreadable`) reported there and skipped."""
+    if on_unreadable is None:
+        raise C123Error(message)
+    on_unreadable(message)
+
+
+def run_folders(runs_root: storage.Location, dataset: str, preset: str | None = None,
+                on_unreadable: Callable[[str], None] | None = None) -> list[tuple]:
     """(folder, run.json) of every finished run (a per_case.parquet) of `dataset` (and `preset`) under
-    `runs_root`, oldest first; a run.json that cannot be read is a one-line C123Error naming it."""
+    `runs_root`, by folder name; a run.json that cannot be read is a one-line C123Error naming it (or reported
+    to `on_unreadable` and left out)."""
     found = []
     for folder in storage.subfolders(runs_root):
         if str(folder).rstrip("/").rsplit("/", 1)[-1] == HISTORY_DIR or \
@@ -52,8 +62,9 @@ def run_folders(runs_root: storage.Location, dataset: str, preset: str | None = 
         try:
             info = storage.read_json_object(path)
         except (OSError, ValueError) as err:
-            raise C123Error(f"{path} cannot be read ({type(err).__name__}: {err}): fix or remove that run "
-                            "folder") from None
+            _complain(f"{path} cannot be read ({type(err).__name__}: {err}): fix or remove that run folder",
+                      on_unreadable)
+            continue
         # a run without run.json (hand-made, very old) is judged by its rows below
         if info.get("dataset") and str(info["dataset"]).lower() != dataset.lower():
             continue
@@ -109,31 +120,36 @@ def _run_time(folder, info: dict) -> pd.Timestamp:
     return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
 
 
-def load_history(runs_root: storage.Location, dataset: str, preset: str | None = None) -> pd.DataFrame:
-    """Every finished run's per_case rows of `dataset` (and `preset`) under `runs_root`, oldest run first."""
+def load_history(runs_root: storage.Location, dataset: str, preset: str | None = None,
+                 on_unreadable: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Every finished run's per_case rows of `dataset` (and `preset`) under `runs_root`, oldest run first. A run
+    that cannot be read is a one-line C123Error, or with `on_unreadable` (the report's trend) reported there and
+    left out."""
     root = storage.location(runs_root)
     if storage.is_url(root):
         storage.check_reachable(root)
     elif not root.is_dir():
         raise C123Error(f"runs folder {root} does not exist: pass the folder that holds the run folders "
                         "(c123 evaluate's --out parent, $C123_RUNS)")
-    runs = run_folders(root, dataset, preset)
     parts, schemas = [], []
-    for folder, info in runs:
+    for folder, info in run_folders(root, dataset, preset, on_unreadable):
         try:
-            parts.append((folder, info, _dataset(folder)))
+            data = _dataset(folder)
         except (OSError, pa.ArrowInvalid) as err:
-            raise C123Error(f"{storage.join(folder, 'per_case.parquet')} cannot be read ({err}): rebuild it by "
-                            f"rerunning `c123 evaluate` with --out {folder}") from None
-        schemas.append(parts[-1][2].schema)
+            _complain(f"{storage.join(folder, 'per_case.parquet')} cannot be read ({' '.join(str(err).split())}): "
+                      f"rebuild it by rerunning `c123 evaluate` with --out {folder}", on_unreadable)
+            continue
+        missing = [c for c in REQUIRED if c not in data.schema.names]
+        if missing:
+            _complain(f"{storage.join(folder, 'per_case.parquet')} lacks the columns {', '.join(missing)}: rebuild "
+                      f"it by rerunning `c123 evaluate` with --out {folder}", on_unreadable)
+            continue
+        parts.append((folder, info, data))
+        schemas.append(data.schema)
     base = pa.schema([(c, pa.null()) for c in (*REQUIRED, "code_version", "config_hash")])  # typed by the runs
     schema = _unified_schema([base, *schemas])
     frames = []
     for folder, info, data in parts:
-        missing = [c for c in REQUIRED if c not in data.schema.names]
-        if missing:
-            raise C123Error(f"{storage.join(folder, 'per_case.parquet')} lacks the columns {', '.join(missing)}: "
-                            f"rebuild it by rerunning `c123 evaluate` with --out {folder}")
         # the unified schema on the run's own dataset: its missing columns come back as nulls
         table = pads.dataset(data.files, schema=schema, format="parquet", filesystem=data.filesystem).to_table()
         frames.append(_run_rows(table, folder, info))

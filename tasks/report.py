@@ -70,17 +70,36 @@ def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str
     return path
 
 
+def check_golden(golden: str | None, run_dir: storage.Location, dataset: str, preset: str) -> None:
+    """A pinned golden run must be a finished run of the dataset and preset beside `run_dir` (before compute)."""
+    from c123_pipeline.reports.history import run_folders
+
+    if golden is None:
+        return
+    runs = storage.parent(storage.location(run_dir))
+    ids = [str(info.get("run_id") or str(folder).rstrip("/").rsplit("/", 1)[-1])
+           for folder, info in run_folders(runs, dataset, preset)]
+    if golden not in ids:
+        raise C123Error(f"golden run {golden} is not a finished {dataset} {preset} run in {runs}: pass one of "
+                        f"{', '.join(ids[-5:]) or '(none yet)'} (c123 history {runs} --dataset {dataset} lists them)")
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(run_dir: str, baseline: str | None = None, thresholds: dict | list | None = None,
-                publish_artifact: bool = True) -> dict:
-    """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report."""
+                publish_artifact: bool = True, drift_window: int | None = None, golden: str | None = None) -> dict:
+    """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report. The nightly trend covers
+    the earlier runs of the same dataset and preset beside the run; with `drift_window` or `golden` the run is
+    also judged against them (reports/drift.py)."""
     from c123_pipeline.reports.build import build_report
+    from c123_pipeline.reports.drift import Reference
 
     # a run folder on object storage: built from a local copy, then RUN/report uploaded
     with storage.local_copy(run_dir, skip=REPORT_READS_NOT) as local, \
             storage.local_copy(baseline, skip=TABLES_ONLY) if baseline else contextlib.nullcontext() as base:
+        reference = Reference(drift_window or 5, golden) if drift_window or golden else None
         paths = build_report([str(local)], local / "report", baseline=str(base) if base else None,
-                             thresholds=thresholds)
+                             thresholds=thresholds, history=storage.parent(storage.location(run_dir)),
+                             reference=reference)
         storage.upload_folder(local / "report", storage.join(run_dir, "report"))
 
     def where(path) -> str:

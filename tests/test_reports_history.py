@@ -183,3 +183,28 @@ def test_history_and_drift_on_an_s3_runs_folder(tmp_path):
         df = pd.read_parquet("c123-runs/versions/history", filesystem=fs)
         assert df["run_id"].nunique() == 4 and df.loc[df["code_version"] == "0.0.9", "clip_similarity"].isna().all()
         assert math.isnan(df.loc[df["run_id"] == "c10-tiny-old0", "clip_similarity"].iloc[0])
+
+
+def test_the_nightly_report_task_judges_drift_and_trends_over_the_runs_folder(tmp_path, monkeypatch):
+    """What the nightly deployments run (drift_window=5): the report task flags the drift the baseline alone
+    passes, its trend covers every earlier night, and a damaged sibling run only leaves the trend (warned)."""
+    from c123_pipeline.tasks.report import check_golden, report_task
+
+    from c123_pipeline.reports import build
+
+    warned = []
+    monkeypatch.setattr(build.log, "warning", warned.append)
+    folders = _nights(tmp_path, nights=6)
+    (make_run(tmp_path, "c10-tiny-broken", media=False) / "per_case.parquet").write_bytes(b"PAR1 damaged")
+    plain = report_task.fn(str(folders[-1]), str(folders[-2]), publish_artifact=False)
+    assert plain["regressed"] is False and "trend" in plain["plots"]
+    assert "Nightly trend over 6 runs" in (folders[-1] / "report" / "index.html").read_text()
+    assert len(warned) == 1 and "c10-tiny-broken/per_case.parquet cannot be read" in warned[0]
+    judged = report_task.fn(str(folders[-1]), str(folders[-2]), publish_artifact=False, drift_window=5)
+    assert judged["regressed"] is True and "decline began" not in judged["verdict_markdown"].split("Drift")[0]
+    assert "| c10-tiny-n03 | **drifted** |" in judged["verdict_markdown"]
+    check_golden("c10-tiny-n00", folders[-1], "c10", "tiny")
+    with pytest.raises(C123Error, match="golden run n99 is not a finished c10 tiny run in"):
+        check_golden("n99", folders[-1], "c10", "tiny")
+    with pytest.raises(C123Error, match="cannot be read"):  # the history command names it instead
+        load_history(tmp_path, "c10")
