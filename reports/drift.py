@@ -126,9 +126,9 @@ def drift(current: pd.DataFrame, history: pd.DataFrame, thresholds=None,
         refs = reference_runs(earlier, metrics, thresholds, reference) if earlier else []
         if not refs:
             continue
-        ids = [str(r["run_id"].iloc[0]) for r in refs]
         for metric in metrics:
             ref_values = _reference_values(refs, metric)
+            ids = [str(r["run_id"].iloc[0]) for r in refs if len(_values(r, metric))]  # older runs may lack it
             worse, mb, mc, n = _worse(_values(mine, metric), ref_values, metric)
             if n == 0:
                 continue

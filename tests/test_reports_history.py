@@ -106,6 +106,23 @@ def test_runs_of_an_older_schema_read_as_one_table_with_nulls(tmp_path):
     assert set(old["code_version"]) == {"0.0.9"} and set(new["code_version"]) == {"0.1.0"}
     assert set(old["config_hash"]) == {"9a8b7c6d"} and set(new["config_hash"]) == {"0123456789abcdef"}
     assert history["run_time"].dt.tz is not None and history["run_time"].is_monotonic_increasing
+    # the drift check over them: CLIP's reference comes from the runs that measured it, PSNR's from all four
+    findings = {f.metric: f for f in drift(history[history["run_id"] == "c10-tiny-new1"], history)}
+    assert findings["clip_similarity"].detail.endswith("(c10-tiny-new0)")
+    assert findings["psnr"].detail.endswith("(c10-tiny-old0 .. c10-tiny-new0)")
+    assert findings["psnr"].delta == pytest.approx(-0.1) and not any(f.regressed for f in findings.values())
+
+
+def test_trend_points_carry_the_spread_and_code_changes_are_found(tmp_path):
+    from c123_pipeline.reports.plots import code_changes, trend_points
+
+    _two_versions(tmp_path)
+    history = load_history(tmp_path, "c10")
+    points = trend_points(history, ["psnr", "clip_similarity"])
+    assert list(points["run_id"]) == ["c10-tiny-old0", "c10-tiny-old1", "c10-tiny-new0", "c10-tiny-new1"]
+    assert points["psnr_sd"].iloc[0] == pytest.approx(pd.Series([20.0, 21, 22, 23]).std(ddof=0))
+    assert points["clip_similarity"].isna().tolist() == [True, True, False, False]
+    assert code_changes(history) == [(pd.Timestamp("2026-11-01T02:00:00Z"), "0.1.0")]
 
 
 def test_history_command_prints_the_runs_and_writes_one_parquet_dataset(tmp_path, capsys):

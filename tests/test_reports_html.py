@@ -66,13 +66,14 @@ def test_checker_catches_console_errors_and_broken_images(tmp_path):
 
 def test_trend_plot_needs_two_runs(tmp_path):
     """The nightly trend appears once a run has an earlier point (its baseline), not for a lone run."""
+    from c123_pipeline.reports.history import from_runs
     from c123_pipeline.reports.plots import make_plots
     from c123_pipeline.reports.runs import load_run
 
     first = make_run(tmp_path, "nightly-1", created_at="2026-11-19T02:00:00Z")
     second = make_run(tmp_path, "nightly-2", created_at="2026-11-20T02:00:00Z")
     alone = make_plots([load_run(first)], tmp_path / "alone")
-    both = make_plots([load_run(second)], tmp_path / "both", trend_runs=[load_run(first), load_run(second)])
+    both = make_plots([load_run(second)], tmp_path / "both", history=from_runs([load_run(first), load_run(second)]))
     assert "trend" not in alone and "per-case metrics" in alone
     assert both["trend"].is_file()
 
