@@ -24,16 +24,15 @@ TABLES_ONLY = ("cases", "report")
 
 def find_latest_baseline(run_dir: storage.Location, dataset: str, preset: str) -> storage.Location | None:
     """The newest other run folder beside `run_dir` with a per_case.parquet and the same dataset and preset."""
+    from c123_pipeline.reports.history import run_folders
+
     run = storage.location(run_dir)
     best, best_time = None, ""
-    for other in storage.subfolders(storage.parent(run)):
-        if storage.location(other) == run or not storage.is_file(storage.join(other, "per_case.parquet")):
+    # an unreadable run.json is no candidate (the history's reader reports it; here it is only skipped)
+    for other, info in run_folders(storage.parent(run), dataset, preset, on_unreadable=lambda _: None):
+        if storage.location(other) == run or info.get("dataset") != dataset or info.get("preset") != preset:
             continue
-        try:
-            info = storage.read_json_object(storage.join(other, "run.json"))
-        except (OSError, ValueError):
-            continue
-        if info.get("dataset") == dataset and info.get("preset") == preset and str(info.get("created_at", "")) > best_time:
+        if str(info.get("created_at", "")) > best_time:
             best, best_time = other, str(info.get("created_at", ""))
     return best
 
