@@ -263,11 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise C123Error(f"no column {', '.join(unknown)} in any run's per_case.parquet: use metric columns "
                             f"such as {', '.join(pub.METRICS)}")
+        shown = history[history["preset"] == args.preset] if args.preset else history
+        if shown.empty:
+            raise C123Error(f"no finished {args.dataset} run of preset {args.preset} under "
+                            f"{storage.location(args.runs)}: its runs are of {', '.join(sorted(set(history['preset'])))}")
         out = write_history(history, args.out or history_path(args.runs, args.dataset))
     except C123Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    shown = history[history["preset"] == args.preset] if args.preset else history
     print_summary(run_summary(shown, metrics), metrics,
                   f"{args.dataset}{' · ' + args.preset if args.preset else ''}: {shown['run_id'].nunique()} runs")
     print(f"history: {out} ({len(history)} rows, {history['run_id'].nunique()} runs); read it with "

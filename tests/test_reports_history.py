@@ -138,12 +138,15 @@ def test_history_command_prints_the_runs_and_writes_one_parquet_dataset(tmp_path
     assert set(df["dataset"]) == {"c10"} and df["run_id"].nunique() == 4 and len(df) == 16
     assert df.loc[df["code_version"] == "0.0.9", "clip_similarity"].isna().all()
     assert (tmp_path / "history" / "dataset=c10" / "history.parquet").is_file()
-    assert main([str(tmp_path), "--dataset", "c10"]) == 0  # a rerun replaces the file, never reads it as a run
+    assert main([str(tmp_path), "--dataset", "c10", "--preset", "tiny"]) == 0  # a rerun replaces the file,
+    assert "c10 · tiny: 4 runs" in capsys.readouterr().out  # never reads it as a run
     assert pd.read_parquet(tmp_path / "history")["run_id"].nunique() == 4
 
 
 @pytest.mark.parametrize("args, says", [(["--dataset", "c10", "--metric", "fid"], "no column fid in any run"),
                                         (["--dataset", "nope"], "no finished run of dataset nope"),
+                                        (["--dataset", "c10", "--preset", "fast"],
+                                         "no finished c10 run of preset fast under"),
                                         ([], "the following arguments are required: --dataset")])
 def test_history_command_bad_input_is_one_line(tmp_path, capsys, args, says):
     make_run(tmp_path, "n0", media=False)
