@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 
+# Prefect (and the flow, which imports it) is imported inside the functions: flows/serve.py and main() set
+# PREFECT_HOME / PREFECT_API_URL first, which Prefect reads as it is imported.
 NIGHTLY_CRON = "0 2 * * *"
 DRIFT_WINDOW = 5
 """The nightlies also judge each run against the median of the last DRIFT_WINDOW good earlier runs
