@@ -181,7 +181,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         plan_.timings["metrics_end"] = time.perf_counter() - t_start
         written = write_results_task(str(plan_.run_dir), case_rows, view_rows)
         plan_.timings["parquet_end"] = time.perf_counter() - t_start
-        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds)
+        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds,
+                             drift_window=spec.drift_window, golden=spec.golden)
         plan_.timings["report_end"] = time.perf_counter() - t_start
         if stats.stopper is not None and not stats.started_ahead:  # a start made ahead is awaited by its maker
             stats.stopper.join()

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help="number of Ray actors (default: one per GPU, else per CPU)")
     p.add_argument("--baseline", metavar="RUN_DIR", help="judge this run against a finished run of the same "
                    "dataset ('latest': the newest earlier run of the same dataset and preset beside --out)")
+    p.add_argument("--drift-window", type=count(1), metavar="N", help="also judge this run against the median "
+                   "of the last N good earlier runs of the dataset and preset beside it (a slow decline)")
+    p.add_argument("--golden", metavar="RUN_ID", help="judge drift against this pinned earlier run beside it instead")
     p.add_argument("--threshold", dest="thresholds", action="extend", nargs="+", metavar="METRIC=VALUE",
                    help="allowed worsening against --baseline, e.g. psnr=0.5 lpips=0.01")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the named datasets (default $C123_DATA)")

@@ -27,7 +27,7 @@ from c123.provenance import offline_defaults
 from c123_pipeline.datasets.registry import case_patterns, filter_cases, load_dataset
 from c123_pipeline.tasks import storage
 from c123_pipeline.tasks.metrics import protocol_overrides, resolve_protocol
-from c123_pipeline.tasks.report import check_baseline
+from c123_pipeline.tasks.report import check_baseline, check_golden
 from c123_pipeline.tasks.run_folder import RunLock, check_run_json
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class BenchmarkSpec:
     """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
     thresholds: dict[str, float] | None = None
     """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
+    drift_window: int | None = None
+    """Also judge the run against the median of the last N good earlier runs of its dataset and preset in its
+    runs folder (reports/drift.py: a slow decline); None: only against the baseline."""
+    golden: str | None = None
+    """Run id of a pinned golden run in the runs folder to judge drift against instead of the window."""
     work_fn: str | None = None
     """'module:function' replacing the reconstruction in the actors (instrumentation, fault tests)."""
 
@@ -83,7 +88,7 @@ class BenchmarkSpec:
         """Parameters that cannot work, as one C123Error line naming the parameter (before anything runs)."""
         from c123_pipeline.reports.regression import parse_thresholds  # pandas: only once a flow runs
 
-        for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0)):
+        for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0), ("drift_window", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise C123Error(f"parameter {name}={value!r} must be an integer >= {low}")
@@ -192,4 +197,5 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views,
                                 spec.preset in TINY_MODEL_PRESETS)
     baseline = check_baseline(spec.baseline, run_dir, ds.name, spec.preset, [c.id for c in ds.cases], log)
+    check_golden(spec.golden, run_dir, ds.name, spec.preset)
     return Checked(ds, variants, seeds, configs, protocol, baseline, run_dir)

@@ -36,7 +36,7 @@ DEFAULT_THRESHOLDS = {"psnr": 0.5, "lpips": 0.01, "clip_similarity": 0.01, "new_
 class Finding:
     """One comparison: a metric of a method group, or one case that newly failed."""
 
-    kind: str  # 'metric' | 'new_failure' | 'metric_lost' | 'missing'
+    kind: str  # 'metric' | 'new_failure' | 'metric_lost' | 'missing' | 'drift' (reports/drift.py)
     dataset: str
     variant: str
     weight_shape: str
@@ -50,6 +50,8 @@ class Finding:
     case: str = ""
     seed: int | None = None
     detail: str = ""
+    since: str = ""
+    """For 'drift': the run the decline began with (the first that moved away from the reference)."""
 
 
 @dataclass
@@ -62,6 +64,16 @@ class Verdict:
     thresholds: dict[str, float]
     findings: list[Finding] = field(default_factory=list)
     markdown: str = ""
+    reference: str = ""
+    """What the drift findings compare with (reports/drift.py), '' without a drift check."""
+
+    def add(self, findings: list[Finding], reference: str = "") -> "Verdict":
+        """More findings (another judgement of the same run): regressed and the markdown follow them."""
+        self.findings += findings
+        self.reference = reference or self.reference
+        self.regressed = any(f.regressed for f in self.findings)
+        self.markdown = summary_markdown(self)
+        return self
 
     def to_json(self) -> str:
         """JSON with NaN written as null (NaN is not JSON)."""
@@ -140,10 +152,13 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame,
 def summary_markdown(verdict: Verdict) -> str:
     """A headline, then the metric comparisons, then per-case findings."""
     head = "REGRESSED" if verdict.regressed else "OK: no regression"
+    against = [f"baseline `{verdict.baseline_run_id}`"] if verdict.baseline_run_id else []
+    against += [f"the {verdict.reference}"] if verdict.reference else []
     lines = [f"## Regression verdict: {head}", "",
-             f"Run `{verdict.run_id}` against baseline `{verdict.baseline_run_id}`. Thresholds: "
+             f"Run `{verdict.run_id}` against {' and '.join(against) or 'nothing'}. Thresholds: "
              + ", ".join(f"{k} {v:g}" for k, v in verdict.thresholds.items()) + ".", ""]
     metric_rows = [f for f in verdict.findings if f.kind == "metric"]
+    drift_rows = [f for f in verdict.findings if f.kind == "drift"]
     if metric_rows:
         lines += ["| dataset | variant | shape | metric | baseline | current | delta | threshold | pairs | verdict |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
@@ -151,9 +166,17 @@ def summary_markdown(verdict: Verdict) -> str:
                   f"{f.current:.4f} | {f.delta:+.4f} | {f.threshold:g} | {f.n_pairs} | "
                   f"{'**regressed**' if f.regressed else 'ok'} |" for f in metric_rows]
         lines.append("")
+    if drift_rows:
+        lines += [f"Drift against the {verdict.reference}:", "",
+                  "| dataset | variant | shape | metric | reference | current | delta | threshold | pairs | decline began "
+                  "| verdict |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+        lines += [f"| {f.dataset} | {f.variant} | {f.weight_shape} | {f.metric} | {f.baseline:.4f} | {f.current:.4f} | "
+                  f"{f.delta:+.4f} | {f.threshold:g} | {f.n_pairs} | {f.since or '–'} | "
+                  f"{'**drifted**' if f.regressed else 'ok'} |" for f in drift_rows]
+        lines.append("")
     text = {"new_failure": "newly failed", "metric_lost": "metric newly unavailable", "missing": "missing"}
     for f in verdict.findings:
-        if f.kind != "metric":
+        if f.kind in text:
             what = f"{f.metric} " if f.kind == "metric_lost" else ""
             flag = " **(regression)**" if f.regressed else ""
             lines.append(f"- {text[f.kind]}: {what}{f.dataset}/{f.case} seed {f.seed} "

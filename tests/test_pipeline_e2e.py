@@ -184,6 +184,39 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     assert summary["regressed"] is True and summary["computed"] == 0
 
 
+def test_the_nightly_drift_window_fails_a_flow_run_the_latest_baseline_passes(runs, tmp_path):
+    """The nightly deployments' drift_window through the flow: five earlier nights in the runs folder, PSNR
+    0.3 dB a night better than this run from the third on; against 'latest' alone the run passes, with
+    drift_window=5 the flow run is Failed and the verdict names the night the decline began."""
+    import shutil
+
+    import pandas as pd
+
+    from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, write_parquet
+
+    run, *_ = runs["c10"]
+    now = shutil.copytree(run, tmp_path / "runs" / "now", ignore=shutil.ignore_patterns("report", ".lock*"))
+    per_case = pd.read_parquet(run / "per_case.parquet")
+    for n, better in enumerate((1.2, 1.2, 0.9, 0.6, 0.3)):
+        night = tmp_path / "runs" / f"night{n}"
+        night.mkdir()
+        write_parquet(per_case.assign(psnr=per_case["psnr"] + better, run_id=f"night{n}"),
+                      night / "per_case.parquet", PER_CASE_SCHEMA)
+        (night / "run.json").write_text(json.dumps({"run_id": f"night{n}", "dataset": "c10", "preset": "tiny",
+                                                    "created_at": f"2026-01-0{n + 1}T02:00:00+00:00"}))
+    common = dict(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(now), overrides=FAST,
+                  data_root=str(DATA), baseline="latest", fail_on_regression=True)
+    passed = benchmark(**common)
+    assert passed["regressed"] is False and passed["baseline"].endswith("night4") and passed["computed"] == 0
+    state = benchmark(**common, drift_window=5, return_state=True)
+    assert state.is_failed()
+    verdict = json.loads((now / "report" / "verdict.json").read_text())
+    (psnr,) = [f for f in verdict["findings"] if f["kind"] == "drift" and f["metric"] == "psnr"]
+    assert psnr["regressed"] and psnr["since"] == "night2" and psnr["delta"] == pytest.approx(-1.2)
+    assert "Nightly trend over 6 runs" in (now / "report" / "index.html").read_text()
+
+
 def latest_flow_run(out: Path):
     """The newest flow run of this Prefect home, read from its API (checked to be the run into `out`)."""
     from prefect.client.orchestration import get_client
