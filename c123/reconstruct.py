@@ -31,7 +31,7 @@ from c123.dmtet import DMTet, init_threshold, render_mesh
 from c123.errors import C123Error, InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
-from c123.preprocess import ReconstructionInput
+from c123.preprocess import DEPTH_OFF, ReconstructionInput
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
 from c123.runlog import EVENTS_DIR, open_runlog
@@ -147,8 +147,8 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     priors = load_priors(cfg, device, priors)
 
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
-    if depth_np is None and cfg.loss.depth > 0:
-        warnings.append("no depth map and no depth model configured: the depth loss is off")
+    if depth_np is None and cfg.loss.depth > 0 and not any(w.endswith(DEPTH_OFF) for w in warnings):
+        warnings.append(f"no depth map and no depth model configured: {DEPTH_OFF}")  # unless one was dropped
     if cfg.concept.enabled and "sd" not in needed_priors(cfg):
         warnings.append(f"concept injection is on but variant {cfg.schedule.variant} never uses Stable Diffusion: "
                         "no concept was learned")
