@@ -152,12 +152,13 @@ def preprocess_main(args: argparse.Namespace) -> int:
     """`c123 preprocess IMAGE [--out DIR]`: the cut-out, depth map and caption a reconstruction would
     estimate, written as files to inspect, fix and pass back to `c123 reconstruct`."""
     from c123.outputs import case_name, check_output_folder
-    from c123.preprocess import RECORD, cached_preprocessing, missing_parts, read_input
+    from c123.preprocess import RECORD, cached_preprocessing, check_prompt_length, missing_parts, read_input
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
     out = Path(args.out or Path("preprocessed") / case_name(args.image))
     check_output_folder(out)
+    check_prompt_length(args.prompt or "", case_name(args.image))
     files = read_input(args.image, args.mask, args.depth)
     parts = missing_parts(files, args.prompt or "", cfg.preprocess)
     # the same cache as `c123 reconstruct`: what one computed, the other reuses (and the user sees those files)

@@ -217,6 +217,7 @@ def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_i
         from c123.reconstruct import needed_priors  # here: the method's main module imports this one
         need_prompt = "sd" in needed_priors(cfg)
     say = announce or (lambda line: None)
+    check_prompt_length(prompt, case_id or Path(image).stem)
     files = read_input(image, mask, depth)
     parts = missing_parts(files, prompt, cfg.preprocess, need_prompt)
     if need_prompt and not prompt.strip() and "prompt" not in parts:  # before any model runs
@@ -248,6 +249,14 @@ def cached_preprocessing(files: WorkingInput, mask, depth, prompt: str, parts: l
 
     return cached_read("preprocess", key, lambda tmp: write_preprocessed(
         files, prompt, parts, cfg, tmp, recenter=recenter, size=size, key=key, announce=say), read, say)
+
+
+def check_prompt_length(prompt: str, name: str) -> None:
+    """InputError for a prompt longer than MAX_PROMPT characters (before any model runs)."""
+    if len(prompt) > MAX_PROMPT:
+        raise InputError(f"the prompt of {name} is {len(prompt):,} characters: Stable Diffusion and CLIP read only its "
+                         f"first 77 tokens (about 300 characters); pass a prompt of at most {MAX_PROMPT:,} characters, "
+                         "ideally one short sentence")
 
 
 def missing_parts(files: WorkingInput, prompt: str, cfg, need_prompt: bool = True) -> list[str]:
@@ -432,8 +441,8 @@ def _open(path: Path) -> Image.Image:
     except Image.DecompressionBombError as err:
         # PIL refuses above twice MAX_IMAGE_PIXELS (and only warns between the two): quote the limit it applied
         raise InputError(f"{path} is too large to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
-                         "PIL's decompression-bomb limit): downscale it (the method works at most "
-                         f"{MAX_SIDE} pixels on its longer side)") from err
+                         "PIL's decompression-bomb limit): downscale it (c123 works on it at "
+                         f"{MAX_SIDE} on its longer side anyway)") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(f"{path} is not a readable image ({type(err).__name__}): pass a PNG or JPEG") from err
 

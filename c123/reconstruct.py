@@ -31,7 +31,7 @@ from c123.dmtet import DMTet, init_threshold, render_mesh
 from c123.errors import C123Error, InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
-from c123.preprocess import DEPTH_OFF, MAX_PROMPT, ReconstructionInput
+from c123.preprocess import DEPTH_OFF, ReconstructionInput, check_prompt_length
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
 from c123.runlog import EVENTS_DIR, open_runlog
@@ -106,10 +106,7 @@ def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) ->
 def check_prompt(inp: ReconstructionInput, cfg: ReconstructConfig) -> None:
     """Stable Diffusion and the CLIP detector need a prompt; only 3d-only runs without one. A prompt longer than
     MAX_PROMPT characters is refused (the text encoders read 77 tokens)."""
-    if len(inp.prompt) > MAX_PROMPT:
-        raise InputError(f"the prompt of {inp.case_id or 'the input'} is {len(inp.prompt):,} characters: Stable "
-                         f"Diffusion and CLIP read only its first 77 tokens (about 300 characters); pass a prompt of "
-                         f"at most {MAX_PROMPT:,} characters, ideally one short sentence")
+    check_prompt_length(inp.prompt, inp.case_id or "the input")
     if "sd" in needed_priors(cfg) and not inp.prompt.strip():
         raise InputError(f"empty prompt for {inp.case_id or 'the input'}: Stable Diffusion and the CLIP "
                          "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
