@@ -52,6 +52,8 @@ def cached_folder(kind: str, key: str, write: Callable[[Path], None]) -> tuple[P
     folder = cache_root() / kind / key
     if folder.is_dir():
         return folder, True
+    if folder.exists():  # a file where the folder belongs: never a result
+        set_aside(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-"))
     try:
@@ -88,6 +90,9 @@ def set_aside(folder: Path) -> Path:
     """Rename a damaged cache folder to `<name>.damaged` (replacing an older one), so it is kept for a look but
     never read again."""
     aside = folder.with_name(folder.name + ".damaged")
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    elif aside.exists() or aside.is_symlink():
+        aside.unlink()
     os.replace(folder, aside)
     return aside

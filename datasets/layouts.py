@@ -219,11 +219,21 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     cases = []
     for name in c123.synthetic.SCENES:
         rgba, depth = folder / f"{name}_rgba.png", folder / f"{name}_depth.png"
-        if not (rgba.is_file() and depth.is_file()):
+        if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
             _render_reference(name, size, rgba, depth)
         cases.append(Case(name, rgba, depth, None, SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object"),
                           "synthetic", scene=name))
     return cases
+
+
+def _readable(path: Path) -> bool:
+    """Whether a cached PNG is there and decodes whole."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:

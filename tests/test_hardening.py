@@ -330,3 +330,23 @@ def test_a_small_image_a_dropped_depth_map_and_a_cut_prompt_each_get_one_true_wa
     assert "Stable Diffusion reads 77" in warnings[2] and "shorten the prompt" in warnings[2]
     printed = capsys.readouterr()
     assert "no depth map and no depth model configured" not in printed.out + printed.err
+
+
+def test_a_damaged_synthetic_render_in_the_cache_is_rendered_again_not_blamed_on_the_user(tmp_path):
+    from c123_pipeline.datasets.layouts import read_synthetic
+
+    first = read_synthetic(tmp_path, size=32)[0]
+    good = first.rgba_path.read_bytes()
+    first.rgba_path.write_bytes(good[:60])  # a render cut short in the cache
+    again = read_synthetic(tmp_path, size=32)[0]
+    assert again.rgba_path.read_bytes() == good and again.load().rgba.shape == (32, 32, 4)
+
+
+def test_a_file_where_a_cache_folder_belongs_is_set_aside(tmp_path, monkeypatch):
+    from c123.cache import cached_folder
+
+    monkeypatch.setenv("C123_CACHE", str(tmp_path))
+    (tmp_path / "kind").mkdir()
+    (tmp_path / "kind" / "key").write_text("junk")
+    folder, cached = cached_folder("kind", "key", lambda tmp: (tmp / "made").write_text("ok"))
+    assert not cached and (folder / "made").read_text() == "ok" and (tmp_path / "kind" / "key.damaged").is_file()
