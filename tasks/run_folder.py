@@ -91,7 +91,9 @@ def read_run_json(run_dir: storage.Location, warn=None) -> dict:
 
 
 def check_run_json(run_dir: storage.Location, dataset: str, preset: str) -> None:
-    """A run folder holds runs of one dataset and preset: another is refused (before anything is written)."""
+    """A run folder holds runs of one dataset and preset: another is refused (before anything is written), as is
+    a local path that cannot become a folder (an existing file, a path under one, a read-only disk)."""
+    check_output_folder(run_dir)
     old = read_run_json(run_dir)
     for key, value in (("dataset", dataset), ("preset", preset)):
         if old.get(key) not in (None, value):

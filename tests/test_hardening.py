@@ -184,7 +184,7 @@ def test_a_read_only_output_folder_is_one_line(env, capsys, monkeypatch):
 
 def test_report_and_evaluate_run_folders_that_are_files_are_one_line(tmp_path, capsys):
     from c123_pipeline.cli import main as pipeline_main
-    from c123_pipeline.tasks.run_folder import RunLock
+    from c123_pipeline.tasks.run_folder import RunLock, check_run_json
     from c123.errors import C123Error
     from fixtures_runs import make_run
 
@@ -193,8 +193,10 @@ def test_report_and_evaluate_run_folders_that_are_files_are_one_line(tmp_path, c
     taken.write_text("<p>mine</p>")
     err = refused(capsys, pipeline_main(["report", str(run), "--out", str(taken)]))
     assert f"--out {taken} is a file, not a folder" in err and taken.read_text() == "<p>mine</p>"
-    with pytest.raises(C123Error, match=re.escape(f"--out {taken}/run: {taken} is a file, so no folder can be made")):
-        RunLock(taken / "run").acquire()  # `c123 evaluate --out` locks its run folder first
+    for check in (lambda: check_run_json(taken / "run", "c10", "tiny"),  # `c123 evaluate`, before Prefect and Ray
+                  lambda: RunLock(taken / "run").acquire()):  # and again when it locks the folder
+        with pytest.raises(C123Error, match=re.escape(f"--out {taken}/run: {taken} is a file, so no folder can be")):
+            check()
 
 
 # ---- finding 8: a report's baseline of another dataset --------------------------------------------------
