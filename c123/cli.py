@@ -94,7 +94,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c123 import __version__
-    from c123.outputs import case_name, new_run_dir
+    from c123.outputs import case_name, check_output_folder, new_run_dir
     from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
     from c123.priors.loading import load_priors
@@ -104,6 +104,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
     case = case_name(args.image)
+    check_output_folder(args.out or Path("outputs") / case)  # before any model runs
     # a plain photo gets its cut-out, depth and caption here, each step announced (and cached)
     inp = prepare_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", cfg=cfg,
                         case_id=case, announce=lambda line: print(f"preprocess: {line}"))
@@ -152,15 +153,22 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 def preprocess_main(args: argparse.Namespace) -> int:
     """`c123 preprocess IMAGE [--out DIR]`: the cut-out, depth map and caption a reconstruction would
     estimate, written as files to inspect, fix and pass back to `c123 reconstruct`."""
-    from c123.outputs import case_name
-    from c123.preprocess import missing_parts, read_input, write_preprocessed
+    from c123.outputs import case_name, check_output_folder
+    from c123.preprocess import RECORD, cached_preprocessing, check_prompt_length, missing_parts, read_input
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
-    files = read_input(args.image, args.mask, args.depth)
     out = Path(args.out or Path("preprocessed") / case_name(args.image))
+    check_output_folder(out)
+    check_prompt_length(args.prompt or "", case_name(args.image))
+    files = read_input(args.image, args.mask, args.depth)
     parts = missing_parts(files, args.prompt or "", cfg.preprocess)
-    record = write_preprocessed(files, args.prompt or "", parts, cfg, out, announce=print)
+    # the same cache as `c123 reconstruct`: what one computed, the other reuses (and the user sees those files)
+    inp = cached_preprocessing(files, args.mask, args.depth, args.prompt or "", parts, cfg, announce=print)
+    record = inp.preprocessing
+    copy_files(Path(record.folder), out, [*record.files.values(), RECORD])
+    for warning in inp.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for role, name in record.files.items():
         print(f"{role}: {out / name}")
     command = [f"c123 reconstruct {out / record.files['rgba']}"]
@@ -173,6 +181,18 @@ def preprocess_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def copy_files(src: Path, dest: Path, names: list[str]) -> None:
+    """Copy the files `names` of `src` into `dest` (created), each written whole or not at all."""
+    import shutil
+
+    from c123.atomic import atomic_path
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(src / name, tmp)
+
+
 def warn_input(inp) -> None:
     """Warnings about the input (e.g. a depth map that cannot be used), printed before the run starts."""
     for warning in getattr(inp, "warnings", []):
@@ -181,8 +201,10 @@ def warn_input(inp) -> None:
 
 def models_main(args: argparse.Namespace) -> int:
     """`c123 models tiny DIR`: tiny random-weight priors in the real on-disk formats."""
+    from c123.outputs import check_output_folder
     from c123.priors.tiny import write_tiny_models
 
+    check_output_folder(args.dir, "c123 models tiny")
     for name, path in write_tiny_models(args.dir).items():
         print(f"{name}: {path}")
     return 0

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal
 
-from c123.errors import C123Error
+from c123.errors import C123Error, shown
 
 
 # ---- what a field allows, declared at the field: `field(default=..., metadata=at_least(1))` --------------
@@ -612,5 +612,5 @@ def _coerce(value, current, key):
             isinstance(current, float) and isinstance(value, float)):
         if isinstance(current, str) or current is None:
             return str(value)
-        raise C123Error(f"override '{key}' expects {type(current).__name__}, got {value!r}")
+        raise C123Error(f"override '{key}' expects {type(current).__name__}, got {shown(value)}")
     return value

@@ -62,18 +62,7 @@ SYNTHETIC_PROMPTS = {
 
 def read_table(path: Path) -> list[Row]:
     """Data rows of a .tsv (plain tab-separated) or .csv file with a header line; blank lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} cannot be read ({type(err).__name__}): re-download the dataset") from err
-    if path.suffix == ".tsv":
-        lines = [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1)]
-    else:
-        try:
-            lines = list(enumerate(csv.reader(text.splitlines(), strict=True), 1))
-        except csv.Error as err:
-            raise DatasetError(f"{path} is not valid CSV ({err}): fix the file") from err
-    lines = [(n, [f.strip() for f in fields]) for n, fields in lines if any(f.strip() for f in fields)]
+    lines = _table_lines(path)
     if not lines:
         return []
     (_, header), rows = lines[0], []
@@ -86,8 +75,37 @@ def read_table(path: Path) -> list[Row]:
     return rows
 
 
-def columns(rows: list[Row]) -> set[str]:
-    return set(rows[0].fields) if rows else set()
+def table_columns(path: Path) -> set[str]:
+    """The column names of a table's header line (empty for an empty file), whether or not rows follow."""
+    lines = _table_lines(path)
+    return set(lines[0][1]) if lines else set()
+
+
+def check_has_rows(path: Path, rows: list[Row], needed: str) -> None:
+    """DatasetError when a table that must list the cases lists none (an empty file, or only its header)."""
+    if not rows:
+        what = "has only its header line" if table_columns(path) else "is empty"
+        raise DatasetError(f"{path} {what} and so lists no case: add one line per image ({needed}), separated by "
+                           f"{'tabs' if path.suffix == '.tsv' else 'commas'}, under a header line naming them")
+
+
+def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped fields) of each non-blank line of a .tsv or .csv file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}): "
+                           "save it as UTF-8 (a dataset c123 fetched can be fetched again)") from None
+    except OSError as err:
+        raise DatasetError(f"{path} cannot be read ({err.strerror or type(err).__name__}): check the file") from None
+    if path.suffix == ".tsv":
+        lines = [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1)]
+    else:
+        try:
+            lines = list(enumerate(csv.reader(text.splitlines(), strict=True), 1))
+        except csv.Error as err:
+            raise DatasetError(f"{path} is not valid CSV ({err}): fix the file") from err
+    return [(n, [f.strip() for f in fields]) for n, fields in lines if any(f.strip() for f in fields)]
 
 
 def unique_ids(located: list[tuple[Case, str]]) -> list[Case]:
@@ -106,12 +124,13 @@ def read_flat(root: Path) -> list[Case]:
     a row and every row an image."""
     table = root / "prompts.tsv"
     rows = read_table(table)
-    header = columns(rows)
+    header = table_columns(table)
     id_col = "consistent123_name" if "consistent123_name" in header else "case"
     prompt_col = "consistent123_prompt" if "consistent123_prompt" in header else "prompt"
     if {id_col, prompt_col} - header:
         raise DatasetError(f"{table} lacks columns {id_col} and {prompt_col} (has {', '.join(sorted(header))}): "
                            "re-download the dataset with `c123 fetch NAME --root DIR`")
+    check_has_rows(table, rows, f"{id_col}, {prompt_col}")
     located = []
     for row in rows:
         case_id = check_case_id(row[id_col], row.where)
@@ -150,9 +169,10 @@ def read_original(root: Path) -> list[Case]:
 def read_images(root: Path, table: Path) -> list[Case]:
     """Images listed in a prompts table (file; optional prompt, category, mask, depth), recentred on load."""
     rows = read_table(table)
-    header = columns(rows)
+    header = table_columns(table)
     if "file" not in header:
         raise DatasetError(f"{table} needs a column file (has {', '.join(sorted(header)) or 'none'})")
+    check_has_rows(table, rows, "file, and optionally prompt, category, mask, depth")
     located = []
     for row in rows:
         paths = {k: _inside(root, row[k], row.where) for k in ("file", "mask", "depth") if row.get(k)}
@@ -199,11 +219,21 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     cases = []
     for name in c123.synthetic.SCENES:
         rgba, depth = folder / f"{name}_rgba.png", folder / f"{name}_depth.png"
-        if not (rgba.is_file() and depth.is_file()):
+        if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
             _render_reference(name, size, rgba, depth)
         cases.append(Case(name, rgba, depth, None, SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object"),
                           "synthetic", scene=name))
     return cases
+
+
+def _readable(path: Path) -> bool:
+    """Whether a cached PNG is there and decodes whole."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
@@ -226,7 +256,7 @@ def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -
 def detect(root: Path) -> list[Case]:
     """The cases of a folder in whichever layout it has; DatasetError naming the layouts when none fits."""
     table = next((t for t in (root / "prompts.tsv", root / "prompts.csv") if t.is_file()), None)
-    header = columns(read_table(table)) if table else set()
+    header = table_columns(table) if table else set()
     if "file" in header:
         return read_images(root, table)
     flat = table is not None and table.suffix == ".tsv" and bool(header & {"consistent123_name", "case"})
@@ -238,6 +268,8 @@ def detect(root: Path) -> list[Case]:
         return read_flat(root)  # names the missing files
     if table is None and root.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
         return read_photos(root)
+    if table is not None and not header:  # the layout's table is there but says nothing
+        check_has_rows(table, [], "file, prompt")
     raise DatasetError(
         f"{root} matches no dataset layout: expected <case>_rgba.png + prompts.tsv (case, prompt), "
         "<folder>/image.png + mask.png, images + prompts.tsv/csv (file, prompt), or a folder of photos; "

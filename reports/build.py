@@ -12,11 +12,12 @@ from c123.cli import OneLineParser, count
 from c123.errors import C123Error
 import pandas as pd
 
+from c123.outputs import check_output_folder
 from c123_pipeline.reports import html, plots, regression, tables
 from c123.atomic import write_atomic
 from c123_pipeline.reports.drift import Reference, judge
 from c123_pipeline.reports.history import from_runs, load_history
-from c123_pipeline.reports.runs import Run, all_cases, load_run, load_runs
+from c123_pipeline.reports.runs import Run, all_cases, check_comparable, load_run, load_runs, run_datasets
 
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,15 @@ def build_report(run_dirs, out_dir, baseline=None, thresholds=None, history=None
     runs = load_runs(run_dirs)
     if not runs:
         raise C123Error("no run folder given: pass at least one benchmark run folder")
+    check_output_folder(out_dir)
     out = Path(out_dir).resolve()
     cases = all_cases(runs)
     built = tables.build_tables(cases)
     md = "\n".join(tables.to_markdown(t) for t in built)
     tex = "\n".join(tables.to_latex(t) for t in built)
     base = load_run(baseline) if baseline is not None else None
+    if base is not None:  # as `c123 evaluate --baseline` checks it (tasks/report.py check_baseline)
+        check_comparable(base, baseline, run_datasets(runs[-1]), runs[-1].per_case["case"].astype(str).unique())
     # The baseline and the runs folder's earlier runs join the nightly trend, but not the tables.
     trend = trend_history(runs, base, history)
     made = plots.make_plots(runs, out, history=trend)

@@ -135,3 +135,22 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
     return label
 
 
+
+
+def run_datasets(run: Run) -> set[str]:
+    """The datasets (lower case) a run's rows and run.json name."""
+    named = {str(run.info["dataset"]).lower()} if run.info.get("dataset") else set()
+    return {str(d).lower() for d in run.per_case["dataset"].unique()} | named
+
+
+def check_comparable(base: Run, where, datasets: set[str], case_ids) -> None:
+    """C123Error unless the baseline run `base` (at `where`) is of the same dataset(s) and shares a case with the
+    run it judges (else the verdict would compare nothing and say "OK")."""
+    theirs, ours = run_datasets(base), {d.lower() for d in datasets}
+    if theirs != ours:
+        raise C123Error(f"baseline {where} is a run of {', '.join(sorted(theirs)) or 'no dataset'}, not "
+                        f"{', '.join(sorted(ours)) or 'no dataset'}: pass a run folder of the same dataset")
+    case_ids = [str(c) for c in case_ids]
+    if not set(base.per_case["case"].astype(str)) & set(case_ids):
+        raise C123Error(f"baseline {where} shares no case with this run ({', '.join(case_ids[:5])}"
+                        f"{', ...' if len(case_ids) > 5 else ''}): pass a run of the same cases")

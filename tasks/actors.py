@@ -34,7 +34,7 @@ quiet_env()
 import ray  # noqa: E402  (after the environment Ray reads at import)
 
 from c123.atomic import is_url  # noqa: E402
-from c123.errors import C123Error  # noqa: E402
+from c123.errors import C123Error, WeightsMissingError  # noqa: E402
 from c123.progress import Event, Notice, ProgressFn  # noqa: E402
 from c123_pipeline.tasks import cache, storage  # noqa: E402
 
@@ -91,6 +91,8 @@ class Outcome:
     """Where an unexpected error came from (for the logs, not the tables)."""
     node_id: str | None = None
     """Ray node of the actor that ran the last attempt."""
+    stops_run: bool = False
+    """The failure will be every case's (model weights missing or damaged): the pool hands out no more cases."""
 
 
 WorkFn = Callable[[Job, "PriorsCache", ProgressFn], dict]
@@ -268,6 +270,7 @@ class ReconstructionActor:
             cache.mark_done(job.out_dir, job.key)
         except C123Error as err:
             outcome.status, outcome.error = "failed", error_line(err)
+            outcome.stops_run = isinstance(err, WeightsMissingError)
         except Exception as err:  # noqa: BLE001 - recorded; the pool retries only transient ones
             outcome.status, outcome.error, outcome.retryable = "failed", error_line(err), is_transient(err)
             outcome.traceback = traceback.format_exc(limit=20)
@@ -517,6 +520,11 @@ class ActorPool:
                 done += 1
                 failed += outcome.status != "ok"
                 yield job, outcome
+                if outcome.stops_run and queue:  # the next cases would fail the same way, one by one
+                    self._info(f"not starting the {len(queue)} remaining case(s): {outcome.error}")
+                    while queue:
+                        done, failed = done + 1, failed + 1
+                        yield queue.popleft(), Outcome("failed", f"not run: {outcome.error}", attempts=0)
             if time.time() - last_emit >= self.poll_seconds or ready:
                 last_emit = time.time()
                 emit_progress({"total": total, "done": done, "failed": failed, "replaced": self.replaced,

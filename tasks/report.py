@@ -42,7 +42,7 @@ def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str
     """The baseline run folder to judge against, checked before any compute: readable, of the same dataset,
     sharing at least one case with this run (else the verdict would compare nothing and say "OK").
     'latest' is the newest earlier run of the dataset and preset beside `run_dir` (None when there is none)."""
-    from c123_pipeline.reports.runs import load_run
+    from c123_pipeline.reports.runs import check_comparable, load_run
 
     if baseline is None:
         return None
@@ -58,14 +58,7 @@ def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str
         raise C123Error(f"baseline {path} is this run's own folder: pass an earlier run folder")
     with storage.local_copy(path, skip=TABLES_ONLY) as local:
         base = load_run(local)
-    theirs = {str(d).lower() for d in base.per_case["dataset"].unique()} | (
-        {str(base.info["dataset"]).lower()} if base.info.get("dataset") else set())
-    if theirs != {dataset.lower()}:
-        raise C123Error(f"baseline {path} is a run of {', '.join(sorted(theirs)) or 'no dataset'}, not {dataset}: "
-                        "pass a run folder of the same dataset")
-    if not set(base.per_case["case"].astype(str)) & set(case_ids):
-        raise C123Error(f"baseline {path} shares no case with this run ({', '.join(case_ids[:5])}"
-                        f"{', ...' if len(case_ids) > 5 else ''}): pass a run of the same cases")
+    check_comparable(base, path, {dataset}, case_ids)
     return path
 
 

@@ -44,6 +44,16 @@ def refuse_input(job, priors, progress):
     raise InputError(f"{job.case_id}: refused by the test's work function")
 
 
+def weights_damaged(job, priors, progress):
+    """Every case meets damaged model weights (as loading the priors reports them); leaves a mark that it ran."""
+    from c123.errors import WeightsMissingError
+
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(job.out_dir) / "tried").touch()
+    raise WeightsMissingError("zero123: the model files in /models/zero123/unet cannot be loaded (SafetensorError: "
+                              "invalid header length), so they are damaged or incomplete; copy them again")
+
+
 def raise_runtime_error(job, priors, progress):
     """An unexpected (retryable) exception on every case."""
     raise RuntimeError("boom in the work function")
