@@ -79,6 +79,8 @@ class MetricProtocol:
     SyncDreamer's 16 views sit at the input's elevation; False: on the equator."""
     syncdreamer: bool = False
     """True: the `sd_*` columns are computed (SyncDreamer's GSO protocol) for cases with a ground truth."""
+    sd_lpips_net: str = "vgg"
+    """Backbone of sd_lpips (eval_nvs.py: VGG); '<net>-random' as lpips_net. The other columns keep lpips_net."""
 
     def image(self, rgba: np.ndarray, size: int | None = None) -> np.ndarray:
         """uint8 RGBA [H,W,4] -> float RGB [H,W,3] in [0,1] on white as this protocol reads it; with resize
@@ -98,8 +100,7 @@ PROTOCOLS = {
     "magic123": MetricProtocol("magic123", clip_model=MAGIC123_CLIP, num_views=100,
                                background="white-where-transparent", resize="area", clip_size=224,
                                lpips_size=224, psnr_size=800),
-    "syncdreamer": MetricProtocol("syncdreamer", num_views=16, lpips_net="vgg", views_at_reference_elevation=True,
-                                  syncdreamer=True),
+    "syncdreamer": MetricProtocol("syncdreamer", num_views=16, views_at_reference_elevation=True, syncdreamer=True),
 }
 """c123 (default): CLIP-similarity with the preset's CLIP over the views the reconstruction writes, PSNR and
 LPIPS at the reference view, everything composited on white at the render size. magic123: the closest public
@@ -108,7 +109,7 @@ read with only alpha == 0 turned white, INTER_AREA resized to 224 with the OpenA
 PSNR at 800. syncdreamer: SyncDreamer's GSO protocol (eval_mesh.py, eval_nvs.py): 16 orbit views at the
 reference elevation scored against the true views with PSNR/SSIM/LPIPS-VGG, and the exported mesh against the
 true surface with its Chamfer and volume IoU (the `sd_*` columns); CLIP-similarity, PSNR and LPIPS at the
-reference view as c123 reads them (LPIPS with VGG)."""
+reference view and the other columns as c123 reads them (their LPIPS stays AlexNet), over the 16 views."""
 
 
 def get_protocol(name: str) -> MetricProtocol:
@@ -377,14 +378,28 @@ def c123_to_syncdreamer(points, fovy: float, radius: float) -> np.ndarray:
     return scale * p[:, [2, 0, 1]]
 
 
-def normalize_ground_truth(vertices, rotation: float = 0.0) -> np.ndarray:
-    """transform_gt: scale so the largest extent is 1, centre the bounding box, turn `rotation` degrees about -z."""
+@dataclass(frozen=True)
+class GsoTruth:
+    """A GSO case's ground truth as SyncDreamer publishes it."""
+
+    mesh: str
+    """The object's mesh file as scanned (normalised by the protocol)."""
+    views: str
+    """Folder of the 16 true renders NNN.png and depth maps NNN-depth.png at camera-16's cameras."""
+    rotation: float = 0.0
+    """Degrees the mesh turns about z to face the renders (SD_ROTATIONS)."""
+
+
+def normalize_ground_truth(vertices, rotation: float = 0.0, apply_to=None) -> np.ndarray:
+    """transform_gt: scale so the largest extent is 1, centre the bounding box, turn `rotation` degrees about -z.
+    With `apply_to`, those points get the transform that normalises `vertices` (a prediction in the truth's frame)."""
     v = _as_numpy(vertices).astype(np.float64)
-    v = v / np.max(v.max(0) - v.min(0))
-    v = v - (v.max(0) + v.min(0)) / 2
+    scale = 1 / np.max(v.max(0) - v.min(0))
+    centre = (v.max(0) + v.min(0)) * scale / 2
     a = -np.deg2rad(rotation)
     R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    return v @ R.T
+    p = v if apply_to is None else _as_numpy(apply_to).astype(np.float64)
+    return (p * scale - centre) @ R.T
 
 
 def syncdreamer_depth_maps(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
@@ -498,12 +513,13 @@ September 2024) cropped the reflect-padded half window of its 11 x 11 Gaussian, 
 were measured so; newer versions average the whole map."""
 
 
-def ssim(pred, target) -> float:
+def ssim(pred, target, dtype=torch.float32) -> float:
     """SSIM as eval_nvs.py called torchmetrics in 2023: 11 x 11 Gaussian window (sigma 1.5), the data range taken
-    from the images, the map's SSIM_BORDER cropped before the mean."""
+    from the images, the map's SSIM_BORDER cropped before the mean; in float32 as eval_nvs.py ran it (its
+    variances, E[x^2] - E[x]^2, lose ~1e-4 of SSIM to cancellation against float64)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    x, y = _as_batch(pred, "cpu"), _as_batch(target, "cpu")
+    x, y = _as_batch(pred, "cpu").to(dtype), _as_batch(target, "cpu").to(dtype)
     _check_finite(x, y, "ssim")
     _, full = structural_similarity_index_measure(x, y, return_full_image=True)
     b = SSIM_BORDER

@@ -76,7 +76,7 @@ class BenchmarkSpec:
     clip_model: str | None = None
     """CLIP of the CLIP-similarity metric, replacing the protocol's (default: the protocol's, else the preset's)."""
     protocol: str = "c123"
-    """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
+    """Metric protocol: c123 (default), magic123 or syncdreamer (c123.metrics.PROTOCOLS)."""
     thresholds: dict[str, float] | None = None
     """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
     work_fn: str | None = None
@@ -119,16 +119,21 @@ def base_config(preset_name: str):
 
 def case_config(cfg, case):
     """The config one case runs with: an oracle that follows the case (prior.oracle_scene 'case', the verify
-    preset) answers with the case's own synthetic scene."""
+    preset) answers with the case's own synthetic scene; a case that gives its input view's elevation (GSO:
+    `elevation` column) puts the reference camera there (camera.ref_polar = 90 - elevation)."""
     from c123.config import ORACLE_FROM_CASE
 
-    if cfg.prior.oracle_scene != ORACLE_FROM_CASE:
+    follows_case = cfg.prior.oracle_scene == ORACLE_FROM_CASE
+    if not follows_case and case.ref_elevation is None:
         return cfg
-    if not case.scene:
+    if follows_case and not case.scene:
         raise C123Error(f"case {case.id} has no ground-truth scene, but preset '{cfg.preset}' answers Zero-1-to-3's "
                         "question with the true view of the case's synthetic scene: use the dataset synthetic")
     resolved = copy.deepcopy(cfg)
-    resolved.prior.oracle_scene = case.scene
+    if follows_case:
+        resolved.prior.oracle_scene = case.scene
+    if case.ref_elevation is not None:
+        resolved.camera.ref_polar = 90.0 - float(case.ref_elevation)
     return resolved
 
 
@@ -362,13 +367,14 @@ class MetricStep:
         if entry.outcome.status != "ok":
             return
         folder = storage.join(self.plan.run_dir, entry.case_dir)
-        key = metrics_key(entry.key, self.plan.protocol, entry.case.scene)
+        key = metrics_key(entry.key, self.plan.protocol, entry.case.scene, entry.case.gso)
         found = cached_metrics(folder, key)
         if found is not None:
             self.values[entry.index] = found
         else:
             self.pending[entry.index] = case_metrics_task.submit(str(folder), entry.outcome.result,
-                                                                 self.models().result(), key, entry.case.scene)
+                                                                 self.models().result(), key, entry.case.scene,
+                                                                 entry.case.gso)
 
     def result(self, entry: Entry) -> dict:
         """The metric columns of an entry (NaN with the reason for a failed case)."""
