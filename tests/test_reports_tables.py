@@ -139,7 +139,7 @@ def test_ground_truth_metrics_get_their_own_table(tmp_path):
     cases = all_cases(load_runs([tmp_path]))
     table = tables.ground_truth_table(cases)
     md = tables.to_markdown(table)
-    assert ("| Method | Source | synthetic novel PSNR ↑ | synthetic novel LPIPS ↓ | synthetic Chamfer ↓ | "
+    assert ("| Method | Source | synthetic novel PSNR ↑ | synthetic novel LPIPS ↓ | synthetic Chamfer² ↓ | "
             "synthetic ok / cases |") in md
     assert ("| consistent123 · exp · paper | reproduced | **23.000 ± 1.414** | **0.120 ± 0.028** | "
             "**0.025 ± 0.007** | 2 / 2 |") in md
