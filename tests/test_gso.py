@@ -66,7 +66,7 @@ def test_fetch_gso_from_a_mirror_writes_the_layout(tmp_path):
 def test_case_elevation_becomes_the_reference_polar_angle(tmp_path):
     from c123.config import preset
     from c123_pipeline.datasets import load_dataset
-    from c123_pipeline.flows.benchmark import case_config
+    from c123_pipeline.flows.spec import case_config
 
     [case] = load_dataset(make_gso(tmp_path / "gso")).cases
     cfg = preset("fast")
