@@ -513,6 +513,18 @@ September 2024) cropped the reflect-padded half window of its 11 x 11 Gaussian, 
 were measured so; newer versions average the whole map."""
 
 
+def syncdreamer_psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    """compute_psnr_float: float32 [H,W,3] images, the squared error averaged per channel over the pixels
+    (numpy's float32 column sums, whose rounding the published numbers carry: ~1e-3 dB from float64), then over
+    the channels."""
+    a, b = np.asarray(pred, np.float32).reshape(-1, 3), np.asarray(target, np.float32).reshape(-1, 3)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ, {a.shape} vs {b.shape}")
+    _check_finite(a, b, "psnr")
+    mse = float(np.mean(np.mean((b - a) ** 2, 0)))
+    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+
+
 def ssim(pred, target, dtype=torch.float32) -> float:
     """SSIM as eval_nvs.py called torchmetrics in 2023: 11 x 11 Gaussian window (sigma 1.5), the data range taken
     from the images, the map's SSIM_BORDER cropped before the mean; in float32 as eval_nvs.py ran it (its
@@ -531,7 +543,7 @@ def syncdreamer_nvs(views: list[np.ndarray], truth: list[np.ndarray], lpips_metr
     out = {"psnr": [], "ssim": [], "lpips": []}
     for view, true in zip(views, truth, strict=True):
         pr, gt = syncdreamer_image(view), syncdreamer_image(true)
-        out["psnr"].append(psnr(pr, gt))
+        out["psnr"].append(syncdreamer_psnr(pr, gt))
         out["ssim"].append(ssim(pr, gt))
         out["lpips"].append(lpips_metric(gt, pr))
     return out

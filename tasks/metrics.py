@@ -290,7 +290,8 @@ def syncdreamer_metrics(out: Path, result: dict, views_meta: list[dict], views: 
         true_views = _gso_views(gso, len(views)) if gso else _read_truth_views(out, views_meta)
         return [(M.syncdreamer_image(v), M.syncdreamer_image(t)) for v, t in zip(views, true_views, strict=True)]
 
-    attempt("sd_psnr", lambda: values.__setitem__("sd_psnr", float(np.mean([M.psnr(p, t) for p, t in pairs()]))))
+    attempt("sd_psnr", lambda: values.__setitem__("sd_psnr", float(np.mean([M.syncdreamer_psnr(p, t)
+                                                                          for p, t in pairs()]))))
     attempt("sd_ssim", lambda: values.__setitem__("sd_ssim", float(np.mean([M.ssim(p, t) for p, t in pairs()]))))
 
     def lp():

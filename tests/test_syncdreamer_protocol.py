@@ -198,7 +198,7 @@ def test_c123_frame_maps_the_reference_camera_onto_syncdreamers_input_camera():
 
 # ---- the chicken ------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")
-def test_novel_view_metrics_of_syncdreamers_prediction_equal_eval_nvs():
+def test_novel_view_metrics_of_syncdreamers_prediction_equal_eval_nvs(capsys):
     import lpips
 
     gt = [np.asarray(Image.open(FIXTURE / "gt" / f"{k:03}.png")) for k in NVS_VIEWS]
@@ -208,10 +208,17 @@ def test_novel_view_metrics_of_syncdreamers_prediction_equal_eval_nvs():
     torch.manual_seed(M.LpipsMetric.RANDOM_SEED)
     ref_lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=ours_lpips.name.endswith("random"),
                             verbose=False).eval()
+    rows = []
     for i, (g, p) in enumerate(zip(gt, pr)):
         g, p = ref_color_map_forward(g), ref_color_map_forward(p)
         psnr = 10 * np.log10(1 / np.mean(np.mean((g.reshape(-1, 3) - p.reshape(-1, 3)) ** 2, 0)))
+        with torch.no_grad():
+            ref_lp = float(ref_lpips(torch.from_numpy(g).permute(2, 0, 1)[None] * 2 - 1,
+                                     torch.from_numpy(p).permute(2, 0, 1)[None] * 2 - 1))
+        rows.append(f"view {NVS_VIEWS[i]:03}  PSNR {ours['psnr'][i]:.6f} ({psnr:.6f})  SSIM {ours['ssim'][i]:.6f} "
+                    f"({ref_ssim(p, g):.6f} in float64)  LPIPS-{ours_lpips.name} {ours['lpips'][i]:.6f} ({ref_lp:.6f})")
         assert ours["psnr"][i] == pytest.approx(psnr, rel=1e-6)
+        assert M.psnr(p, g) == pytest.approx(psnr, abs=5e-3)  # float64 mean: ~1e-3 dB from their float32 one
         # the formula is the same to float64 rounding; float32 (what eval_nvs.py ran) cancels ~1e-4 away
         assert M.ssim(p, g, dtype=torch.float64) == pytest.approx(ref_ssim(p, g), abs=1e-9)
         assert ours["ssim"][i] == pytest.approx(ref_ssim(p, g), abs=5e-4)
@@ -219,6 +226,8 @@ def test_novel_view_metrics_of_syncdreamers_prediction_equal_eval_nvs():
             th = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None] * 2 - 1
             assert ours["lpips"][i] == pytest.approx(float(ref_lpips(th(g), th(p))), rel=1e-5)
     assert 15 < np.mean(ours["psnr"]) < 40 and 0.5 < np.mean(ours["ssim"]) <= 1
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
 
 
 @pytest.fixture(scope="module")
