@@ -378,6 +378,9 @@ class TrainConfig:
     """Checkpoint interval within a stage (0 = only at stage ends)."""
     eval_views: int = field(default=8, metadata=at_least(1))
     """Orbit views saved to views/ for evaluation."""
+    eval_at_ref_polar: bool = False
+    """True: the orbit views circle at the reference camera's polar angle (camera.ref_polar), as SyncDreamer's 16
+    views sit at the input's elevation (metric protocol syncdreamer); False: on the equator (polar 90)."""
     eval_size: int = field(default=512, metadata=at_least(1))
     """Size of evaluation renders (views/, reference metrics) and turntable frames."""
     video_frames: int = field(default=60, metadata=at_least(1))

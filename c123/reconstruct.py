@@ -311,7 +311,8 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
                 num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance)
 
         views = []
-        view_cams = orbit(cfg.train.eval_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        view_cams = orbit(cfg.train.eval_views, polar=cfg.camera.ref_polar if cfg.train.eval_at_ref_polar else 90.0,
+                          radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
         for i in range(len(view_cams)):
             _save_png(_rgba(render(view_cams[i]))[0], out / "views" / f"view_{i:03d}.png")
             views.append({"file": f"views/view_{i:03d}.png", "azimuth": float(view_cams.azimuth[i]),

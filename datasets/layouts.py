@@ -10,6 +10,7 @@
 Images without alpha or mask, rows without a prompt and cases without depth are fine: the reconstruction
 estimates what is missing (c123.preprocess.prepare_input: cut-out, caption, depth), once per input.
 - synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
+- gso:       SyncDreamer's GSO evaluation set (read_gso): gso_cases.tsv, <case>/model.obj, <case>/gt/ renders
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
 UTF-8 byte-order mark is dropped), every row must have the header's number of fields, and each case id is
@@ -253,8 +254,49 @@ def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -
             img.save(tmp, format="PNG")
 
 
+GSO_TABLE = "gso_cases.tsv"
+"""The table of a GSO-layout folder: case, elevation (degrees of the input view), rotation (degrees about z that
+face the mesh to the renders: SyncDreamer's get_gt_rotate_angle), prompt."""
+GSO_VIEWS = 16
+
+
+def read_gso(root: Path) -> list[Case]:
+    """SyncDreamer's GSO evaluation layout: per case `<case>/model.obj` (the scanned mesh as published) and
+    `<case>/gt/NNN.png` + `NNN-depth.png` (its 16 renders at camera-16's cameras, NNN = 000..015); the input is
+    view 000 (azimuth 0, elevation 30), already centred; the table gives each case's elevation and rotation."""
+    from c123.metrics import GsoTruth
+
+    table = root / GSO_TABLE
+    rows = read_table(table)
+    missing_cols = {"case", "elevation", "rotation"} - columns(rows)
+    if missing_cols:
+        raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: re-download the dataset "
+                           "with `c123 fetch gso --root DIR`")
+    located = []
+    for row in rows:
+        case_id = check_case_id(row["case"], row.where)
+        folder = root / case_id
+        try:
+            elevation, rotation = float(row["elevation"]), float(row["rotation"])
+        except ValueError:
+            raise DatasetError(f"{row.where}: elevation and rotation must be numbers (degrees), got "
+                               f"{row['elevation']!r} and {row['rotation']!r}: fix that line") from None
+        needed = [folder / "model.obj"] + [folder / "gt" / f"{k:03}{s}.png" for k in range(GSO_VIEWS)
+                                           for s in ("", "-depth")]
+        absent = [str(p.relative_to(root)) for p in needed if not p.is_file()]
+        if absent:
+            raise DatasetError(f"{row.where}: {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''} not in "
+                               f"{root}: re-download the dataset with `c123 fetch gso --root DIR`")
+        located.append((Case(case_id, folder / "gt" / "000.png", prompt=row.get("prompt"), category="gso",
+                             ref_elevation=elevation,
+                             gso=GsoTruth(str(folder / "model.obj"), str(folder / "gt"), rotation)), row.where))
+    return unique_ids(located)
+
+
 def detect(root: Path) -> list[Case]:
     """The cases of a folder in whichever layout it has; DatasetError naming the layouts when none fits."""
+    if (root / GSO_TABLE).is_file():
+        return read_gso(root)
     table = next((t for t in (root / "prompts.tsv", root / "prompts.csv") if t.is_file()), None)
     header = table_columns(table) if table else set()
     if "file" in header:

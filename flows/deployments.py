@@ -59,7 +59,7 @@ def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "
             **{**common, "tags": ["c123", "benchmark", "nightly"]}),
         benchmark.to_deployment(
             name="nightly-verify", cron=verify_cron, concurrency_limit=one_at_a_time,
-            parameters={"dataset": "synthetic", "preset": "verify", "baseline": "latest",
+            parameters={"dataset": "synthetic", "preset": "verify", "baseline": "latest", "protocol": "syncdreamer",
                         "drift_window": DRIFT_WINDOW, "fail_on_regression": True,
                         "thresholds": dict(VERIFY_THRESHOLDS)},
             description="CPU nightly: the synthetic scenes with the oracle prior (numbers with a right answer), "

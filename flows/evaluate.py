@@ -52,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", dest="thresholds", action="extend", nargs="+", metavar="METRIC=VALUE",
                    help="allowed worsening against --baseline, e.g. psnr=0.5 lpips=0.01")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the named datasets (default $C123_DATA)")
-    p.add_argument("--protocol", default="c123", help="metric protocol: c123 (default) or magic123 (CLIP "
-                   "ViT-bigG-14 over 100 views, 224 px, PSNR at 800 px)")
+    p.add_argument("--protocol", default="c123", help="metric protocol: c123 (default), magic123 (CLIP "
+                   "ViT-bigG-14 over 100 views, 224 px, PSNR at 800 px) or syncdreamer (GSO: Chamfer, volume IoU, "
+                   "PSNR/SSIM/LPIPS-VGG over 16 views at the input's elevation; synthetic and gso datasets)")
     p.add_argument("--clip-model", metavar="ID", help="CLIP of the CLIP-similarity metric (default: the protocol's, "
                    "else the preset's)")
     p.add_argument("--retries", dest="max_retries", type=count(0), default=2,

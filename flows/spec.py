@@ -73,7 +73,7 @@ class BenchmarkSpec:
     clip_model: str | None = None
     """CLIP of the CLIP-similarity metric, replacing the protocol's (default: the protocol's, else the preset's)."""
     protocol: str = "c123"
-    """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
+    """Metric protocol: c123 (default), magic123 or syncdreamer (c123.metrics.PROTOCOLS)."""
     thresholds: dict[str, float] | None = None
     """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
     drift_window: int | None = None
@@ -117,14 +117,19 @@ def flow_parameters(fn: Callable[..., dict]) -> Callable[..., dict]:
 # ---- configs -------------------------------------------------------------------------------------
 def case_config(cfg: ReconstructConfig, case: Case) -> ReconstructConfig:
     """The config one case runs with: an oracle that follows the case (prior.oracle_scene 'case', the verify
-    preset) answers with the case's own synthetic scene."""
-    if cfg.prior.oracle_scene != ORACLE_FROM_CASE:
+    preset) answers with the case's own synthetic scene; a case that gives its input view's elevation (GSO:
+    `elevation` column) puts the reference camera there (camera.ref_polar = 90 - elevation)."""
+    follows_case = cfg.prior.oracle_scene == ORACLE_FROM_CASE
+    if not follows_case and case.ref_elevation is None:
         return cfg
-    if not case.scene:
+    if follows_case and not case.scene:
         raise C123Error(f"case {case.id} has no ground-truth scene, but preset '{cfg.preset}' answers Zero-1-to-3's "
                         "question with the true view of the case's synthetic scene: use the dataset synthetic")
     resolved = copy.deepcopy(cfg)
-    resolved.prior.oracle_scene = case.scene
+    if follows_case:
+        resolved.prior.oracle_scene = case.scene
+    if case.ref_elevation is not None:
+        resolved.camera.ref_polar = 90.0 - float(case.ref_elevation)
     return resolved
 
 

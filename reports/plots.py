@@ -46,6 +46,25 @@ def strip_plot(cases: pd.DataFrame, path: Path, metrics=pub.METRICS,
     return save_figure(fig, path)
 
 
+def seed_plot(cases: pd.DataFrame, path: Path, metrics: list[str]) -> Path:
+    """One panel per metric: per case (x), each seed's value as a point, one colour per method."""
+    ok = cases[cases["status"] == "ok"]
+    case_names = list(dict.fromkeys(ok["dataset"].astype(str) + "/" + ok["case"].astype(str)))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(case_names) * len(metrics)), 4.0), layout="constrained")
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for label, group in ok.groupby("label", sort=False):
+            x = [case_names.index(f"{d}/{c}") for d, c in zip(group["dataset"], group["case"])]
+            ax.scatter(x, group[metric].astype("float64"), s=16, alpha=0.8, label=str(label))
+        ax.set_xticks(range(len(case_names)), case_names, rotation=40, ha="right", fontsize=7)
+        ax.set_title(pub.metric_label(metric))
+        ax.grid(axis="y", alpha=0.3)
+    if metrics:
+        fig.axes[0].legend(fontsize=6)
+    fig.suptitle("Per seed: one point per seed and case")
+    return save_figure(fig, path)
+
+
 TREND_SERIES = ["dataset", "variant", "weight_shape", "preset"]
 """One line of the trend per method."""
 
@@ -137,6 +156,9 @@ def make_plots(runs: list[Run], out_dir: Path, history: pd.DataFrame | None = No
         if any((r.get("weights") or {}).get("iterations") for r in results.values()):
             made[f"weights {label}"] = weights_plot(results, f"Prior weights: {label}",
                                                     plots_dir / f"weights_{slug(label)}.png")
+    if len(cases) and (cases.groupby(["label", "dataset", "case"])["seed"].nunique() >= 2).any():
+        made["seeds"] = seed_plot(cases, plots_dir / "seeds.png", [m for m in pub.HIGHER_IS_BETTER
+                                                                   if m in cases and cases[m].notna().any()])
     history = from_runs(runs) if history is None else history
     if history["run_id"].nunique() >= 2:  # one run is one point per series: nothing to show a trend of
         made["trend"] = trend_plot(history, plots_dir / "trend.png")

@@ -3,8 +3,9 @@
 Cases are matched on (dataset, case, variant, weight_shape, seed); weight_shape joins the brief's
 (case, variant, seed) because two shapes of one variant are different methods. A metric regresses when,
 per (dataset, variant, weight_shape), the mean over matched pairs where both sides have a value moves the
-wrong way by more than its threshold: single-image reconstructions are noisy case by case, the mean over
-the same cases is not. Failures are judged per case: a case that succeeded in the baseline and failed now,
+wrong way by more than its threshold, or than the baseline's seed-to-seed spread where it has several seeds
+of a case (seed_tolerance): single-image reconstructions are noisy case by case, the mean over the same
+cases is not. Failures are judged per case: a case that succeeded in the baseline and failed now,
 or whose metric had a value and is NaN now, is flagged on its own.
 """
 
@@ -91,6 +92,8 @@ class Verdict:
 def parse_thresholds(items: list[str] | dict[str, float] | None = None) -> dict[str, float]:
     """Defaults updated by 'metric=value' strings or a dict; unknown metrics and bad values are C123Errors."""
     pairs = list(items.items()) if isinstance(items, dict) else [item.partition("=")[::2] for item in items or []]
+    # a deployment saved before a column was renamed still names it the old way
+    pairs = [(metrics.RENAMED_COLUMNS.get(str(name).strip(), name), value) for name, value in pairs]
     given = {}
     for name, value in pairs:
         try:
@@ -137,8 +140,9 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame,
         for key, group in valid.groupby(GROUP, sort=True):
             mb, mc = group[f"{metric}_base"].astype("float64").mean(), group[f"{metric}_cur"].astype("float64").mean()
             worse = (mb - mc) if HIGHER_IS_BETTER[metric] else (mc - mb)
+            allowed = max(thresholds[metric], seed_tolerance(base[_same(base, key)], metric))
             # The tolerance keeps a change of exactly the threshold (0.5 dB in float arithmetic) from flagging.
-            regressed = bool(worse > thresholds[metric] + 1e-9)
+            regressed = bool(worse > allowed + 1e-9)
             findings.append(Finding("metric", *key, metric, regressed, baseline=float(mb),
                                     current=float(mc), delta=float(mc - mb), threshold=thresholds[metric],
                                     n_pairs=len(group)))
@@ -147,6 +151,26 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame,
     verdict = Verdict(run_id, base_id, any(f.regressed for f in findings), thresholds, findings)
     verdict.markdown = summary_markdown(verdict)
     return verdict
+
+
+def seed_tolerance(per_seed: pd.DataFrame, metric: str) -> float:
+    """The seed-to-seed spread of a metric in the per-seed rows of one method (baseline run): the mean over cases
+    with two or more succeeded seeds of the standard deviation across those seeds; 0 when no case has two seeds.
+    `compare` flags a change only beyond max(threshold, this): less than a reseed moves a case is noise."""
+    if metric not in per_seed:
+        return 0.0
+    ok = per_seed[per_seed["status"] == "ok"]
+    by_case = ok.groupby("case")[metric].agg(lambda s: s.astype("float64").dropna().std(ddof=1)
+                                             if s.notna().sum() >= 2 else float("nan")).dropna()
+    return float(by_case.mean()) if len(by_case) else 0.0
+
+
+def _same(df: pd.DataFrame, key: tuple) -> pd.Series:
+    """Rows of `df` in the GROUP `key`."""
+    mask = pd.Series(True, index=df.index)
+    for col, value in zip(GROUP, key):
+        mask &= df[col] == value
+    return mask
 
 
 def summary_markdown(verdict: Verdict) -> str:

@@ -27,8 +27,9 @@ def case_row(run_id, case, category, *, variant="consistent123", shape="exp", se
         "seconds_nerf": nan if failed else 10.0, "seconds_dmtet": nan if failed else 5.0,
         "seconds_export": nan if failed else 1.0, "seconds_total": nan if failed else 16.0,
         "clip_similarity": nan if failed else clip, "psnr": nan if failed else psnr, "lpips": nan if failed else lpips,
-        "metric_status": "failed" if failed else "ok", "novel_psnr": nan, "novel_lpips": nan, "chamfer": nan,
-        "unseen_psnr": nan, "fscore": nan, "silhouette_iou": nan,
+        "metric_status": "failed" if failed else "ok", "novel_psnr": nan, "novel_lpips": nan, "chamfer_sq": nan,
+        "unseen_psnr": nan, "fscore": nan, "silhouette_iou": nan, "sd_chamfer": nan, "sd_volume_iou": nan,
+        "sd_psnr": nan, "sd_ssim": nan, "sd_lpips": nan,
         "protocol": protocol, "clip_model": "openai/clip-vit-base-patch16", "num_views": 8, "resolution": 64, "background": "white",
         "lpips_net": "alex", "config_hash": "0123456789abcdef", "code_version": "0.1.0", "device": "cpu",
         # ARCHITECTURE's cases/<variant>/<case>/seed<N> has no room for the shape; non-exp shapes get their own.

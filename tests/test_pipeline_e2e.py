@@ -63,7 +63,7 @@ def test_flow_writes_case_folders_parquet_and_report(runs, dataset):
     assert (per_case["status"] == "ok").all() and per_case["error"].isna().all()
     for col in ("clip_similarity", "psnr", "lpips", "seconds_total"):
         assert per_case[col].notna().all() and (per_case[col] != 0).all(), col
-    assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].isna().all().all()  # not a synthetic dataset
+    assert per_case[["novel_psnr", "novel_lpips", "chamfer_sq"]].isna().all().all()  # not a synthetic dataset
     assert (per_case["metric_status"] == "ok").all()
     assert (per_case["num_views"] == 4).all() and (per_case["resolution"] == 32).all()
     assert (per_case["lpips_net"] == "alex-random").all()  # no AlexNet weights offline: the tiny fallback
@@ -123,7 +123,7 @@ def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     protocol = resolve_protocol(PROTOCOLS["c123"], result["config"]["prior"]["clip_model"], 4, tiny=True)
     models = load_metric_models(protocol, "cpu")
     values = compute_case_metrics(case_dir, result, models, scene="toy")
-    for key in ("novel_psnr", "novel_lpips", "chamfer", "psnr", "lpips", "clip_similarity"):
+    for key in ("novel_psnr", "novel_lpips", "chamfer_sq", "psnr", "lpips", "clip_similarity"):
         assert math.isfinite(values[key]) and values[key] != 0, key
     assert values["metric_status"] == "ok"
 
@@ -131,8 +131,8 @@ def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     (tmp_path / "views").mkdir()
     values = compute_case_metrics(tmp_path, {"views": [{"file": "views/view_000.png", "azimuth": 0, "polar": 90}]},
                                   models, scene="toy")
-    assert all(math.isnan(values[k]) for k in ("clip_similarity", "psnr", "lpips", "chamfer"))
-    assert "chamfer:" in values["metric_status"] and "reference:" in values["metric_status"]
+    assert all(math.isnan(values[k]) for k in ("clip_similarity", "psnr", "lpips", "chamfer_sq"))
+    assert "chamfer_sq:" in values["metric_status"] and "reference:" in values["metric_status"]
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_whole_dataset_tiny(dataset, tmp_path):
     assert summary["failed"] == 0, summary["errors"]
     assert per_case[["clip_similarity", "psnr", "lpips"]].notna().all().all()
     if dataset == "synthetic":
-        assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].notna().all().all()
+        assert per_case[["novel_psnr", "novel_lpips", "chamfer_sq"]].notna().all().all()
 
 
 def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verdict(runs, tmp_path):
