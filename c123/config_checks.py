@@ -107,6 +107,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "nerf.occupancy_threshold": at_least(0),
     "nerf.occupancy_every": at_least(1),
     "nerf.occupancy_mode": one_of("auto", "compact", "mask"),
+    "nerf.grad_chunk_rays": at_least(0),
     "dmtet.tet_resolution": at_least(2),
     "dmtet.render_size": at_least(1),
     "dmtet.deform_scale": at_least(0),

@@ -129,7 +129,7 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
                                device=device, mode=occupancy_mode_for(cfg.nerf.occupancy_mode, device)) if cfg.nerf.occupancy_grid else None)
     # no per-render finiteness check: the loop checks the loss periodically
     render = dict(occupancy=occupancy, num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
-                  generator=gen, check_finite=False)
+                  generator=gen, check_finite=False, grad_chunk=cfg.nerf.grad_chunk_rays)
 
     def before_step(step: int) -> None:
         ramp_levels(field, cfg, step, iters)

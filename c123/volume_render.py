@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from c123.cameras import Cameras, generate_rays
 from c123.compiling import hot
@@ -207,7 +208,7 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
                 perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None, textureless: torch.Tensor | None = None,
-                check_finite: bool = True) -> dict[str, torch.Tensor]:
+                check_finite: bool = True, grad_chunk: int = 0) -> dict[str, torch.Tensor]:
     """Render rays [R,3] (unit directions): dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
     weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3] ((n+1)/2 under
     detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples, and
@@ -219,8 +220,11 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     check_finite: raise GeometryError on a non-finite render (a host sync; the training loop checks its loss
     periodically instead).
 
-    With gradients on, all rays form one chunk (the graph keeps every chunk's tensors until backward anyway);
-    without, chunks of CHUNK_RAYS rays bound the memory.
+    With gradients on and grad_chunk 0, all rays form one chunk (the graph keeps every chunk's tensors until
+    backward anyway); with grad_chunk N > 0, chunks of N rays (rounded up to a multiple of CHUNK_RAYS, so the
+    random draws are the same) whose field passes are recomputed in the backward (torch.utils.checkpoint): only
+    the chunks' outputs stay alive, the same gradients up to float rounding. Without gradients, chunks of
+    CHUNK_RAYS rays bound the memory.
     """
     if shading not in SHADINGS:
         raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
@@ -233,13 +237,14 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
-    step = R if torch.is_grad_enabled() else CHUNK_RAYS
+    recompute = torch.is_grad_enabled() and grad_chunk > 0
+    step = (-(-grad_chunk // CHUNK_RAYS) * CHUNK_RAYS if recompute else R) if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
     for s in range(0, R, step):
         e = min(R, s + step)
         chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
                                     num_samples, num_importance, with_normal, perturb, bound, occupancy,
-                                    generator, textureless))
+                                    generator, textureless, recompute))
     if len(chunks) == 1:
         out = chunks[0]
     else:
@@ -267,9 +272,11 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
 
 
 def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                  with_normal, perturb, bound, occupancy, generator, textureless):
+                  with_normal, perturb, bound, occupancy, generator, textureless, recompute: bool = False):
     """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
-    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
+    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray.
+    recompute: keep only the work's inputs and outputs, and redo it in the backward (its random numbers are
+    drawn here, outside, so the recomputation sees the same ones)."""
     where = generator.device if generator is not None else rays_o.device
     jitter, u = [], []
     for s in range(0, rays_o.shape[0], CHUNK_RAYS):
@@ -280,8 +287,11 @@ def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_sample
             u.append(torch.rand(rays, num_importance, generator=generator, dtype=rays_o.dtype, device=where))
     jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
     u = torch.cat(u).to(rays_o.device) if u else None
-    return _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                       with_normal, bound, occupancy, textureless, jitter, u)
+    args = (field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance, with_normal, bound,
+            occupancy, textureless, jitter, u)
+    if recompute:
+        return checkpoint(_chunk_work, *args, use_reentrant=False, preserve_rng_state=False)
+    return _chunk_work(*args)
 
 
 @hot
@@ -352,12 +362,13 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
                 perturb: bool = True, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None,
                 ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None,
-                textureless: torch.Tensor | None = None, check_finite: bool = True) -> RenderOutput:
+                textureless: torch.Tensor | None = None, check_finite: bool = True,
+                grad_chunk: int = 0) -> RenderOutput:
     """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera.
 
     bg_color: [3], per camera [B,3] or per pixel [B,H,W,3]; ray_jitter: offsets ([3], [3]) added to every
-    ray's origin and direction (the official reference-view camera noise); textureless, check_finite: see
-    render_rays."""
+    ray's origin and direction (the official reference-view camera noise); textureless, check_finite,
+    grad_chunk: see render_rays."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
     if ray_jitter is not None:
@@ -379,7 +390,8 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
     out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
                       ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
                       num_importance=num_importance, need_normals=need_normals, perturb=perturb,
-                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite)
+                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite,
+                      grad_chunk=grad_chunk)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
     normal_image = None if out["normal_image"] is None else out["normal_image"].reshape(B, height, width, 3)
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],
