@@ -29,31 +29,59 @@ from c123 import memory  # noqa: E402
 MB = 1e6
 
 
-def nerf_step_peak(nerf_size: int, mode: str, full: bool, compile_on: bool, models: Path,
-                   grad_chunk: int = 0) -> dict:
-    """{'reference': bytes, 'novel': bytes, 'state': bytes, 'samples': {...}} of the NeRF step at `nerf_size`."""
-    cfg = bench_step.build(False, compile_on, models, nerf_size=nerf_size)
-    cfg.nerf.occupancy_mode = mode
-    if grad_chunk:
-        cfg.nerf.grad_chunk_rays = grad_chunk
-    torch.manual_seed(0)
-    rgba, field, nerf, occupancy, priors, gen = bench_step.nerf_setup(cfg, torch.device("cpu"))
-    occupancy.update(field, gen)
-    if full:
-        occupancy.mask.fill_(True)
-    out = {}
-    per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
-    for step, reference in ((2004, True), (2005, False)):
-        kind = "reference" if reference else "novel"
-        if compile_on:
-            bench_step.run_step(nerf, step, reference) if False else _step(nerf, step, reference)  # warm-up
-        with memory.LiveBytes() as live:
-            _step(nerf, step, reference)
-        out[kind] = live.peak
-        size = round(nerf_size * cfg.train.ref_scale) if reference else nerf_size
-        out[f"{kind}_samples"] = size * size * per_ray
-    out["state"] = memory.training_state_bytes(field, nerf.optimizer, nerf.ema.shadow)
-    return out
+class NerfBench:
+    """One paper-preset field (every hash level active, an occupancy grid updated once) whose NeRF step is
+    measured at several sizes and settings; priors off (their part is measured apart, `part_priors`)."""
+
+    def __init__(self):
+        import c123.stages as stages_mod
+        from c123.config import paper
+        from c123.nerf import NeRFField
+        from c123.reconstruct import Priors
+
+        self.stages, self.Priors = stages_mod, Priors
+        self.base = paper()
+        self.base.train.device = "cpu"
+        self.base.train.compile = "off"
+        rgba, depth = bench_step.reference_image()
+        self.rgba = torch.from_numpy(rgba).float().div(255).permute(2, 0, 1)[None]
+        self.depth = torch.from_numpy(depth)[None, None]
+        self.gen = bench_step.make_generator(0, "cpu")
+        self.field = NeRFField(self.base.nerf)
+        self.field.set_level_ratio(1.0)
+        self.grid = None
+        memory.install_compiled_counter()  # before anything is compiled
+
+    def peak(self, nerf_size: int, mode: str, full: bool, grad_chunk: int = 0, compile_on: bool = False) -> dict:
+        """{'reference', 'novel': peak live bytes of the step beyond the state, '<kind>_samples': its sample
+        points, 'state': parameters + optimiser state + EMA}."""
+        import copy
+
+        cfg = copy.deepcopy(self.base)
+        cfg.train.nerf_size, cfg.nerf.occupancy_mode, cfg.nerf.grad_chunk_rays = nerf_size, mode, grad_chunk
+        cfg.train.compile = "on" if compile_on else "off"
+        stage, occupancy = self.stages.nerf_stage(self.field, self.rgba, self.depth, self.Priors(), cfg, self.gen,
+                                                  torch.device("cpu"), None)
+        if self.grid is None:
+            occupancy.update(self.field, self.gen)
+            self.grid = (occupancy.density.clone(), occupancy.mask.clone(), occupancy.mean.clone())
+        occupancy.density, occupancy.mask, occupancy.mean = (t.clone() for t in self.grid)
+        if full:
+            occupancy.mask.fill_(True)
+        per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
+        _step(stage, 2004, True)  # the optimiser's state exists before the measured steps
+        out = {}
+        for step, reference in ((2004, True), (2005, False)):
+            kind = "reference" if reference else "novel"
+            if compile_on:
+                _step(stage, step, reference)
+            with memory.LiveBytes() as live, memory.counting_compiled(live):
+                _step(stage, step, reference)
+            out[kind] = live.peak
+            size = round(nerf_size * cfg.train.ref_scale) if reference else nerf_size
+            out[f"{kind}_samples"] = size * size * per_ray
+        out["state"] = memory.training_state_bytes(self.field, stage.optimizer, stage.ema.shadow)
+        return out
 
 
 def _step(stage, step, reference):
@@ -62,21 +90,114 @@ def _step(stage, step, reference):
     stage.backward_and_step(loss)
 
 
-def part_nerf(args, models):
+def fit(rows: dict, kind: str) -> tuple[float, float]:
+    """(fixed, per_sample) of bytes = fixed + per_sample * samples through the first two rows."""
+    (a, b) = list(rows.values())[:2]
+    per = (b[kind] - a[kind]) / (b[f"{kind}_samples"] - a[f"{kind}_samples"])
+    return a[kind] - per * a[f"{kind}_samples"], per
+
+
+def part_nerf(args):
+    bench = NerfBench()
     sizes = (16, 24, 32)
     for mode in ("mask", "compact"):
-        for full in (True, False):
-            rows = {s: nerf_step_peak(s, mode, full, False, models, args.grad_chunk) for s in sizes}
-            label = f"nerf {mode:7s} {'all cells occupied' if full else 'after one update'}"
+        for chunk in (0, 8192):
+            rows = {}
+            for s in sizes:
+                rows[s] = bench.peak(s, mode, True, chunk)
+            label = f"nerf {mode:7s} {'checkpointed 8192' if chunk else 'one graph'}, all cells occupied"
             for kind in ("reference", "novel"):
-                (s0, a), (s1, b), (s2, c) = rows.items()
-                per = (b[kind] - a[kind]) / (b[f"{kind}_samples"] - a[f"{kind}_samples"])
-                fixed = a[kind] - per * a[f"{kind}_samples"]
-                pred = fixed + per * c[f"{kind}_samples"]
+                fixed, per = fit(rows, kind)
+                last = rows[sizes[-1]]
+                pred = fixed + per * last[f"{kind}_samples"]
                 print(f"{label} {kind:9s}: " + ", ".join(f"{s} px {r[kind] / MB:.1f} MB" for s, r in rows.items())
                       + f"; law {fixed / MB:.1f} MB + {per:.0f} B x samples; predicts {pred / MB:.1f} MB at "
-                      f"{s2} px ({(pred - c[kind]) / c[kind] * 100:+.1f}%)")
-            print(f"{label} state (params, optimiser, EMA): {a['state'] / MB:.1f} MB")
+                      f"{sizes[-1]} px ({(pred - last[kind]) / last[kind] * 100:+.1f}%)", flush=True)
+        young = bench.peak(sizes[-1], mode, False)
+        print(f"nerf {mode:7s} one graph, after one update ({sizes[-1]} px): reference {young['reference'] / MB:.1f} "
+              f"MB, novel {young['novel'] / MB:.1f} MB", flush=True)
+    print(f"nerf state (parameters, Adan state, EMA): {young['state'] / MB:.1f} MB", flush=True)
+    if args.compile:
+        for mode in ("mask", "compact"):
+            eager, compiled = bench.peak(sizes[0], mode, True), bench.peak(sizes[0], mode, True, compile_on=True)
+            print(f"nerf {mode:7s} compiled vs eager ({sizes[0]} px, all occupied): reference "
+                  f"{compiled['reference'] / MB:.1f} vs {eager['reference'] / MB:.1f} MB, novel "
+                  f"{compiled['novel'] / MB:.1f} vs {eager['novel'] / MB:.1f} MB", flush=True)
+
+
+def dmtet_peak(bench: NerfBench, resolution: int, render_size: int, tets_dir: Path) -> dict:
+    """{'step': peak live bytes of a novel-view DMTet step beyond the state, 'state': the tet grid's constants,
+    SDF and deformation with their Adan state, 'tets', 'pixels'}; priors off."""
+    import copy
+
+    from c123.dmtet import DMTet
+
+    cfg = copy.deepcopy(bench.base)
+    cfg.dmtet.tet_resolution, cfg.dmtet.render_size = resolution, render_size
+    dmtet = DMTet(cfg.dmtet, tets_dir)
+    dmtet.init_from_density(bench.field.density, 10.0)
+    stage = bench.stages.dmtet_stage(bench.field, dmtet, bench.rgba, bench.Priors(), cfg, bench.gen,
+                                     torch.device("cpu"))
+    first = cfg.train.nerf_iters + 5
+    _step(stage, first, False)  # the optimiser's state exists before the measured step
+    peaks = []
+    for step, reference in ((first + 3, True), (first + 1, False)):
+        with memory.LiveBytes() as live:
+            _step(stage, step, reference)
+        peaks.append(live.peak)
+    state = (memory.training_state_bytes(dmtet, stage.optimizer, [dmtet.grid_verts, dmtet.tets])
+             - memory.training_state_bytes(bench.field))  # the field's parameters: counted in the NeRF state
+    return {"step": max(peaks), "state": state, "tets": int(dmtet.tets.shape[0]), "pixels": render_size ** 2}
+
+
+def part_dmtet(args):
+    import numpy as np
+
+    bench = NerfBench()
+    tets_dir = Path(tempfile.gettempdir()) / "c123-bench-tets"
+    points = [(32, 128), (32, 256), (64, 128), (64, 256)]
+    rows = {p: dmtet_peak(bench, *p, tets_dir) for p in points}
+    for p, r in rows.items():
+        print(f"dmtet grid {p[0]} ({r['tets']:,} tets, formula {memory.tets_of(p[0]):,}) at {p[1]} px: step "
+              f"{r['step'] / MB:.1f} MB, state {r['state'] / MB:.1f} MB", flush=True)
+    fit_rows = [rows[p] for p in points[:3]]
+    a = np.array([[1.0, r["pixels"], r["tets"]] for r in fit_rows])
+    coef = np.linalg.solve(a, np.array([float(r["step"] + r["state"]) for r in fit_rows]))
+    check = rows[points[3]]
+    pred = coef @ np.array([1.0, check["pixels"], check["tets"]])
+    real = check["step"] + check["state"]
+    print(f"dmtet law (state + step): {coef[0] / MB:.1f} MB + {coef[1]:.0f} B x pixels + {coef[2]:.0f} B x tets; "
+          f"predicts {pred / MB:.1f} MB at {points[3]} ({(pred - real) / real * 100:+.1f}%); paper (256 grid, 1024 px): "
+          f"{(coef @ np.array([1.0, 1024 ** 2, memory.tets_of(256)])) / 1e9:.2f} GB", flush=True)
+
+
+def part_priors(args):
+    for precision, device_type in (("fp16", "cuda"), ("fp32", "cuda"), ("fp32", "cpu")):
+        weights = memory.prior_weight_bytes(precision, device_type)
+        print(f"weights {precision} on {device_type}: " + "; ".join(
+            f"{prior} {sum(parts.values()) / 1e9:.2f} GB (" + ", ".join(f"{k} {v / 1e9:.3f}" for k, v in parts.items())
+            + ")" for prior, parts in weights.items()), flush=True)
+    for prior, part in memory.PARAMETER_COUNTS:
+        counted = memory.parameter_count(prior, part)
+        assert counted == memory.PARAMETER_COUNTS[(prior, part)], (prior, part, counted)
+    print("parameter counts: as c123.memory.PARAMETER_COUNTS", flush=True)
+    for precision, device_type in (("fp16", "cuda"), ("fp32", "cpu")):
+        peaks = memory.sds_step_peak(precision, device_type)
+        print(f"SDS step of the real priors, {precision} on {device_type} (128 px render; 256 / 512 px inputs): "
+              + ", ".join(f"{k} {v / 1e9:.3f} GB" for k, v in peaks.items()) + f"  {peaks}", flush=True)
+
+
+def part_budget(args):
+    from c123.config import PRESETS
+
+    for name, make in PRESETS.items():
+        cfg = make()
+        for chunk in (0, 8192):
+            cfg.nerf.grad_chunk_rays = chunk
+            budget = memory.case_budget(cfg)
+            label = "checkpointed" if chunk else "one graph"
+            print(f"[{label}] {budget.line()}")
+            print("    " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in budget.parts.items()) + " GB")
 
 
 def main():
@@ -89,8 +210,9 @@ def main():
     torch.set_num_threads(1)
     models = Path(args.models)
     parts = args.part or ["priors", "nerf", "dmtet", "budget"]
-    if "nerf" in parts:
-        part_nerf(args, models)
+    for name in ("priors", "nerf", "dmtet", "budget"):
+        if name in parts:
+            globals()[f"part_{name}"](args)
 
 
 if __name__ == "__main__":

@@ -47,20 +47,23 @@ class LiveBytes(TorchDispatchMode):
         self._alive.discard(key)
         self.current -= nbytes
 
+    def track(self, t: torch.Tensor) -> None:
+        """Count t's storage until it is freed (once, however many tensors view it)."""
+        storage = t.untyped_storage()
+        key = storage._cdata  # one StorageImpl per key while it lives
+        if key in self._alive:
+            return
+        nbytes = storage.nbytes()
+        self._alive.add(key)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, key, nbytes)  # the Python storage lives as long as its data
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if not torch.is_tensor(t):
-                continue
-            storage = t.untyped_storage()
-            key = storage._cdata  # one StorageImpl per key while it lives; views share it
-            if key in self._alive:
-                continue
-            nbytes = storage.nbytes()
-            self._alive.add(key)
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._free, key, nbytes)  # the Python storage lives as long as its data
+            if torch.is_tensor(t):
+                self.track(t)
         return out
 
 
@@ -232,3 +235,166 @@ def sds_step_peak(precision: str = "fp16", device_type: str = "cuda", render_siz
             loss.backward()
             out["step"] = live.peak
     return out
+
+
+_COUNTING_COMPILED: list[LiveBytes] = []
+
+
+def _counted_empty(*args, **kwargs):
+    t = _ORIGINAL_EMPTY(*args, **kwargs)
+    for live in _COUNTING_COMPILED:
+        live.track(t)
+    return t
+
+
+_ORIGINAL_EMPTY = None
+
+
+def install_compiled_counter() -> None:
+    """Route the buffers torch.compile's CPU code allocates through `counting_compiled` (inductor's wrapper calls
+    `_empty_strided_cpu` directly, past the dispatcher, and binds it when its code is generated: install this
+    before compiling what must be counted). Measurement only; the function still returns the same buffers."""
+    global _ORIGINAL_EMPTY
+    import torch._C._dynamo.guards as guards
+
+    if _ORIGINAL_EMPTY is None:
+        _ORIGINAL_EMPTY = guards._empty_strided_cpu
+        guards._empty_strided_cpu = _counted_empty
+
+
+@contextlib.contextmanager
+def counting_compiled(live: LiveBytes):
+    """Also count, in `live`, the buffers compiled CPU code allocates (see install_compiled_counter)."""
+    install_compiled_counter()
+    _COUNTING_COMPILED.append(live)
+    try:
+        yield live
+    finally:
+        _COUNTING_COMPILED.remove(live)
+
+
+# ---- the budget of a case ------------------------------------------------------------------------------------
+PARAMETER_COUNTS = {
+    ("zero123", "unet"): 859_532_484, ("zero123", "vae"): 83_653_863, ("zero123", "image_encoder"): 303_966_465,
+    ("zero123", "clip_camera_projection"): 593_664, ("stable_diffusion", "unet"): 865_910_724,
+    ("stable_diffusion", "vae"): 83_653_863, ("stable_diffusion", "text_encoder"): 340_387_917,
+    ("clip", "model"): 149_621_011,
+}
+"""`parameter_count` of each part (parameters + buffers), kept here because building the architectures even on
+the meta device takes minutes on a busy CPU; tests/test_memory.py checks the small ones, bench_memory.py all."""
+
+NERF_LAW: dict[tuple[str, bool], dict[str, tuple[float, float]]] = {}
+"""(occupancy mode, checkpointed chunks) -> {step kind: (fixed bytes, bytes per sample point)} of a NeRF step of
+the paper field with every occupancy cell occupied (the worst case), priors off: benchmarks/bench_memory.py
+--part nerf (eager, CPU; the law fitted at 16 and 24 px, checked at 32 px)."""
+
+NERF_STATE_BYTES_PER_PARAMETER = 0.0
+"""Parameters, Adan's four moment buffers and the EMA copy, per parameter of the field (bench_memory.py)."""
+
+SDS_STEP: dict[tuple[str, str], dict[str, int]] = {}
+"""(precision, device type) -> `sds_step_peak` at the paper sizes (128 px render, 256 / 512 px prior inputs)."""
+
+DMTET_LAW: tuple[float, float, float] = (0.0, 0.0, 0.0)
+"""(fixed bytes, bytes per rendered pixel, bytes per tet) of a DMTet step with its state, priors off
+(bench_memory.py --part dmtet)."""
+
+CUDA_CONTEXT_BYTES = int(0.6 * GB)
+"""What a process's CUDA context and allocator slack hold beyond its tensors (not measured here: no GPU was
+lent; the CUDA context is about 0.3-0.6 GB on recent cards). Counted once per case: each case is its own
+process."""
+
+
+def tets_of(resolution: int) -> int:
+    """Tets of the A15 grid at `resolution` (about 0.734 r^3: 192,492 at 64 as the official tets/64_tets.npz)."""
+    return int(0.7343 * resolution ** 3)
+
+
+@dataclass
+class Budget:
+    """Peak device bytes of a whole case, by part; `total` includes the CUDA context allowance."""
+
+    preset: str
+    parts: dict[str, int] = field(default_factory=dict)
+    """weights:<prior>, state:nerf, step:<kind> (the peak of each step kind beyond weights and state)."""
+
+    @property
+    def peak_step(self) -> tuple[str, int]:
+        steps = {k: v for k, v in self.parts.items() if k.startswith("step:")}
+        kind = max(steps, key=steps.get)
+        return kind, steps[kind]
+
+    @property
+    def total(self) -> int:
+        fixed = sum(v for k, v in self.parts.items() if not k.startswith("step:"))
+        return fixed + self.peak_step[1] + CUDA_CONTEXT_BYTES
+
+    def cases_on(self, gpu_bytes: float) -> int:
+        """How many cases fit a card of `gpu_bytes` side by side (each its own process, weights and all)."""
+        return int(gpu_bytes // self.total)
+
+    def line(self) -> str:
+        kind, _ = self.peak_step
+        fits = "yes" if self.total <= 22 * GB else "no"
+        return (f"{self.preset}: needs {self.total / GB:.1f} GB on the GPU (peak at the {kind[5:]} step); fits 24 GB: "
+                f"{fits} (target <= 22 GB); fits 40 GB with {self.cases_on(40 * GB)} and 80 GB with "
+                f"{self.cases_on(80 * GB)} case(s) per GPU")
+
+
+def _nerf_parameters(nerf_cfg) -> int:
+    from c123.nerf import NeRFField
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in NeRFField(nerf_cfg).parameters())
+
+
+def case_budget(cfg, device_type: str = "cuda") -> Budget:
+    """The budget of one case of `cfg` on `device_type` from the measured laws (see the constants above)."""
+    from c123.reconstruct import needed_priors
+    from c123.volume_render import occupancy_mode_for
+
+    if not NERF_LAW or not SDS_STEP:
+        raise C123Error("c123.memory has no measured figures: run benchmarks/bench_memory.py")
+    budget = Budget(cfg.preset)
+    dtypes = weight_dtypes(cfg.prior.precision, device_type)
+    for prior in sorted(needed_priors(cfg) & set(ARCHITECTURES)):
+        budget.parts[f"weights:{prior}"] = sum(PARAMETER_COUNTS[(prior, part)] * dtypes[prior].itemsize
+                                               for part in ARCHITECTURES[prior])
+    budget.parts["state:nerf"] = int(_nerf_parameters(cfg.nerf) * NERF_STATE_BYTES_PER_PARAMETER)
+    mode = occupancy_mode_for(cfg.nerf.occupancy_mode, "cuda" if device_type == "cuda" else "cpu")
+    law = NERF_LAW[(mode, cfg.nerf.grad_chunk_rays > 0)]
+    per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
+    t = cfg.train
+    ref = round(t.nerf_size * t.ref_scale)
+    budget.parts["step:nerf reference"] = int(law["reference"][0] + law["reference"][1] * ref * ref * per_ray)
+    sds = SDS_STEP[(cfg.prior.precision if device_type == "cuda" else "fp32", device_type)]["step"]
+    budget.parts["step:nerf novel"] = int(law["novel"][0] + law["novel"][1] * t.nerf_size ** 2 * per_ray) + sds
+    fixed, per_pixel, per_tet = DMTET_LAW
+    budget.parts["step:dmtet novel"] = int(fixed + per_pixel * cfg.dmtet.render_size ** 2
+                                           + per_tet * tets_of(cfg.dmtet.tet_resolution)) + sds
+    return budget
+
+
+def cases_per_gpu(budget: Budget, requested: int | str, gpu_bytes: float | None) -> int:
+    """How many cases to run on each GPU: `requested` ('auto': as many as fit `gpu_bytes`, at least one), refused
+    with the figures when they cannot fit; gpu_bytes None (unknown) accepts a number as it is, 'auto' gives 1."""
+    if requested == "auto":
+        return max(1, budget.cases_on(gpu_bytes)) if gpu_bytes else 1
+    n = int(requested)
+    if gpu_bytes and n * budget.total > gpu_bytes:
+        raise C123Error(f"--cases-per-gpu {n} needs {n} x {budget.total / GB:.1f} GB = {n * budget.total / GB:.1f} GB "
+                        f"per GPU, the GPUs have {gpu_bytes / GB:.1f} GB: use --cases-per-gpu "
+                        f"{max(1, budget.cases_on(gpu_bytes))} or auto")
+    return n
+
+
+def available_host_bytes() -> int:
+    """MemAvailable of /proc/meminfo (what a process may still take without swapping or the OOM killer), else
+    the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -62,6 +62,10 @@ class BenchmarkSpec:
     """Config overrides, 'section.field=value'."""
     num_actors: int | None = None
     """Ray actors (default: one per GPU, else one per CPU)."""
+    cases_per_gpu: int | str | None = None
+    """Cases sharing each GPU (Ray fractional GPUs): a number, or 'auto' (as many as the measured memory budget
+    of a case, c123.memory.case_budget, fits in a GPU's free memory); default 1. A number that cannot fit is
+    refused."""
     baseline: str | None = None
     """A finished run folder of the same dataset to judge this run against, or 'latest' (the newest earlier
     run of the same dataset and preset beside `out`)."""
@@ -91,6 +95,10 @@ class BenchmarkSpec:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise C123Error(f"parameter {name}={value!r} must be an integer >= {low}")
+        per_gpu = self.cases_per_gpu
+        if per_gpu is not None and per_gpu != "auto" and (isinstance(per_gpu, bool) or not str(per_gpu).isdigit()
+                                                           or int(per_gpu) < 1):
+            raise C123Error(f"parameter cases_per_gpu={per_gpu!r} must be an integer >= 1 or 'auto'")
         if self.variants is not None and not self.variants:
             raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
         if self.seeds is not None and not self.seeds:
@@ -412,7 +420,7 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
     tasks/warm_start.py); each finished case starts its metrics."""
     from c123.config_checks import check_device_exists
     from c123_pipeline.tasks import storage, warm_start
-    from c123_pipeline.tasks.actors import ActorPool, Job, input_bytes, pool_shape
+    from c123_pipeline.tasks.actors import ActorPool, Job, input_bytes, pool_shape, resolve_cases_per_gpu
     from c123_pipeline.tasks.ray_cluster import ensure_ray, shutdown_ray
 
     stats = DispatchStats()
@@ -430,7 +438,11 @@ def dispatch(plan_: RunPlan, metrics: MetricStep, log, t_start: float) -> Dispat
         plan_.timings["ray_start"] = time.perf_counter() - t_start - plan_.timings["prepare"]
         for entry in todo:  # the device must exist where the actors run, not necessarily here
             check_device_exists(entry.cfg.train.device, int(cluster.num_gpus))
-        stats.actors, resources = pool_shape(cluster.num_cpus, cluster.num_gpus, len(todo), plan_.spec.num_actors)
+        per_gpu = 1
+        if pool is None:  # (a pool started ahead was shaped by the same rule)
+            per_gpu = resolve_cases_per_gpu(plan_.spec.cases_per_gpu, todo[0].cfg.to_dict(), cluster.num_gpus, log)
+        stats.actors, resources = pool_shape(cluster.num_cpus, cluster.num_gpus, len(todo), plan_.spec.num_actors,
+                                             per_gpu)
         if pool is None:
             pool = ActorPool(stats.actors, resources=resources, work_fn=plan_.spec.work_fn,
                              max_retries=plan_.spec.max_retries, warm_config=warm_config(plan_.spec, todo[0].cfg))
@@ -494,7 +506,8 @@ def rows(plan_: RunPlan, metrics: MetricStep):
                                       "lpips_net")},
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
-            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id))
+            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id,
+            peak_memory_gb=entry.outcome.peak_memory_gb))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 
@@ -519,7 +532,8 @@ def final_state(spec: BenchmarkSpec, summary: dict) -> dict | State:
 @flow(name="benchmark", flow_run_name="{dataset}-{preset}", log_prints=False)
 def benchmark(dataset: str = "c10", preset: str = "paper", variants: list[str] | None = None,
               cases: list[str] | str | None = None, seeds: list[int] | None = None, out: str | None = None,
-              overrides: list[str] | None = None, num_actors: int | None = None, baseline: str | None = None,
+              overrides: list[str] | None = None, num_actors: int | None = None,
+              cases_per_gpu: int | str | None = None, baseline: str | None = None,
               data_root: str | None = None, fail_on_regression: bool = False, allow_failures: int = 0,
               max_retries: int = 2, clip_model: str | None = None, protocol: str = "c123",
               thresholds: dict[str, float] | None = None, work_fn: str | None = None) -> dict:
