@@ -97,30 +97,42 @@ def fit(rows: dict, kind: str) -> tuple[float, float]:
     return a[kind] - per * a[f"{kind}_samples"], per
 
 
+CHUNK = 256
+"""Rays per checkpointed chunk measured here: smaller than the images of the small sizes, so they do split."""
+
+
 def part_nerf(args):
     bench = NerfBench()
-    sizes = (16, 24, 32)
-    for mode in ("mask", "compact"):
-        for chunk in (0, 8192):
-            rows = {}
-            for s in sizes:
-                rows[s] = bench.peak(s, mode, True, chunk)
-            label = f"nerf {mode:7s} {'checkpointed 8192' if chunk else 'one graph'}, all cells occupied"
-            for kind in ("reference", "novel"):
-                fixed, per = fit(rows, kind)
+    plans = [("mask", 0, (16, 24, 32)), ("mask", CHUNK, (16, 24, 32)), ("compact", 0, (16, 24, 32)),
+             ("compact", CHUNK, (16, 24))]
+    laws = {}
+    for mode, chunk, sizes in plans:
+        label = f"nerf {mode:7s} {f'checkpointed {chunk} rays' if chunk else 'one graph'}, all cells occupied"
+        rows = {}
+        for s in sizes:
+            rows[s] = r = bench.peak(s, mode, True, chunk)
+            print(f"{label} {s} px: reference {r['reference'] / MB:.1f} MB ({r['reference_samples']} samples), novel "
+                  f"{r['novel'] / MB:.1f} MB ({r['novel_samples']} samples)", flush=True)
+        for kind in ("reference", "novel"):
+            fixed, per = fit(rows, kind)
+            laws[(mode, bool(chunk), kind)] = (fixed, per)
+            line = f"{label} {kind:9s}: law {fixed / MB:.1f} MB + {per:.1f} B x samples"
+            if len(sizes) > 2:
                 last = rows[sizes[-1]]
                 pred = fixed + per * last[f"{kind}_samples"]
-                print(f"{label} {kind:9s}: " + ", ".join(f"{s} px {r[kind] / MB:.1f} MB" for s, r in rows.items())
-                      + f"; law {fixed / MB:.1f} MB + {per:.0f} B x samples; predicts {pred / MB:.1f} MB at "
-                      f"{sizes[-1]} px ({(pred - last[kind]) / last[kind] * 100:+.1f}%)", flush=True)
-        young = bench.peak(sizes[-1], mode, False)
-        print(f"nerf {mode:7s} one graph, after one update ({sizes[-1]} px): reference {young['reference'] / MB:.1f} "
-              f"MB, novel {young['novel'] / MB:.1f} MB", flush=True)
-    print(f"nerf state (parameters, Adan state, EMA): {young['state'] / MB:.1f} MB", flush=True)
+                line += f"; predicts {pred / MB:.1f} MB at {sizes[-1]} px ({(pred - last[kind]) / last[kind] * 100:+.1f}%)"
+            print(line, flush=True)
+    print(f"nerf state (parameters, Adan state, EMA): {r['state'] / MB:.1f} MB = "
+          f"{r['state'] / memory._nerf_parameters(bench.base.nerf):.1f} B per parameter", flush=True)
+    print(f"NERF_LAW = {laws!r}", flush=True)
+    for mode in ("mask", "compact"):
+        young = bench.peak(32, mode, False)
+        print(f"nerf {mode:7s} one graph, after one update (32 px): reference {young['reference'] / MB:.1f} MB, "
+              f"novel {young['novel'] / MB:.1f} MB", flush=True)
     if args.compile:
         for mode in ("mask", "compact"):
-            eager, compiled = bench.peak(sizes[0], mode, True), bench.peak(sizes[0], mode, True, compile_on=True)
-            print(f"nerf {mode:7s} compiled vs eager ({sizes[0]} px, all occupied): reference "
+            eager, compiled = bench.peak(16, mode, True), bench.peak(16, mode, True, compile_on=True)
+            print(f"nerf {mode:7s} compiled vs eager (16 px, all occupied): reference "
                   f"{compiled['reference'] / MB:.1f} vs {eager['reference'] / MB:.1f} MB, novel "
                   f"{compiled['novel'] / MB:.1f} vs {eager['novel'] / MB:.1f} MB", flush=True)
 

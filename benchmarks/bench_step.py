@@ -48,7 +48,6 @@ from c123.config import paper
 from c123.dmtet import DMTet
 from c123.nerf import NeRFField
 from c123.priors.tiny import write_tiny_models
-from c123.memory import LiveBytes
 from c123.reconstruct import Priors, condition_priors, load_priors, seed_everything
 try:
     from c123.sync_count import SyncCounter
@@ -59,6 +58,15 @@ except ImportError:  # measuring an older checkout (PYTHONPATH=that checkout): t
     _module = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_module)
     SyncCounter = _module.SyncCounter
+try:
+    from c123 import memory
+except ImportError:  # an older checkout: the budget module from beside this script
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("c123_memory", Path(__file__).parents[1] / "c123" / "memory.py")
+    memory = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(memory)
+LiveBytes = memory.LiveBytes
 
 
 class ComponentTimer:
@@ -258,8 +266,6 @@ def host_need(cfg, counts: bool) -> dict[str, float]:
     """Estimated peak RSS (bytes) of this benchmark's NeRF and DMTet parts with `cfg`: the live-bytes laws of
     c123.memory (the eager steps; the count run masks, i.e. evaluates every sample, the timed one compacts on
     CPU; both with every cell occupied, the worst case) times the allocator slack, plus the process."""
-    from c123 import memory
-
     per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
     state = memory._nerf_parameters(cfg.nerf) * memory.NERF_STATE_BYTES_PER_PARAMETER
     size, ref = cfg.train.nerf_size, round(cfg.train.nerf_size * cfg.train.ref_scale)
@@ -295,8 +301,6 @@ def fit_sizes(args, limit: float) -> tuple[int | None, bool]:
 
 def check_memory(args) -> None:
     """Pick the sizes this machine can hold (see the module's docstring); exit 2 when none."""
-    from c123 import memory
-
     limit = (args.memory_limit * 1e9 if args.memory_limit else 0.75 * memory.available_host_bytes())
     paper_cfg = build(False, False, Path(args.models), write_models=False)
     need = host_need(paper_cfg, not args.skip_counts)

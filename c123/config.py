@@ -96,7 +96,7 @@ class NerfConfig:
     sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
     grad_chunk_rays: int = 0
     """Training renders: 0 keeps every ray's field passes in one graph until the backward; N > 0 renders chunks of
-    N rays (rounded up to a multiple of 8192) and recomputes each chunk's passes in the backward (checkpointing):
+    N rays and recomputes each chunk's passes in the backward (checkpointing):
     the memory of one chunk instead of the whole image, the same gradients up to float rounding, about a third
     more field work (docs/METHOD.md section 7)."""
 

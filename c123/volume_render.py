@@ -221,10 +221,10 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     periodically instead).
 
     With gradients on and grad_chunk 0, all rays form one chunk (the graph keeps every chunk's tensors until
-    backward anyway); with grad_chunk N > 0, chunks of N rays (rounded up to a multiple of CHUNK_RAYS, so the
-    random draws are the same) whose field passes are recomputed in the backward (torch.utils.checkpoint): only
-    the chunks' outputs stay alive, the same gradients up to float rounding. Without gradients, chunks of
-    CHUNK_RAYS rays bound the memory.
+    backward anyway); with grad_chunk N > 0, chunks of N rays whose field passes are recomputed in the backward
+    (torch.utils.checkpoint): only the chunks' outputs stay alive; the random numbers are drawn for all rays
+    first, as one chunk draws them, so the result is the one-chunk result up to float rounding. Without
+    gradients, chunks of CHUNK_RAYS rays bound the memory.
     """
     if shading not in SHADINGS:
         raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
@@ -237,14 +237,22 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
-    recompute = torch.is_grad_enabled() and grad_chunk > 0
-    step = (-(-grad_chunk // CHUNK_RAYS) * CHUNK_RAYS if recompute else R) if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
-    for s in range(0, R, step):
-        e = min(R, s + step)
-        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
-                                    num_samples, num_importance, with_normal, perturb, bound, occupancy,
-                                    generator, textureless, recompute))
+    if torch.is_grad_enabled() and grad_chunk > 0:
+        jitter, u = _draw(R, num_samples, num_importance, perturb, generator, rays_o)
+        for s in range(0, R, grad_chunk):
+            e = min(R, s + grad_chunk)
+            chunks.append(checkpoint(_chunk_work, field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e],
+                                     ambient[s:e], num_samples, num_importance, with_normal, bound, occupancy,
+                                     textureless, None if jitter is None else jitter[s:e], None if u is None else u[s:e],
+                                     use_reentrant=False, preserve_rng_state=False))  # no draws inside
+    else:
+        step = R if torch.is_grad_enabled() else CHUNK_RAYS
+        for s in range(0, R, step):
+            e = min(R, s + step)
+            chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
+                                        num_samples, num_importance, with_normal, perturb, bound, occupancy,
+                                        generator, textureless))
     if len(chunks) == 1:
         out = chunks[0]
     else:
@@ -271,27 +279,27 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
     return torch.cat(out)
 
 
-def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                  with_normal, perturb, bound, occupancy, generator, textureless, recompute: bool = False):
-    """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
-    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray.
-    recompute: keep only the work's inputs and outputs, and redo it in the backward (its random numbers are
-    drawn here, outside, so the recomputation sees the same ones)."""
-    where = generator.device if generator is not None else rays_o.device
+def _draw(rays: int, num_samples: int, num_importance: int, perturb: bool, generator, like: torch.Tensor):
+    """The random numbers of `rays` rays: (jitter [rays,num_samples], u [rays,num_importance]), None when not
+    perturbed. Drawn per CHUNK_RAYS rays in the order the passes use them (jitter, then importance quantiles),
+    so rays drawn in one go or chunk by chunk get the same numbers."""
+    where = generator.device if generator is not None else like.device
     jitter, u = [], []
-    for s in range(0, rays_o.shape[0], CHUNK_RAYS):
-        rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
+    for s in range(0, rays, CHUNK_RAYS):
+        n = min(CHUNK_RAYS, rays - s)
         if perturb:
-            jitter.append(torch.rand(rays, num_samples, generator=generator, dtype=rays_o.dtype, device=where))
+            jitter.append(torch.rand(n, num_samples, generator=generator, dtype=like.dtype, device=where))
         if perturb and num_importance > 0:
-            u.append(torch.rand(rays, num_importance, generator=generator, dtype=rays_o.dtype, device=where))
-    jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
-    u = torch.cat(u).to(rays_o.device) if u else None
-    args = (field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance, with_normal, bound,
-            occupancy, textureless, jitter, u)
-    if recompute:
-        return checkpoint(_chunk_work, *args, use_reentrant=False, preserve_rng_state=False)
-    return _chunk_work(*args)
+            u.append(torch.rand(n, num_importance, generator=generator, dtype=like.dtype, device=where))
+    return (torch.cat(jitter).to(like.device) if jitter else None), (torch.cat(u).to(like.device) if u else None)
+
+
+def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
+                  with_normal, perturb, bound, occupancy, generator, textureless):
+    """Draw the chunk's random numbers (`_draw`), then do its work."""
+    jitter, u = _draw(rays_o.shape[0], num_samples, num_importance, perturb, generator, rays_o)
+    return _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
+                       with_normal, bound, occupancy, textureless, jitter, u)
 
 
 @hot

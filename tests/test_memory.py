@@ -78,7 +78,7 @@ def float64():
 @pytest.mark.parametrize("mode", [None, "mask", "compact"])
 def test_checkpointed_chunks_give_the_plain_paths_gradients_in_less_memory(mode, monkeypatch, float64):
     loss, grads, peak = _render_grads(0, mode, monkeypatch)
-    loss_c, grads_c, peak_c = _render_grads(50, mode, monkeypatch)  # rounded up to 64 rays: 4 chunks
+    loss_c, grads_c, peak_c = _render_grads(50, mode, monkeypatch)  # 6 chunks, the last one shorter
     assert grads[0].dtype == torch.float64
     diff = max((a - b).abs().max().item() for a, b in zip(grads, grads_c))
     scale = max(a.abs().max().item() for a in grads)
@@ -87,3 +87,61 @@ def test_checkpointed_chunks_give_the_plain_paths_gradients_in_less_memory(mode,
     assert abs(loss - loss_c) < 1e-12
     assert diff <= 1e-12 * max(scale, 1.0)
     assert peak_c < 0.7 * peak
+
+
+def test_parameter_counts_kept_are_those_of_the_architectures():
+    """The small parts here (the large ones take minutes on the meta device: benchmarks/bench_memory.py)."""
+    for prior, part in (("zero123", "clip_camera_projection"), ("clip", "model")):
+        assert memory.parameter_count(prior, part) == memory.PARAMETER_COUNTS[(prior, part)]
+
+
+def test_weight_bytes_follow_the_precision_each_prior_runs_in():
+    half = memory.prior_weight_bytes("fp16", "cuda")
+    full = memory.prior_weight_bytes("fp32", "cuda")
+    assert half["zero123"] == full["zero123"]  # Zero-1-to-3 stays float32 under fp16 autocast, as the official
+    assert 2 * half["stable_diffusion"]["unet"] == full["stable_diffusion"]["unet"] == 4 * 865_910_724
+    assert memory.prior_weight_bytes("fp16", "cpu") == full  # CPU runs float32
+
+
+def test_case_budget_is_weights_state_and_the_largest_step():
+    from c123.config import paper
+
+    cfg = paper()
+    budget = memory.case_budget(cfg)
+    kind, step = budget.peak_step
+    fixed = sum(v for k, v in budget.parts.items() if not k.startswith("step:"))
+    assert budget.total == fixed + step + memory.CUDA_CONTEXT_BYTES
+    assert {"weights:zero123", "weights:stable_diffusion", "weights:clip", "state:nerf"} <= set(budget.parts)
+    cfg.nerf.grad_chunk_rays = 8192
+    assert memory.case_budget(cfg).total < budget.total  # checkpointed chunks lower the NeRF steps
+    assert f"fits 80 GB with {budget.cases_on(80e9)}" in budget.line()
+
+
+def test_a_packing_beyond_the_card_is_refused_and_auto_fills_it():
+    from c123.config import paper
+    from c123.errors import C123Error
+
+    budget = memory.case_budget(paper())
+    card = 3.5 * budget.total
+    assert memory.cases_per_gpu(budget, "auto", card) == 3
+    assert memory.cases_per_gpu(budget, 3, card) == 3
+    assert memory.cases_per_gpu(budget, 5, None) == 5  # memory unknown: taken as asked
+    assert memory.cases_per_gpu(budget, "auto", None) == 1
+    with pytest.raises(C123Error, match="use --cases-per-gpu 3 or auto"):
+        memory.cases_per_gpu(budget, 4, card)
+
+
+@pytest.mark.slow
+def test_the_nerf_law_predicts_a_measured_paper_field_step():
+    """The law's constants (bench_memory.py) against a fresh measurement at a size the fit did not use."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_memory
+
+    bench = bench_memory.NerfBench()
+    got = bench.peak(20, "compact", True)
+    for kind in ("reference", "novel"):
+        fixed, per = memory.NERF_LAW[("compact", False)][kind]
+        assert abs(fixed + per * got[f"{kind}_samples"] - got[kind]) < 0.1 * got[kind]
