@@ -43,6 +43,9 @@ class NerfBench:
         self.base = paper()
         self.base.train.device = "cpu"
         self.base.train.compile = "off"
+        # a 32^3 grid: the worst case fills it anyway, and a young field's occupancy is the same blob (the
+        # paper's 128^3 update alone takes minutes of a busy CPU)
+        self.base.nerf.occupancy_resolution = 32
         rgba, depth = bench_step.reference_image()
         self.rgba = torch.from_numpy(rgba).float().div(255).permute(2, 0, 1)[None]
         self.depth = torch.from_numpy(depth)[None, None]
@@ -75,9 +78,7 @@ class NerfBench:
             kind = "reference" if reference else "novel"
             if compile_on:
                 _step(stage, step, reference)
-            with memory.LiveBytes() as live, memory.counting_compiled(live):
-                _step(stage, step, reference)
-            out[kind] = live.peak
+            out[kind], out["optimiser"] = measured_step(stage, step, reference)
             size = round(nerf_size * cfg.train.ref_scale) if reference else nerf_size
             out[f"{kind}_samples"] = size * size * per_ray
         out["state"] = memory.training_state_bytes(self.field, stage.optimizer, stage.ema.shadow)
@@ -90,6 +91,22 @@ def _step(stage, step, reference):
     stage.backward_and_step(loss)
 
 
+def measured_step(stage, step, reference) -> tuple[int, int]:
+    """(peak live bytes of the loss and its backward, peak of the optimiser step) of one step, priors off. Apart,
+    since at small sizes the optimiser's temporaries over the 64 MB hash table hide the render's bytes; the
+    step's peak is the larger of the two (the render's graph is freed by the backward)."""
+    with memory.LiveBytes() as live, memory.counting_compiled(live):
+        stage.before_step(step)
+        loss = sum(stage.loss_terms(step, reference, 0.0, 0.0).values())
+        stage.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        del loss
+        forward_backward = live.peak
+        live.reset_peak()
+        stage.optimizer.step()
+        return forward_backward, live.peak
+
+
 def fit(rows: dict, kind: str) -> tuple[float, float]:
     """(fixed, per_sample) of bytes = fixed + per_sample * samples through the first two rows."""
     (a, b) = list(rows.values())[:2]
@@ -97,22 +114,26 @@ def fit(rows: dict, kind: str) -> tuple[float, float]:
     return a[kind] - per * a[f"{kind}_samples"], per
 
 
-CHUNK = 256
+CHUNK = 32
 """Rays per checkpointed chunk measured here: smaller than the images of the small sizes, so they do split."""
+SIZES = (8, 12, 16)
+"""Novel-view sizes of the fit (the first two) and of its check (the last); the reference view is 1.5 x."""
 
 
 def part_nerf(args):
     bench = NerfBench()
-    plans = [("mask", 0, (16, 24, 32)), ("mask", CHUNK, (16, 24, 32)), ("compact", 0, (16, 24, 32)),
-             ("compact", CHUNK, (16, 24))]
+    plans = [("mask", 0, SIZES), ("mask", CHUNK, SIZES), ("compact", 0, SIZES), ("compact", CHUNK, SIZES[:2])]
+    if args.chunks is not None:
+        plans = [p for p in plans if bool(p[1]) == args.chunks]
     laws = {}
     for mode, chunk, sizes in plans:
         label = f"nerf {mode:7s} {f'checkpointed {chunk} rays' if chunk else 'one graph'}, all cells occupied"
         rows = {}
         for s in sizes:
             rows[s] = r = bench.peak(s, mode, True, chunk)
-            print(f"{label} {s} px: reference {r['reference'] / MB:.1f} MB ({r['reference_samples']} samples), novel "
-                  f"{r['novel'] / MB:.1f} MB ({r['novel_samples']} samples)", flush=True)
+            print(f"{label} {s} px, loss + backward: reference {r['reference'] / MB:.2f} MB ({r['reference_samples']} "
+                  f"samples), novel {r['novel'] / MB:.2f} MB ({r['novel_samples']} samples); optimiser step "
+                  f"{r['optimiser'] / MB:.1f} MB", flush=True)
         for kind in ("reference", "novel"):
             fixed, per = fit(rows, kind)
             laws[(mode, bool(chunk), kind)] = (fixed, per)
@@ -125,9 +146,9 @@ def part_nerf(args):
     print(f"nerf state (parameters, Adan state, EMA): {r['state'] / MB:.1f} MB = "
           f"{r['state'] / memory._nerf_parameters(bench.base.nerf):.1f} B per parameter", flush=True)
     print(f"NERF_LAW = {laws!r}", flush=True)
-    for mode in ("mask", "compact"):
-        young = bench.peak(32, mode, False)
-        print(f"nerf {mode:7s} one graph, after one update (32 px): reference {young['reference'] / MB:.1f} MB, "
+    for mode in ("mask", "compact") if args.chunks is not True else ():
+        young = bench.peak(SIZES[-1], mode, False)
+        print(f"nerf {mode:7s} one graph, after one update ({SIZES[-1]} px): reference {young['reference'] / MB:.1f} MB, "
               f"novel {young['novel'] / MB:.1f} MB", flush=True)
     if args.compile:
         for mode in ("mask", "compact"):
@@ -152,14 +173,14 @@ def dmtet_peak(bench: NerfBench, resolution: int, render_size: int, tets_dir: Pa
                                      torch.device("cpu"))
     first = cfg.train.nerf_iters + 5
     _step(stage, first, False)  # the optimiser's state exists before the measured step
-    peaks = []
+    peaks, optimiser = [], 0
     for step, reference in ((first + 3, True), (first + 1, False)):
-        with memory.LiveBytes() as live:
-            _step(stage, step, reference)
-        peaks.append(live.peak)
+        forward_backward, optimiser = measured_step(stage, step, reference)
+        peaks.append(forward_backward)
     state = (memory.training_state_bytes(dmtet, stage.optimizer, [dmtet.grid_verts, dmtet.tets])
              - memory.training_state_bytes(bench.field))  # the field's parameters: counted in the NeRF state
-    return {"step": max(peaks), "state": state, "tets": int(dmtet.tets.shape[0]), "pixels": render_size ** 2}
+    return {"step": max(peaks), "optimiser": optimiser, "state": state, "tets": int(dmtet.tets.shape[0]),
+            "pixels": render_size ** 2}
 
 
 def part_dmtet(args):
@@ -170,8 +191,9 @@ def part_dmtet(args):
     points = [(32, 128), (32, 256), (64, 128), (64, 256)]
     rows = {p: dmtet_peak(bench, *p, tets_dir) for p in points}
     for p, r in rows.items():
-        print(f"dmtet grid {p[0]} ({r['tets']:,} tets, formula {memory.tets_of(p[0]):,}) at {p[1]} px: step "
-              f"{r['step'] / MB:.1f} MB, state {r['state'] / MB:.1f} MB", flush=True)
+        print(f"dmtet grid {p[0]} ({r['tets']:,} tets, formula {memory.tets_of(p[0]):,}) at {p[1]} px: loss + "
+              f"backward {r['step'] / MB:.1f} MB, optimiser step {r['optimiser'] / MB:.1f} MB, state "
+              f"{r['state'] / MB:.1f} MB", flush=True)
     fit_rows = [rows[p] for p in points[:3]]
     a = np.array([[1.0, r["pixels"], r["tets"]] for r in fit_rows])
     coef = np.linalg.solve(a, np.array([float(r["step"] + r["state"]) for r in fit_rows]))
@@ -216,7 +238,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("nerf", "priors", "dmtet", "budget"), action="append")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--grad-chunk", type=int, default=0)
+    p.add_argument("--chunks", type=lambda t: t == "on", default=None, metavar="on|off",
+                   help="nerf: only the checkpointed (on) or only the one-graph (off) steps")
     p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "c123-bench-tiny-models"))
     args = p.parse_args()
     torch.set_num_threads(1)

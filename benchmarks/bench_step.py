@@ -176,7 +176,8 @@ def instrument(stage, field) -> None:
 
 @contextlib.contextmanager
 def cuda_choices(occupancy):
-    """What a CUDA run picks where CPU and CUDA differ (nerf.occupancy_mode 'auto': mask on CUDA), so the sync
+    """What a CUDA run with checkpointed chunks picks where CPU and CUDA differ (nerf.occupancy_mode 'auto': mask
+    on CUDA when nerf.grad_chunk_rays > 0; a one-graph CUDA run compacts, as CPU does), so the sync
     count is the CUDA step's; an older checkout without the choice is left as it is."""
     previous = getattr(occupancy, "mode", None)
     if previous is not None:
@@ -270,8 +271,8 @@ def host_need(cfg, counts: bool) -> dict[str, float]:
     state = memory._nerf_parameters(cfg.nerf) * memory.NERF_STATE_BYTES_PER_PARAMETER
     size, ref = cfg.train.nerf_size, round(cfg.train.nerf_size * cfg.train.ref_scale)
     modes = ("mask", "compact") if counts else ("compact",)
-    nerf = max(law[0] + law[1] * n * n * per_ray for mode in modes
-               for kind, n in (("reference", ref), ("novel", size)) for law in [memory.NERF_LAW[(mode, False)][kind]])
+    nerf = max(max(memory.NERF_OPTIMISER_BYTES, memory.nerf_step_bytes(mode, kind, n * n, per_ray, cfg.nerf.grad_chunk_rays))
+               for mode in modes for kind, n in (("reference", ref), ("novel", size)))
     fixed, per_pixel, per_tet = memory.DMTET_LAW
     dmtet = fixed + per_pixel * cfg.dmtet.render_size ** 2 + per_tet * memory.tets_of(cfg.dmtet.tet_resolution)
     return {"nerf": PROCESS_BYTES + RSS_PER_LIVE_BYTE * (state + nerf),

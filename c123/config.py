@@ -93,7 +93,8 @@ class NerfConfig:
     occupancy_mode: str = "auto"
     """How samples in empty cells are skipped: 'compact' (only occupied samples reach the field: the fewest
     evaluations, one host sync per render pass), 'mask' (every sample is evaluated, empty ones zeroed: no host
-    sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
+    sync, fixed shapes) or 'auto' (compact, but mask on CUDA with grad_chunk_rays > 0, where a chunk bounds the
+    memory: docs/METHOD.md section 7); the same images."""
     grad_chunk_rays: int = 0
     """Training renders: 0 keeps every ray's field passes in one graph until the backward; N > 0 renders chunks of
     N rays and recomputes each chunk's passes in the backward (checkpointing):

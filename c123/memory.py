@@ -283,10 +283,17 @@ PARAMETER_COUNTS = {
 """`parameter_count` of each part (parameters + buffers), kept here because building the architectures even on
 the meta device takes minutes on a busy CPU; tests/test_memory.py checks the small ones, bench_memory.py all."""
 
-NERF_LAW: dict[tuple[str, bool], dict[str, tuple[float, float]]] = {}
-"""(occupancy mode, checkpointed chunks) -> {step kind: (fixed bytes, bytes per sample point)} of a NeRF step of
-the paper field with every occupancy cell occupied (the worst case), priors off: benchmarks/bench_memory.py
---part nerf (eager, CPU; the law fitted at 16 and 24 px, checked at 32 px)."""
+NERF_LAW: dict[tuple[str, bool, str], tuple[float, float]] = {}
+"""(occupancy mode, checkpointed, step kind) -> (fixed bytes, bytes per sample point) of the loss and backward
+of a NeRF step of the paper field (torch hash-grid backend) with every occupancy cell occupied (the worst case),
+priors off: benchmarks/bench_memory.py --part nerf (eager, CPU; fitted at 8 and 12 px, checked at 16 px).
+Checkpointed: chunks of LAW_CHUNK_RAYS rays (its fixed part holds one chunk's graph)."""
+
+LAW_CHUNK_RAYS = 32
+"""Rays per chunk of the checkpointed figures of NERF_LAW."""
+
+NERF_OPTIMISER_BYTES = 0
+"""Peak of the NeRF optimiser step beyond the state (Adan's temporaries over the hash table), bench_memory.py."""
 
 NERF_STATE_BYTES_PER_PARAMETER = 0.0
 """Parameters, Adan's four moment buffers and the EMA copy, per parameter of the field (bench_memory.py)."""
@@ -294,9 +301,11 @@ NERF_STATE_BYTES_PER_PARAMETER = 0.0
 SDS_STEP: dict[tuple[str, str], dict[str, int]] = {}
 """(precision, device type) -> `sds_step_peak` at the paper sizes (128 px render, 256 / 512 px prior inputs)."""
 
-DMTET_LAW: tuple[float, float, float] = (0.0, 0.0, 0.0)
-"""(fixed bytes, bytes per rendered pixel, bytes per tet) of a DMTet step with its state, priors off
-(bench_memory.py --part dmtet)."""
+DMTET_LAW: tuple[float, float, float] = (244.7e6, 599.0, 81.0)
+"""(fixed bytes, bytes per rendered pixel, bytes per tet) of the DMTet stage's own state (tet grid constants, SDF,
+deformation, the Adan state of it and of the field) plus the loss and backward of a step, priors off; its
+optimiser step peaks lower (8 MB at the 64 grid). bench_memory.py --part dmtet: fitted at (grid 32, 128 px),
+(32, 256), (64, 128), checked at (64, 256) within 0.1%; the paper's (256, 1024 px) gives 1.87 GB."""
 
 CUDA_CONTEXT_BYTES = int(0.6 * GB)
 """What a process's CUDA context and allocator slack hold beyond its tensors (not measured here: no GPU was
@@ -360,18 +369,30 @@ def case_budget(cfg, device_type: str = "cuda") -> Budget:
         budget.parts[f"weights:{prior}"] = sum(PARAMETER_COUNTS[(prior, part)] * dtypes[prior].itemsize
                                                for part in ARCHITECTURES[prior])
     budget.parts["state:nerf"] = int(_nerf_parameters(cfg.nerf) * NERF_STATE_BYTES_PER_PARAMETER)
-    mode = occupancy_mode_for(cfg.nerf.occupancy_mode, "cuda" if device_type == "cuda" else "cpu")
-    law = NERF_LAW[(mode, cfg.nerf.grad_chunk_rays > 0)]
+    mode = occupancy_mode_for(cfg.nerf.occupancy_mode, "cuda" if device_type == "cuda" else "cpu",
+                              cfg.nerf.grad_chunk_rays)
     per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
     t = cfg.train
-    ref = round(t.nerf_size * t.ref_scale)
-    budget.parts["step:nerf reference"] = int(law["reference"][0] + law["reference"][1] * ref * ref * per_ray)
     sds = SDS_STEP[(cfg.prior.precision if device_type == "cuda" else "fp32", device_type)]["step"]
-    budget.parts["step:nerf novel"] = int(law["novel"][0] + law["novel"][1] * t.nerf_size ** 2 * per_ray) + sds
+    for kind, size, extra in (("reference", round(t.nerf_size * t.ref_scale), 0), ("novel", t.nerf_size, sds)):
+        rays = size * size
+        budget.parts[f"step:nerf {kind}"] = max(NERF_OPTIMISER_BYTES, int(nerf_step_bytes(
+            mode, kind, rays, per_ray, cfg.nerf.grad_chunk_rays))) + extra
     fixed, per_pixel, per_tet = DMTET_LAW
     budget.parts["step:dmtet novel"] = int(fixed + per_pixel * cfg.dmtet.render_size ** 2
                                            + per_tet * tets_of(cfg.dmtet.tet_resolution)) + sds
     return budget
+
+
+def nerf_step_bytes(mode: str, kind: str, rays: int, per_ray: int, grad_chunk: int) -> float:
+    """Loss + backward bytes of a NeRF step (NERF_LAW) with `rays` rays of `per_ray` samples; grad_chunk > 0:
+    checkpointed chunks of that many rays, whose one chunk's graph is the one-graph bytes per sample of the
+    chunk's samples beyond what the checkpointed law keeps per sample (its outputs)."""
+    fixed, per = NERF_LAW[(mode, False, kind)]
+    if grad_chunk <= 0 or grad_chunk >= rays:
+        return fixed + per * rays * per_ray
+    fixed_c, per_c = NERF_LAW[(mode, True, kind)]
+    return fixed_c + per_c * rays * per_ray + max(per - per_c, 0.0) * (grad_chunk - LAW_CHUNK_RAYS) * per_ray
 
 
 def cases_per_gpu(budget: Budget, requested: int | str, gpu_bytes: float | None) -> int:

@@ -49,11 +49,14 @@ class RenderOutput:
 OCCUPANCY_MODES = ("compact", "mask")
 
 
-def occupancy_mode_for(mode: str, device) -> str:
-    """nerf.occupancy_mode on `device`: 'auto' masks on CUDA (no host sync, fixed shapes for compiled code) and
-    compacts on CPU (the fewest field evaluations; a host sync costs nothing there)."""
+def occupancy_mode_for(mode: str, device, grad_chunk: int = 0) -> str:
+    """nerf.occupancy_mode on `device`: 'auto' compacts on CPU (the fewest field evaluations; a host sync costs
+    nothing there) and on CUDA when the training render is one graph (grad_chunk 0): a graph's bytes are those
+    of the samples evaluated, about 64 KB each (docs/METHOD.md section 7), so masking, which evaluates the empty
+    samples too, would hold them all; with checkpointed chunks (grad_chunk > 0) a chunk bounds the memory either
+    way, and CUDA masks (no host sync, fixed shapes for compiled code)."""
     if mode == "auto":
-        return "mask" if torch.device(device).type == "cuda" else "compact"
+        return "mask" if torch.device(device).type == "cuda" and grad_chunk > 0 else "compact"
     return mode
 
 
@@ -266,6 +269,15 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     del out["sigma_max"]
     out["rgb"] = out["rgb"] + (1.0 - out["opacity"]) * bg
     return out
+
+
+def checkpointed_rows(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn(x) for a row-wise fn, computed `rows` rows at a time with each chunk recomputed in the backward
+    (torch.utils.checkpoint): the graph of one chunk instead of all of x; rows 0 or no gradients: fn(x)."""
+    if rows <= 0 or not torch.is_grad_enabled() or x.shape[0] <= rows:
+        return fn(x)
+    return torch.cat([checkpoint(fn, x[s:s + rows], use_reentrant=False, preserve_rng_state=False)
+                      for s in range(0, x.shape[0], rows)])
 
 
 def _join_indices(indices, weights) -> torch.Tensor | None:

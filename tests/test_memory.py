@@ -145,3 +145,18 @@ def test_the_nerf_law_predicts_a_measured_paper_field_step():
     for kind in ("reference", "novel"):
         fixed, per = memory.NERF_LAW[("compact", False)][kind]
         assert abs(fixed + per * got[f"{kind}_samples"] - got[kind]) < 0.1 * got[kind]
+
+
+def test_checkpointed_rows_give_the_same_values_and_gradients(float64):
+    torch.manual_seed(0)
+    field = NeRFField(NerfConfig(num_levels=4, log2_hashmap_size=10, finest_resolution=64, hidden_dim=16,
+                                 num_layers=2))
+    x = torch.rand(300, 3) * 2 - 1
+    plain = field.normal(x)
+    plain.square().sum().backward()
+    grads = [p.grad.clone() for p in field.parameters()]
+    field.zero_grad()
+    chunked = vr.checkpointed_rows(field.normal, x, 64)
+    chunked.square().sum().backward()
+    assert (plain - chunked).abs().max() < 1e-12
+    assert max((a - p.grad).abs().max().item() for a, p in zip(grads, field.parameters())) < 1e-12
