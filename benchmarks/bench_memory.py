@@ -37,7 +37,7 @@ class NerfBench:
         import c123.stages as stages_mod
         from c123.config import paper
         from c123.nerf import NeRFField
-        from c123.reconstruct import Priors
+        from c123.priors.loading import Priors
 
         self.stages, self.Priors = stages_mod, Priors
         self.base = paper()

@@ -358,14 +358,16 @@ def _nerf_parameters(nerf_cfg) -> int:
 
 def case_budget(cfg, device_type: str = "cuda") -> Budget:
     """The budget of one case of `cfg` on `device_type` from the measured laws (see the constants above)."""
-    from c123.reconstruct import needed_priors
+    from c123.priors.loading import chosen
+    from c123.schedules import get_variant
     from c123.volume_render import occupancy_mode_for
 
     if not NERF_LAW or not SDS_STEP:
         raise C123Error("c123.memory has no measured figures: run benchmarks/bench_memory.py")
     budget = Budget(cfg.preset)
     dtypes = weight_dtypes(cfg.prior.precision, device_type)
-    for prior in sorted(needed_priors(cfg) & set(ARCHITECTURES)):
+    names = {chosen(slot, cfg).name for slot in get_variant(cfg.schedule.variant).priors}  # the priors it loads
+    for prior in sorted(names & set(ARCHITECTURES)):
         budget.parts[f"weights:{prior}"] = sum(PARAMETER_COUNTS[(prior, part)] * dtypes[prior].itemsize
                                                for part in ARCHITECTURES[prior])
     budget.parts["state:nerf"] = int(_nerf_parameters(cfg.nerf) * NERF_STATE_BYTES_PER_PARAMETER)
