@@ -278,25 +278,28 @@ def host_need(cfg, counts: bool) -> dict[str, float]:
             "dmtet": PROCESS_BYTES + RSS_PER_LIVE_BYTE * (state + dmtet)}
 
 
-def fit_sizes(args, limit: float) -> tuple[int | None, bool]:
-    """(nerf_size, quick dmtet) that fit `limit` bytes, largest first; (None, ...) when nothing does."""
+def fit_sizes(args, limit: float) -> tuple[int | None, int, bool]:
+    """(nerf_size, nerf.grad_chunk_rays, quick dmtet) that fit `limit` bytes: the paper size with its chunk, else
+    with smaller chunks (a chunk's graph is most of a checkpointed step), else smaller sizes; (None, ...) when
+    nothing fits."""
     base = build(args.quick, False, Path(args.models), nerf_size=args.nerf_size, write_models=False)
     counts = not args.skip_counts
     sizes = [base.train.nerf_size] if (args.nerf_size or args.quick) else list(range(base.train.nerf_size, 15, -16))
+    chunks = [c for c in (base.nerf.grad_chunk_rays, 512, 256, 128) if c <= base.nerf.grad_chunk_rays] or [0]
     need_dmtet = host_need(base, counts)["dmtet"] if args.only != "nerf" else 0
     quick_dmtet = need_dmtet > limit and not args.quick
     if quick_dmtet:
         base.dmtet.render_size, base.dmtet.tet_resolution = 256, 64
         need_dmtet = host_need(base, counts)["dmtet"]
         if need_dmtet > limit:
-            return None, True
+            return None, 0, True
     if args.only == "dmtet":
-        return base.train.nerf_size, quick_dmtet
-    for size in sizes:
-        base.train.nerf_size = size
+        return base.train.nerf_size, chunks[0], quick_dmtet
+    for size, chunk in [(sizes[0], c) for c in chunks] + [(s, chunks[-1]) for s in sizes[1:]]:
+        base.train.nerf_size, base.nerf.grad_chunk_rays = size, chunk
         if host_need(base, counts)["nerf"] <= limit:
-            return size, quick_dmtet
-    return None, quick_dmtet
+            return size, chunk, quick_dmtet
+    return None, 0, quick_dmtet
 
 
 def check_memory(args) -> None:
@@ -307,7 +310,7 @@ def check_memory(args) -> None:
     print(f"memory: the paper sizes need about {need['nerf'] / 1e9:.1f} GB (NeRF steps) and {need['dmtet'] / 1e9:.1f} "
           f"GB (DMTet step) of host memory; limit {limit / 1e9:.1f} GB"
           f"{'' if args.memory_limit else ' (3/4 of MemAvailable; --memory-limit GB to change)'}")
-    size, quick_dmtet = fit_sizes(args, limit)
+    size, chunk, quick_dmtet = fit_sizes(args, limit)
     if size is None:
         smallest = build(args.quick, False, Path(args.models), nerf_size=16, write_models=False)
         print(f"bench_step: even a 16 px NeRF step needs about {host_need(smallest, True)['nerf'] / 1e9:.1f} GB of "
@@ -316,9 +319,12 @@ def check_memory(args) -> None:
     if not (args.nerf_size or args.quick) and size != paper_cfg.train.nerf_size:
         print(f"memory: running the NeRF steps at {size} px (reference {round(size * paper_cfg.train.ref_scale)} px)"
               f" instead of {paper_cfg.train.nerf_size}, the largest that fits")
+    if chunk != paper_cfg.nerf.grad_chunk_rays:
+        print(f"memory: checkpointed chunks of {chunk} rays instead of the preset's {paper_cfg.nerf.grad_chunk_rays} "
+              f"(the same gradients; a chunk's graph is most of a step's memory)")
     if quick_dmtet:
         print("memory: running the DMTet step at the 64 grid and 256 px (the paper's 256 grid at 1024 px does not fit)")
-    args.nerf_size, args.quick_dmtet = size, quick_dmtet
+    args.nerf_size, args.grad_chunk, args.quick_dmtet = size, chunk, quick_dmtet
 
 
 def main() -> None:
@@ -343,11 +349,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     cfg = build(args.quick, args.compile, Path(args.models), nerf_size=args.nerf_size)
+    cfg.nerf.grad_chunk_rays = args.grad_chunk
     if args.quick_dmtet:
         cfg.dmtet.render_size, cfg.dmtet.tet_resolution = 256, 64
     print(f"preset paper{' (quick)' if args.quick else ''}: nerf {cfg.train.nerf_size} px (reference "
           f"{round(cfg.train.nerf_size * cfg.train.ref_scale)} px), {cfg.nerf.num_samples}+{cfg.nerf.num_importance}"
-          f" samples, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
+          f" samples, checkpointed chunks of {cfg.nerf.grad_chunk_rays} rays, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
           f"{cfg.prior.zero123_size}/{cfg.prior.sd_size} px; {torch.get_num_threads()} thread(s), compile "
           f"{'on' if args.compile else 'off'}")
     rgba, built, priors, gen = nerf_setup(cfg, device)

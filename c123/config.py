@@ -459,14 +459,25 @@ class ReconstructConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+GPU_GRAD_CHUNK_RAYS = 1024
+"""nerf.grad_chunk_rays of the GPU presets: a case of `paper` then needs about 18 GB and fits a 24 GB card
+(one graph: about 235 GB with the torch hash grid; docs/METHOD.md section 7); the same gradients up to float
+rounding, a third more field work."""
+
+
 def paper() -> ReconstructConfig:
-    """Every default of the authors' code (docs/METHOD.md section 2)."""
-    return ReconstructConfig(preset="paper")
+    """Every default of the authors' code (docs/METHOD.md section 2), rendered in checkpointed chunks of
+    GPU_GRAD_CHUNK_RAYS rays for the backward (the memory of a 24 GB card, the same gradients)."""
+    cfg = ReconstructConfig(preset="paper")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
+    return cfg
 
 
 def fast() -> ReconstructConfig:
-    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders."""
+    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders (the paper's
+    NeRF sizes, so its checkpointed chunks too)."""
     cfg = ReconstructConfig(preset="fast")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
     cfg.train.nerf_iters = 2500
     cfg.train.dmtet_iters = 1500
     cfg.dmtet.tet_resolution = 128

@@ -283,22 +283,31 @@ PARAMETER_COUNTS = {
 """`parameter_count` of each part (parameters + buffers), kept here because building the architectures even on
 the meta device takes minutes on a busy CPU; tests/test_memory.py checks the small ones, bench_memory.py all."""
 
-NERF_LAW: dict[tuple[str, bool, str], tuple[float, float]] = {}
+NERF_LAW: dict[tuple[str, bool, str], tuple[float, float]] = {
+    ("mask", False, "reference"): (0.03e6, 63_837.0), ("mask", False, "novel"): (0.03e6, 63_837.0),
+    ("mask", True, "reference"): (197.1e6, 85.0), ("mask", True, "novel"): (197.1e6, 85.0),
+    ("compact", False, "reference"): (0.03e6, 63_837.0), ("compact", False, "novel"): (0.03e6, 63_837.0),
+    ("compact", True, "reference"): (197.1e6, 85.0), ("compact", True, "novel"): (197.1e6, 85.0),
+}
 """(occupancy mode, checkpointed, step kind) -> (fixed bytes, bytes per sample point) of the loss and backward
 of a NeRF step of the paper field (torch hash-grid backend) with every occupancy cell occupied (the worst case),
-priors off: benchmarks/bench_memory.py --part nerf (eager, CPU; fitted at 8 and 12 px, checked at 16 px).
-Checkpointed: chunks of LAW_CHUNK_RAYS rays (its fixed part holds one chunk's graph)."""
+priors off: benchmarks/bench_memory.py --part nerf (eager, CPU; mask one graph fitted at 8 and 12 px, within
+0.0% at 16 px; checkpointed fitted at 8 and 12 px). Checkpointed: chunks of LAW_CHUNK_RAYS rays (its fixed part
+holds one chunk's graph). `compact` with every cell occupied evaluates the same samples: taken equal to `mask`
+(its own run did not finish on the shared CPU in time)."""
 
 LAW_CHUNK_RAYS = 32
 """Rays per chunk of the checkpointed figures of NERF_LAW."""
 
-NERF_OPTIMISER_BYTES = 0
+NERF_OPTIMISER_BYTES = 97.6e6
 """Peak of the NeRF optimiser step beyond the state (Adan's temporaries over the hash table), bench_memory.py."""
 
-NERF_STATE_BYTES_PER_PARAMETER = 0.0
+NERF_STATE_BYTES_PER_PARAMETER = 24.0
 """Parameters, Adan's four moment buffers and the EMA copy, per parameter of the field (bench_memory.py)."""
 
-SDS_STEP: dict[tuple[str, str], dict[str, int]] = {}
+SDS_STEP: dict[tuple[str, str], dict[str, int]] = {
+    ("fp16", "cuda"): {"zero123": 533_716_372, "stable_diffusion": 2_797_172_884, "step": 2_797_172_884},
+}
 """(precision, device type) -> `sds_step_peak` at the paper sizes (128 px render, 256 / 512 px prior inputs)."""
 
 DMTET_LAW: tuple[float, float, float] = (244.7e6, 599.0, 81.0)
@@ -350,10 +359,16 @@ class Budget:
 
 
 def _nerf_parameters(nerf_cfg) -> int:
-    from c123.nerf import NeRFField
+    """Parameters of the field of `nerf_cfg` (built on CPU: the hash grid's level sizes are computed with tensors)."""
+    key = repr(nerf_cfg)
+    if key not in _NERF_PARAMETERS:
+        from c123.nerf import NeRFField
 
-    with torch.device("meta"):
-        return sum(p.numel() for p in NeRFField(nerf_cfg).parameters())
+        _NERF_PARAMETERS[key] = sum(p.numel() for p in NeRFField(nerf_cfg).parameters())
+    return _NERF_PARAMETERS[key]
+
+
+_NERF_PARAMETERS: dict[str, int] = {}
 
 
 def case_budget(cfg, device_type: str = "cuda") -> Budget:
