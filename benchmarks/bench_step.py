@@ -313,6 +313,7 @@ def check_memory(args) -> None:
     size, chunk, quick_dmtet = fit_sizes(args, limit)
     if size is None:
         smallest = build(args.quick, False, Path(args.models), nerf_size=16, write_models=False)
+        smallest.nerf.grad_chunk_rays = min(smallest.nerf.grad_chunk_rays, 128)  # the smallest chunk tried
         print(f"bench_step: even a 16 px NeRF step needs about {host_need(smallest, True)['nerf'] / 1e9:.1f} GB of "
               f"host memory, more than the {limit / 1e9:.1f} GB limit: free memory or pass --memory-limit GB")
         raise SystemExit(2)
