@@ -115,7 +115,7 @@ def test_case_budget_is_weights_state_and_the_largest_step():
     cfg.nerf.grad_chunk_rays = 0
     assert memory.case_budget(cfg).total > 5 * budget.total  # one graph of every sample: far more
     assert budget.total <= 22e9  # the paper preset's chunks fit a 24 GB card
-    assert f"fits 80 GB with {budget.cases_on(80e9)}" in budget.line()
+    assert f"80 GB with {budget.cases_on(80e9)} case(s) per GPU" in budget.line()
 
 
 def test_a_packing_beyond_the_card_is_refused_and_auto_fills_it():
