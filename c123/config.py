@@ -164,7 +164,13 @@ class NerfConfig:
     occupancy_mode: Literal["auto", "compact", "mask"] = "auto"
     """How samples in empty cells are skipped: 'compact' (only occupied samples reach the field: the fewest
     evaluations, one host sync per render pass), 'mask' (every sample is evaluated, empty ones zeroed: no host
-    sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
+    sync, fixed shapes) or 'auto' (compact, but mask on CUDA with grad_chunk_rays > 0, where a chunk bounds the
+    memory: docs/METHOD.md section 7); the same images."""
+    grad_chunk_rays: int = field(default=0, metadata=at_least(0))
+    """Training renders: 0 keeps every ray's field passes in one graph until the backward; N > 0 renders chunks of
+    N rays (and the 3D normal smoothness N rays' samples at a time) and recomputes each chunk in the backward
+    (checkpointing): the memory of one chunk instead of the whole image, the same gradients up to float
+    rounding, about a third more field work (docs/METHOD.md section 7)."""
 
 
 @dataclass
@@ -456,14 +462,25 @@ class ReconstructConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+GPU_GRAD_CHUNK_RAYS = 1024
+"""nerf.grad_chunk_rays of the GPU presets: a case of `paper` then needs about 18 GB and fits a 24 GB card
+(one graph: about 235 GB with the torch hash grid; docs/METHOD.md section 7); the same gradients up to float
+rounding, a third more field work."""
+
+
 def paper() -> ReconstructConfig:
-    """Every default of the authors' code (docs/METHOD.md section 2)."""
-    return ReconstructConfig(preset="paper")
+    """Every default of the authors' code (docs/METHOD.md section 2), rendered in checkpointed chunks of
+    GPU_GRAD_CHUNK_RAYS rays for the backward (the memory of a 24 GB card, the same gradients)."""
+    cfg = ReconstructConfig(preset="paper")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
+    return cfg
 
 
 def fast() -> ReconstructConfig:
-    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders."""
+    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders (the paper's
+    NeRF sizes, so its checkpointed chunks too)."""
     cfg = ReconstructConfig(preset="fast")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
     cfg.train.nerf_iters = 2500
     cfg.train.dmtet_iters = 1500
     cfg.dmtet.tet_resolution = 128

@@ -26,7 +26,7 @@ from c123.nerf import NeRFField
 from c123.priors.loading import Priors
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
-from c123.volume_render import OccupancyGrid, RenderOutput, occupancy_mode_for, render_nerf
+from c123.volume_render import OccupancyGrid, RenderOutput, checkpointed_rows, occupancy_mode_for, render_nerf
 
 
 # ---- the reference view ------------------------------------------------------------------------
@@ -135,10 +135,11 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
     ref_cam = reference_camera(cfg.camera).to(device)
     ref = reference_view(rgba, depth, int(round(t.nerf_size * t.ref_scale)), t.ref_mask_threshold, device)
     occupancy = (OccupancyGrid(cfg.nerf.bound, cfg.nerf.occupancy_resolution, cfg.nerf.occupancy_threshold,
-                               device=device, mode=occupancy_mode_for(cfg.nerf.occupancy_mode, device)) if cfg.nerf.occupancy_grid else None)
+                               device=device, mode=occupancy_mode_for(cfg.nerf.occupancy_mode, device,
+                                                                 cfg.nerf.grad_chunk_rays)) if cfg.nerf.occupancy_grid else None)
     # no per-render finiteness check: the loop checks the loss periodically
     render = dict(occupancy=occupancy, num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
-                  generator=gen, check_finite=False)
+                  generator=gen, check_finite=False, grad_chunk=cfg.nerf.grad_chunk_rays)
 
     def before_step(step: int) -> None:
         ramp_levels(field, cfg, step, iters)
@@ -206,8 +207,10 @@ def nerf_regularisers(field: NeRFField, out: RenderOutput, step: int, iters: int
             points, normals = points.index_select(0, out.sample_index), normals.index_select(0, out.sample_index)
             valid = None
         noise = rand(gen, *points.shape, normal=True, device=points.device) * 1e-2
-        terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals, field.normal(points + noise),
-                                                                              valid)
+        # chunked like the render (nerf.grad_chunk_rays rays' worth of samples), recomputed in the backward
+        rows = cfg.nerf.grad_chunk_rays * (cfg.nerf.num_samples + cfg.nerf.num_importance)
+        perturbed = checkpointed_rows(field.normal, points + noise, rows)
+        terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals, perturbed, valid)
     if w.normal_smooth_2d > 0:
         terms["normal_2d"] = w.normal_smooth_2d * losses.normal_smoothness_2d(out.normal_image)
     return terms

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from c123.cameras import Cameras, generate_rays
 from c123.compiling import hot
@@ -48,11 +49,14 @@ class RenderOutput:
 OCCUPANCY_MODES = ("compact", "mask")
 
 
-def occupancy_mode_for(mode: str, device) -> str:
-    """nerf.occupancy_mode on `device`: 'auto' masks on CUDA (no host sync, fixed shapes for compiled code) and
-    compacts on CPU (the fewest field evaluations; a host sync costs nothing there)."""
+def occupancy_mode_for(mode: str, device, grad_chunk: int = 0) -> str:
+    """nerf.occupancy_mode on `device`: 'auto' compacts on CPU (the fewest field evaluations; a host sync costs
+    nothing there) and on CUDA when the training render is one graph (grad_chunk 0): a graph's bytes are those
+    of the samples evaluated, about 64 KB each (docs/METHOD.md section 7), so masking, which evaluates the empty
+    samples too, would hold them all; with checkpointed chunks (grad_chunk > 0) a chunk bounds the memory either
+    way, and CUDA masks (no host sync, fixed shapes for compiled code)."""
     if mode == "auto":
-        return "mask" if torch.device(device).type == "cuda" else "compact"
+        return "mask" if torch.device(device).type == "cuda" and grad_chunk > 0 else "compact"
     return mode
 
 
@@ -226,7 +230,7 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
                 perturb: bool = True, bound: float | None = None, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None, textureless: torch.Tensor | None = None,
-                check_finite: bool = True) -> dict[str, torch.Tensor]:
+                check_finite: bool = True, grad_chunk: int = 0) -> dict[str, torch.Tensor]:
     """Render rays [R,3] (unit directions): dict of rgb[R,3], opacity[R,1], depth[R,1], normal[R,3],
     weights[R,S], and, when normals are computed, sample_normals[R,S,3], normal_image[R,3] ((n+1)/2 under
     detached weights), sample_points[R,S,3]; sample_valid[R,S] when an occupancy grid skips samples, and
@@ -238,8 +242,11 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     check_finite: raise GeometryError on a non-finite render (a host sync; the training loop checks its loss
     periodically instead).
 
-    With gradients on, all rays form one chunk (the graph keeps every chunk's tensors until backward anyway);
-    without, chunks of CHUNK_RAYS rays bound the memory.
+    With gradients on and grad_chunk 0, all rays form one chunk (the graph keeps every chunk's tensors until
+    backward anyway); with grad_chunk N > 0, chunks of N rays whose field passes are recomputed in the backward
+    (torch.utils.checkpoint): only the chunks' outputs stay alive; the random numbers are drawn for all rays
+    first, as one chunk draws them, so the result is the one-chunk result up to float rounding. Without
+    gradients, chunks of CHUNK_RAYS rays bound the memory.
     """
     if shading not in SHADINGS:
         raise ValueError(f"unknown shading '{shading}': use one of {SHADINGS}")
@@ -253,12 +260,21 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
     settings = RaySettings(shading, num_samples, num_importance, with_normal, perturb, bound)
-    step = R if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
-    for s in range(0, R, step):
-        e = min(R, s + step)
-        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e], settings,
-                                    occupancy, generator, textureless))
+    if torch.is_grad_enabled() and grad_chunk > 0:
+        jitter, u = _draw(R, settings, generator, rays_o)
+        for s in range(0, R, grad_chunk):
+            e = min(R, s + grad_chunk)
+            chunks.append(checkpoint(_chunk_work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
+                                     settings, occupancy, textureless, None if jitter is None else jitter[s:e],
+                                     None if u is None else u[s:e],
+                                     use_reentrant=False, preserve_rng_state=False))  # no draws inside
+    else:
+        step = R if torch.is_grad_enabled() else CHUNK_RAYS
+        for s in range(0, R, step):
+            e = min(R, s + step)
+            chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e], settings,
+                                        occupancy, generator, textureless))
     if len(chunks) == 1:
         out = chunks[0]
     else:
@@ -274,6 +290,15 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     return out
 
 
+def checkpointed_rows(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn(x) for a row-wise fn, computed `rows` rows at a time with each chunk recomputed in the backward
+    (torch.utils.checkpoint): the graph of one chunk instead of all of x; rows 0 or no gradients: fn(x)."""
+    if rows <= 0 or not torch.is_grad_enabled() or x.shape[0] <= rows:
+        return fn(x)
+    return torch.cat([checkpoint(fn, x[s:s + rows], use_reentrant=False, preserve_rng_state=False)
+                      for s in range(0, x.shape[0], rows)])
+
+
 def _join_indices(indices, weights) -> torch.Tensor | None:
     """Flat sample indices of chunks as indices into the concatenated [R*S] samples."""
     if indices[0] is None:
@@ -285,20 +310,25 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
     return torch.cat(out)
 
 
+def _draw(rays: int, settings: RaySettings, generator, like: torch.Tensor):
+    """The random numbers of `rays` rays: (jitter [rays,num_samples], u [rays,num_importance]), None when not
+    perturbed. Drawn per CHUNK_RAYS rays in the order the passes use them (jitter, then importance quantiles),
+    so rays drawn in one go or chunk by chunk get the same numbers."""
+    where = generator.device if generator is not None else like.device
+    jitter, u = [], []
+    for s in range(0, rays, CHUNK_RAYS):
+        n = min(CHUNK_RAYS, rays - s)
+        if settings.perturb:
+            jitter.append(torch.rand(n, settings.num_samples, generator=generator, dtype=like.dtype, device=where))
+        if settings.perturb and settings.num_importance > 0:
+            u.append(torch.rand(n, settings.num_importance, generator=generator, dtype=like.dtype, device=where))
+    return (torch.cat(jitter).to(like.device) if jitter else None), (torch.cat(u).to(like.device) if u else None)
+
+
 def _render_chunk(field, rays_o, rays_d, light_dir, ambient, settings: RaySettings, occupancy, generator,
                   textureless):
-    """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
-    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
-    where = generator.device if generator is not None else rays_o.device
-    jitter, u = [], []
-    for s in range(0, rays_o.shape[0], CHUNK_RAYS):
-        rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
-        if settings.perturb:
-            jitter.append(torch.rand(rays, settings.num_samples, generator=generator, dtype=rays_o.dtype, device=where))
-        if settings.perturb and settings.num_importance > 0:
-            u.append(torch.rand(rays, settings.num_importance, generator=generator, dtype=rays_o.dtype, device=where))
-    jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
-    u = torch.cat(u).to(rays_o.device) if u else None
+    """Draw the chunk's random numbers (`_draw`), then do its work."""
+    jitter, u = _draw(rays_o.shape[0], settings, generator, rays_o)
     return _chunk_work(field, rays_o, rays_d, light_dir, ambient, settings, occupancy, textureless, jitter, u)
 
 
@@ -371,12 +401,13 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
                 perturb: bool = True, occupancy: OccupancyGrid | None = None,
                 generator: torch.Generator | None = None,
                 ray_jitter: tuple[torch.Tensor, torch.Tensor] | None = None,
-                textureless: torch.Tensor | None = None, check_finite: bool = True) -> RenderOutput:
+                textureless: torch.Tensor | None = None, check_finite: bool = True,
+                grad_chunk: int = 0) -> RenderOutput:
     """Render B cameras at height x width; light_dir [B,3] defaults to the direction towards each camera.
 
     bg_color: [3], per camera [B,3] or per pixel [B,H,W,3]; ray_jitter: offsets ([3], [3]) added to every
-    ray's origin and direction (the official reference-view camera noise); textureless, check_finite: see
-    render_rays."""
+    ray's origin and direction (the official reference-view camera noise); textureless, check_finite,
+    grad_chunk: see render_rays."""
     B = len(cams)
     rays_o, rays_d = generate_rays(cams, height, width)
     if ray_jitter is not None:
@@ -398,7 +429,8 @@ def render_nerf(field, cams: Cameras, height: int, width: int, *, shading: str =
     out = render_rays(field, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), shading=shading, light_dir=light,
                       ambient=per_camera(ambient, 0), bg_color=bg, num_samples=num_samples,
                       num_importance=num_importance, need_normals=need_normals, perturb=perturb,
-                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite)
+                      occupancy=occupancy, generator=generator, textureless=textureless, check_finite=check_finite,
+                      grad_chunk=grad_chunk)
     img = {k: out[k].reshape(B, height, width, -1) for k in ("rgb", "opacity", "depth", "normal")}
     normal_image = None if out["normal_image"] is None else out["normal_image"].reshape(B, height, width, 3)
     return RenderOutput(img["rgb"], img["opacity"], img["depth"], img["normal"], out["weights"],

@@ -133,7 +133,8 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
                                       "lpips_net")},
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
-            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id))
+            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id,
+            peak_memory_gb=entry.outcome.peak_memory_gb))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 

@@ -25,6 +25,13 @@ from c123_pipeline.tasks import lifeline, warm_start
 # settings from the environment as it is imported, and `_prepare_env` sets them first.
 
 
+def cases_per_gpu_arg(text: str) -> int | str:
+    """--cases-per-gpu: an integer >= 1 or 'auto'."""
+    from c123.cli import count
+
+    return "auto" if text == "auto" else count(1)(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
@@ -44,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. train.nerf_iters=100")
     p.add_argument("--actors", dest="num_actors", type=count(1), metavar="N",
                    help="number of Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument("--cases-per-gpu", metavar="N|auto", type=cases_per_gpu_arg,
+                   help="cases sharing each GPU (Ray fractional GPUs; default 1); auto: as many as the measured "
+                        "memory budget of a case fits in a GPU's free memory; a number that cannot fit is refused")
     p.add_argument("--baseline", metavar="RUN_DIR", help="judge this run against a finished run of the same "
                    "dataset ('latest': the newest earlier run of the same dataset and preset beside --out)")
     p.add_argument("--drift-window", type=count(1), metavar="N", help="also judge this run against the median "
@@ -163,7 +173,8 @@ def started_ahead(spec, checked):
 
     first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
     warm = warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
-                                len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first)).begin()
+                                len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first),
+                                spec.cases_per_gpu).begin()
     try:
         yield
     finally:

@@ -59,6 +59,10 @@ class BenchmarkSpec:
     """Config overrides, 'section.field=value'."""
     num_actors: int | None = None
     """Ray actors (default: one per GPU, else one per CPU)."""
+    cases_per_gpu: int | str | None = None
+    """Cases sharing each GPU (Ray fractional GPUs): a number, or 'auto' (as many as the measured memory budget
+    of a case, c123.memory.case_budget, fits in a GPU's free memory); default 1. A number that cannot fit is
+    refused."""
     baseline: str | None = None
     """A finished run folder of the same dataset to judge this run against, or 'latest' (the newest earlier
     run of the same dataset and preset beside `out`)."""
@@ -92,6 +96,10 @@ class BenchmarkSpec:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise C123Error(f"parameter {name}={value!r} must be an integer >= {low}")
+        per_gpu = self.cases_per_gpu
+        if per_gpu is not None and per_gpu != "auto" and (isinstance(per_gpu, bool) or not str(per_gpu).isdigit()
+                                                           or int(per_gpu) < 1):
+            raise C123Error(f"parameter cases_per_gpu={per_gpu!r} must be an integer >= 1 or 'auto'")
         if self.variants is not None and not self.variants:
             raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
         if self.seeds is not None and not self.seeds:

@@ -80,6 +80,9 @@ class CaseRow:
     cache_key: str
     node_id: str | None = None
     """Ray node that computed the case in this run (None when it was reused from the cache)."""
+    peak_memory_gb: float = float("nan")
+    """Peak GPU memory of the case's tensors, torch.cuda.max_memory_allocated in GB (1e9 bytes) of the actor
+    that computed it; NaN on CPU (no such counter) and for a case reused from the cache."""
 
 
 @dataclass

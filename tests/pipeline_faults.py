@@ -84,3 +84,15 @@ def threads_seen(job, priors, progress):
 def priors_held(job, priors, progress):
     """Report how many prior sets the actor held when the case started (loaded ahead by `ActorPool`'s warm-up)."""
     return {"priors_held": len(priors), "pid": os.getpid()}
+
+
+def gpu_ids_seen(job, priors, progress):
+    """Report the GPU ids Ray gave the actor (and its pid), holding the actor a moment so that every actor of
+    the pool gets a case."""
+    import os
+    import time
+
+    import ray
+
+    time.sleep(2.0)
+    return {"gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}
