@@ -3,8 +3,8 @@
 A run folder is a local path (or file://...) or an fsspec URL: s3://bucket/prefix (s3fs; the endpoint from
 AWS_ENDPOINT_URL for MinIO or another S3-compatible store, credentials as boto finds them), gs://, az://,
 memory:// (tests of this module only: a command refuses it, see output_location). Used by the pipeline
-(`c123 evaluate`, as c123_pipeline.tasks.storage) and by `c123 reconstruct --out URL`. Local folders keep
-their plain-file behaviour (Path in, Path out); URLs stay strings.
+(`c123 evaluate`, which imports it under its own package name too) and by `c123 reconstruct --out URL`.
+Local folders keep their plain-file behaviour (Path in, Path out); URLs stay strings.
 
 Case folders are computed in a local scratch folder on the node that runs them, then uploaded file by file
 (one put each), and committed by writing their `cache_key` last: a reader (the cache, the resume) takes a

@@ -22,3 +22,25 @@ def toy_input(tmp_path_factory):
     """An input image for tests that need one but not a particular dataset: the toy scene rendered (RGBA +
     depth PNG, 128 px) with its prompt; case id `toy`."""
     return synthetic_input(tmp_path_factory.mktemp("inputs"))
+
+
+def _random_order_line(config) -> str | None:
+    """pytest-randomly's seed and how to rerun this order (None when the plugin is off: -p no:randomly)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is None or not config.pluginmanager.has_plugin("randomly"):
+        return None
+    return f"random order: seed {seed} (rerun this order with -p randomly --randomly-seed={seed})"
+
+
+def pytest_sessionstart(session):
+    # printed first too: under -q pytest shows no header, and a run that hangs never reaches the summary
+    line = _random_order_line(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter:
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    line = _random_order_line(config)
+    if line:
+        terminalreporter.write_line(line)
