@@ -19,23 +19,20 @@ import torch
 
 from c123.checkpoint import CheckpointIdentity
 from c123.config import preset
-from c123.dmtet import DMTet
-from c123.nerf import NeRFField
+from c123.priors.loading import Priors
 from c123.provenance import resolve_device
 from c123.runlog import RunLog
-from c123.stages import dmtet_stage, nerf_stage
+from c123.reconstruct import build_dmtet_stage, build_nerf_stage, hand_over
 from c123.training import Loop, RunState, run_stage
 
 
 class GreyPrior:
-    """Stand-in for Zero-1-to-3 with its loss interface: pulls the novel view towards grey."""
+    """Stand-in for Zero-1-to-3 with its Guidance interface: pulls the novel view towards grey."""
 
-    def loss(self, images, cams, t_range, generator):
+    model_id, variant_loaded = "grey", "none"
+
+    def loss(self, images, cams, *, t_range, generator):
         return 100.0 * ((images - 0.5) ** 2).mean()
-
-
-class Priors:
-    zero123, sd = GreyPrior(), None
 
 
 def run(cfg, out: Path, device, log: bool) -> tuple[float, int, float]:
@@ -58,15 +55,13 @@ def run(cfg, out: Path, device, log: bool) -> tuple[float, int, float]:
 
     loop = Loop(cfg, state, gen, out / "checkpoints", CheckpointIdentity("bench", cfg.hash(), "bench"),
                 lambda info: None, counted if log else None)
-    field = NeRFField(cfg.nerf).to(device)
+    priors = Priors(zero123=GreyPrior())
+    nerf = build_nerf_stage(rgba, None, priors, "", cfg, gen, device)
     sync(device)
     start = time.perf_counter()
-    nerf, _ = nerf_stage(field, rgba, None, Priors(), cfg, gen, device, None)
-    run_stage(nerf, loop)
-    dmtet = DMTet(cfg.dmtet).to(device)
-    field.set_level_ratio(1.0)
-    dmtet.init_from_density(field.density, 5.0)
-    run_stage(dmtet_stage(field, dmtet, rgba, Priors(), cfg, gen, device), loop)
+    run_stage(nerf.stage, loop)
+    hand_over(nerf)
+    run_stage(build_dmtet_stage(nerf, rgba, priors, cfg, gen, device)[1], loop)
     sync(device)
     seconds = time.perf_counter() - start
     if runlog is not None:

@@ -40,10 +40,9 @@ import torch
 
 import c123.stages as stages_mod
 from c123.config import paper
-from c123.dmtet import DMTet
-from c123.nerf import NeRFField
 from c123.priors.tiny import write_tiny_models
-from c123.reconstruct import Priors, condition_priors, load_priors, seed_everything
+from c123.priors.loading import load_priors
+from c123.reconstruct import build_dmtet_stage, build_nerf_stage, condition_priors, seed_everything
 try:
     from c123.sync_count import SyncCounter
 except ImportError:  # measuring an older checkout (PYTHONPATH=that checkout): the counter from beside this script
@@ -225,17 +224,17 @@ def render_bytes_per_sample(field, cfg, gen, size: int = 32) -> None:
 
 
 def nerf_setup(cfg, device):
-    """(reference rgba, field, NeRF stage, occupancy grid, priors, generator), every hash level active."""
+    """(reference rgba, the NeRF stage's build (field, stage, occupancy grid), priors, generator), every hash level
+    active."""
     rgba_np, depth_np = reference_image()
     rgba = torch.from_numpy(rgba_np).float().div(255).permute(2, 0, 1)[None]
     depth = torch.from_numpy(depth_np)[None, None]
     gen = make_generator(0, device)
-    priors = load_priors(cfg, device, Priors())
+    priors = load_priors(cfg, device)
     condition_priors(priors, rgba, "a red ball", cfg, device)
-    field = NeRFField(cfg.nerf).to(device)
-    nerf, occupancy = stages_mod.nerf_stage(field, rgba, depth, priors, cfg, gen, device, None)
-    field.set_level_ratio(1.0)
-    return rgba, field, nerf, occupancy, priors, gen
+    built = build_nerf_stage(rgba, depth, priors, "a red ball", cfg, gen, device)
+    built.field.set_level_ratio(1.0)
+    return rgba, built, priors, gen
 
 
 def main() -> None:
@@ -259,7 +258,8 @@ def main() -> None:
           f" samples, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
           f"{cfg.prior.zero123_size}/{cfg.prior.sd_size} px; {torch.get_num_threads()} thread(s), compile "
           f"{'on' if args.compile else 'off'}")
-    rgba, field, nerf, occupancy, priors, gen = nerf_setup(cfg, device)
+    rgba, built, priors, gen = nerf_setup(cfg, device)
+    field, nerf, occupancy = built.field, built.stage, built.occupancy
     tic = time.process_time()
     occupancy.update(field, gen)
     print(f"occupancy grid update ({cfg.nerf.occupancy_resolution}^3 probes, every {cfg.nerf.occupancy_every} "
@@ -274,10 +274,8 @@ def main() -> None:
                 not args.skip_counts, args.repeat)
     if args.only != "nerf":
         tic = time.process_time()
-        dmtet = DMTet(cfg.dmtet).to(device)
-        dmtet.init_from_density(field.density, min(float(occupancy.mean_density), 10.0))
-        print(f"dmtet init ({dmtet.tets.shape[0]} tets): {time.process_time() - tic:.1f} CPU-s")
-        stage = stages_mod.dmtet_stage(field, dmtet, rgba, priors, cfg, gen, device)
+        dmtet, stage = build_dmtet_stage(built, rgba, priors, cfg, gen, device)
+        print(f"dmtet init and stage ({dmtet.tets.shape[0]} tets): {time.process_time() - tic:.1f} CPU-s")
         import c123.rasterizer as raster_mod
         for attr in ("rasterize", "interpolate", "antialias"):
             wrap(raster_mod.TorchRasterizer, attr, "rasteriser")

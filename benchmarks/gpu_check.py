@@ -42,9 +42,10 @@ import bench_step  # noqa: E402  (this folder's helpers: the paper preset with t
 
 import c123.stages as stages_mod  # noqa: E402
 from c123 import compiling  # noqa: E402
-from c123.dmtet import DMTet, render_mesh  # noqa: E402
+from c123.dmtet import render_mesh  # noqa: E402
 from c123.hashgrid import HashGrid, triton_available  # noqa: E402
 from c123.rasterizer import get_rasterizer  # noqa: E402
+from c123.reconstruct import build_dmtet_stage  # noqa: E402
 from c123.sync_count import SyncCounter  # noqa: E402
 
 START = time.perf_counter()
@@ -205,7 +206,8 @@ def main() -> None:
     grid_ms = hash_grids(device, 1 << (14 if quick else 18))
 
     cfg = bench_step.build(quick, False, Path(args.models), device=device.type)
-    rgba, field, nerf, occupancy, priors, gen = bench_step.nerf_setup(cfg, device)
+    rgba, built, priors, gen = bench_step.nerf_setup(cfg, device)
+    field, nerf, occupancy = built.field, built.stage, built.occupancy
     occ_ms = timed("occupancy grid update", lambda: occupancy.update(field, gen), device, repeats=1)
     it = 2004
     nerf_ms = float("inf")
@@ -234,8 +236,7 @@ def main() -> None:
             novel_c = timed("nerf step core, novel view (compiled)", compiled, device)
             nerf_ms = min(nerf_ms, (best_ref + 3 * novel_c) / 4)
 
-    dmtet = DMTet(cfg.dmtet).to(device)
-    dmtet.init_from_density(field.density, min(float(occupancy.mean_density), 10.0))
+    dmtet, _ = build_dmtet_stage(built, rgba, priors, cfg, gen, device)
     timed(f"marching tets ({cfg.dmtet.tet_resolution} grid)", dmtet.get_mesh, device)
     dmtet_ms = float("inf")
     for backend in ("torch", "nvdiffrast"):

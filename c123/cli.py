@@ -68,16 +68,14 @@ def signals_interrupt() -> Iterator[None]:
 
 def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
     """The checked config of a command's --preset, --config, --seed, --variant, --log and --set."""
-    from c123.config_checks import validate
     from c123.config_files import resolve_config
 
     log = getattr(args, "log", None)
     flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
     if getattr(args, "concept", False):
         flags.append("concept.enabled=true")
-    cfg = resolve_config(args.preset, args.config, seed=getattr(args, "seed", None),
-                         variant=getattr(args, "variant", None), overrides=flags + args.set)
-    return validate(cfg, check_device=check_device)
+    return resolve_config(args.preset, getattr(args, "variant", None), getattr(args, "seed", None), flags + args.set,
+                          config_file=args.config, check_device=check_device)
 
 
 def take_positional(args: argparse.Namespace, name: str, required: bool) -> None:
@@ -101,7 +99,9 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     from c123.outputs import case_name, new_run_dir
     from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
-    from c123.reconstruct import check_prompt, load_priors, reconstruct
+    from c123.priors.loading import load_priors
+    from c123.progress import Event, Notice, Resumed
+    from c123.reconstruct import check_prompt, reconstruct
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
@@ -133,16 +133,18 @@ def reconstruct_main(args: argparse.Namespace) -> int:
         task = bar.add_task("reconstruct", total=cfg.train.nerf_iters + cfg.train.dmtet_iters,
                             stage="load", w3d=1.0, w2d=0.0, s="-", switch="-")
 
-        def progress(info: dict) -> None:
-            if info["stage"] == "notice":
-                bar.console.print(f"notice: {info['message']}")
+        def progress(event: Event) -> None:
+            if isinstance(event, Notice):
+                bar.console.print(f"notice: {event.message}")
                 return
-            s, switch = info.get("S"), info.get("switch")
-            bar.update(task, completed=info["step"], stage=info["stage"], w3d=info.get("w3d", 1.0),
-                       w2d=info.get("w2d", 0.0), s="-" if s is None else f"{s:.4f}",
-                       switch="-" if switch is None else switch)
-            if info["stage"] == "resume":
-                bar.console.print(f"resumed from step {info['step']}")
+            if isinstance(event, Resumed):
+                bar.update(task, completed=event.step, stage=event.label)
+                bar.console.print(f"resumed from step {event.step}")
+                return
+            w3d, w2d = (1.0 if event.w3d is None else event.w3d), (0.0 if event.w2d is None else event.w2d)
+            bar.update(task, completed=event.step, stage=event.label, w3d=w3d, w2d=w2d,
+                       s="-" if event.S is None else f"{event.S:.4f}",
+                       switch="-" if event.switch is None else event.switch)
 
         result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
     if remote:
@@ -283,6 +285,7 @@ def add_input_arguments(cmd: argparse.ArgumentParser) -> None:
 def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentParser:
     from c123.config_files import fields_help
     from c123.provenance import code_version
+    from c123.schedules import SHAPES, VARIANTS
 
     parser = OneLineParser(prog="c123", description="Consistent123: one image to a consistent textured 3D asset")
     parser.add_argument("--version", action="version", version=f"c123 {code_version()}")
@@ -292,8 +295,8 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     rec = sub.add_parser("reconstruct", help="one image -> textured mesh, turntable video, orbit views",
                          epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(rec)
-    rec.add_argument("--variant", help="consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d "
-                                       "(default: the config's, consistent123)")
+    rec.add_argument("--variant", help=f"{' | '.join(VARIANTS)}, optionally :SHAPE of the dynamic prior "
+                                       f"({' | '.join(SHAPES)}) (default: the config's, consistent123:exp)")
     rec.add_argument("--concept", action="store_true", help="learn a token for the object (textual inversion) "
                      "and put it in Stable Diffusion's prompt (paper appendix A.2; cached per image)")
     rec.add_argument("--out", help="output folder, used as given (resumes a run there); default: a new "

@@ -15,9 +15,80 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, Callable, Literal
 
 from c123.errors import C123Error
+
+
+# ---- what a field allows, declared at the field: `field(default=..., metadata=at_least(1))` --------------
+# c123.config_checks derives every check from these and the fields' types (a Literal lists a choice field's
+# values); c123.config_files prints them in `--help` and `c123 config show`.
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number, or of both ends of a (low, high) pair; an open end is itself excluded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class TableChoices:
+    """Names read when checked from a table of another module ('c123.schedules:VARIANTS': its keys), so this
+    module imports none of the modules that import it; `also`: more allowed names; `wording`: the sentence after
+    'must be' ({table}: the table's names), by default 'one of' every name."""
+
+    table: str
+    also: tuple[str, ...] = ()
+    wording: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Any other rule of one field: a predicate on its value and the sentence printed when a value fails it."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def at_least(lo: float, *, not_above: str | None = None) -> dict[str, Any]:
+    """Field metadata: value >= lo (both ends of a pair); not_above: a sibling field this one must not exceed."""
+    return {"allowed": Bounds(lo), **({"not_above": not_above} if not_above else {})}
+
+
+def above(lo: float) -> dict[str, Any]:
+    """Field metadata: value > lo."""
+    return {"allowed": Bounds(lo, lo_open=True)}
+
+
+def within(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, unit: str = "") -> dict[str, Any]:
+    """Field metadata: lo <= value <= hi (< or > at an open end); `unit` follows the range in messages."""
+    return {"allowed": Bounds(lo, hi, lo_open, hi_open, unit)}
+
+
+def one_of_table(table: str, *, also: tuple[str, ...] = (), wording: str = "") -> dict[str, Any]:
+    """Field metadata: one of the names of `table` ('module:NAME') or of `also`."""
+    return {"allowed": TableChoices(table, also, wording)}
+
+
+def rule(ok: Callable[[Any], bool], text: str) -> dict[str, Any]:
+    """Field metadata: any other predicate and its sentence."""
+    return {"allowed": Rule(ok, text)}
+
+
+ORACLE_FROM_CASE = "case"
+"""prior.oracle_scene of a config that takes the oracle's scene from each synthetic case."""
+
+TINY_MODELS_ENV = "C123_TINY_MODELS"
+"""Environment variable naming the folder of the tiny random models (the `tiny` and `verify` presets)."""
+
+
+def tiny_models_dir() -> str:
+    """Where the tiny presets' models live: $C123_TINY_MODELS, else ~/.cache/c123/tiny-models."""
+    return os.environ.get(TINY_MODELS_ENV) or "~/.cache/c123/tiny-models"
+
 
 
 @dataclass
@@ -28,19 +99,19 @@ class CameraConfig:
     """Polar angle of the reference camera from +y (90 = elevation 0); main.py --default_polar."""
     ref_azimuth: float = 0.0
     """Azimuth of the reference camera (0 = looking at the object's front, from +z); --default_azimuth."""
-    ref_radius: float = 3.2
+    ref_radius: float = field(default=3.2, metadata=above(0))
     """Distance of the reference camera from the origin; --default_radius."""
-    fovy: float = 20.0
+    fovy: float = field(default=20.0, metadata=within(0, 180, lo_open=True, hi_open=True, unit="degrees"))
     """Vertical field of view of every camera (fixed when Zero-1-to-3 guides; main.py); --default_fovy."""
-    radius_range: tuple[float, float] = (3.0, 3.5)
+    radius_range: tuple[float, float] = field(default=(3.0, 3.5), metadata=above(0))
     """Novel-view radius range (full extent); --radius_range."""
-    polar_range: tuple[float, float] = (45.0, 105.0)
+    polar_range: tuple[float, float] = field(default=(45.0, 105.0), metadata=within(0, 180))
     """Novel-view polar range (full extent); --theta_range."""
-    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    azimuth_range: tuple[float, float] = field(default=(-180.0, 180.0), metadata=within(-360, 360))
     """Novel-view azimuth range (full extent); --phi_range."""
-    progressive_start: float = 0.2
+    progressive_start: float = field(default=0.2, metadata=within(0, 1))
     """Fraction r of the full ranges at step 0 of the NeRF stage; --progressive_view_init_ratio."""
-    progressive_rate: float = 2.0
+    progressive_rate: float = field(default=2.0, metadata=at_least(0))
     """r = min(1, start + rate * step / nerf_iters): full ranges at 40% of the NeRF stage (nerf/utils.py
     train_step); the DMTet stage always samples the full ranges (main.py sets progressive_view off)."""
 
@@ -49,48 +120,48 @@ class CameraConfig:
 class NerfConfig:
     """Instant-NGP style field as the official nerf/network_grid.py: hash grid + MLP, exp density with a blob."""
 
-    num_levels: int = 16
+    num_levels: int = field(default=16, metadata=at_least(1))
     """Hash-grid levels (gridencoder num_levels)."""
-    level_dim: int = 2
+    level_dim: int = field(default=2, metadata=at_least(1))
     """Features per level."""
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: int = field(default=19, metadata=within(1, 32))
     """log2 of the hash table size per level."""
-    base_resolution: int = 16
+    base_resolution: int = field(default=16, metadata=at_least(1, not_above="finest_resolution"))
     """Coarsest grid resolution."""
     finest_resolution: int = 2048
     """Finest grid resolution per unit of bound (the official desired_resolution is 2048 * bound)."""
-    interpolation: str = "smoothstep"
+    interpolation: Literal["smoothstep", "linear"] = "smoothstep"
     """Corner weights of the hash grid: 'smoothstep' (network_grid.py) or 'linear' (Instant-NGP)."""
     progressive_level: bool = True
     """Coarse-to-fine hash levels: the loop activates min(1, 0.25 + 2 * stage progress) of them, in each stage."""
-    hidden_dim: int = 64
+    hidden_dim: int = field(default=64, metadata=at_least(1))
     """Width of the density/albedo MLP (sigma_net)."""
-    num_layers: int = 3
+    num_layers: int = field(default=3, metadata=at_least(1))
     """Depth of the density/albedo MLP (sigma_net)."""
-    bound: float = 1.0
+    bound: float = field(default=1.0, metadata=above(0))
     """The field lives in [-bound, bound]^3."""
-    blob_density: float = 10.0
+    blob_density: float = field(default=10.0, metadata=at_least(0))
     """Peak of the Gaussian density prior at the origin (main.py --blob_density)."""
-    blob_radius: float = 0.2
+    blob_radius: float = field(default=0.2, metadata=above(0))
     """Radius (std) of the Gaussian density prior (main.py --blob_radius)."""
     normal_eps: float = 1e-2
     """Step of the central differences that give normals (network_grid.py finite_difference_normal)."""
-    num_samples: int = 64
+    num_samples: int = field(default=64, metadata=at_least(1))
     """Stratified samples per ray."""
-    num_importance: int = 32
+    num_importance: int = field(default=32, metadata=at_least(0))
     """Extra importance samples per ray (0 disables the second pass)."""
-    backend: str = "auto"
+    backend: Literal["auto", "torch", "triton", "tcnn"] = "auto"
     """Hash-grid backend: 'auto' (the fused Triton kernels for CUDA points when triton imports, else 'torch'),
     'torch', 'triton' or 'tcnn' (tinycudann: faster, but its own lattice alignment, not the official one)."""
     occupancy_grid: bool = True
     """Skip samples outside occupied cells of a density grid, as the official `-O` (cuda_ray) renderer does."""
-    occupancy_resolution: int = 128
+    occupancy_resolution: int = field(default=128, metadata=at_least(2))
     """Cells per side of the density grid (renderer.py grid_size)."""
-    occupancy_threshold: float = 10.0
+    occupancy_threshold: float = field(default=10.0, metadata=at_least(0))
     """A cell is occupied when its density exceeds min(mean density, this) (--density_thresh)."""
-    occupancy_every: int = 16
+    occupancy_every: int = field(default=16, metadata=at_least(1))
     """Refresh the density grid every this many steps (--update_extra_interval)."""
-    occupancy_mode: str = "auto"
+    occupancy_mode: Literal["auto", "compact", "mask"] = "auto"
     """How samples in empty cells are skipped: 'compact' (only occupied samples reach the field: the fewest
     evaluations, one host sync per render pass), 'mask' (every sample is evaluated, empty ones zeroed: no host
     sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
@@ -100,9 +171,9 @@ class NerfConfig:
 class DMTetConfig:
     """Refinement stage as the official renderer.py (init_tet, run_dmtet): tet SDF + deformation, rasterised."""
 
-    tet_resolution: int = 256
+    tet_resolution: int = field(default=256, metadata=at_least(2))
     """Tet grid size (official tet_grid_size): A15 lattice with grid step 2 / size over [-1,1]^3, multiple of 4."""
-    render_size: int = 1024
+    render_size: int = field(default=1024, metadata=at_least(1))
     """Rasterised novel-view size."""
     init_density_threshold: float = 10.0
     """Cap of the init threshold: threshold = min(mean NeRF density, cap); sdf = clamp(density - threshold, -1, 1)."""
@@ -110,9 +181,9 @@ class DMTetConfig:
     """Grid on which the mean NeRF density is probed (the official cuda_ray density grid is 128^3)."""
     scale_margin: float = 0.1
     """The grid is rescaled to the bounding box of the occupied vertices plus this margin per axis (init_tet)."""
-    deform_scale: float = 1.0
+    deform_scale: float = field(default=1.0, metadata=at_least(0))
     """Vertex offsets are deform_scale * tanh(deform) / tet_resolution (run_dmtet: tanh(deform) / tet_grid_size)."""
-    backend: str = "auto"
+    backend: Literal["auto", "torch", "nvdiffrast"] = "auto"
     """Rasteriser backend: 'auto' (nvdiffrast if importable and on CUDA), 'torch' or 'nvdiffrast'."""
 
 
@@ -120,27 +191,27 @@ class DMTetConfig:
 class LossConfig:
     """Reference-view losses and regularisers (main.py lambdas in the image+text setup; nerf/utils.py)."""
 
-    rgb: float = 1000.0
+    rgb: float = field(default=1000.0, metadata=at_least(0))
     """Weight of the reference-view rgb MSE; --lambda_rgb."""
-    mask: float = 500.0
+    mask: float = field(default=500.0, metadata=at_least(0))
     """Weight of the reference-view mask MSE; --lambda_mask."""
-    depth: float = 10.0
+    depth: float = field(default=10.0, metadata=at_least(0))
     """Weight of 1 - Pearson(depth) on the mask, ramped by min(1, step/iters); 0 in DMTet; --lambda_depth."""
-    entropy: float = 1.0
+    entropy: float = field(default=1.0, metadata=at_least(0))
     """Binary entropy of the per-sample compositing weights (NeRF), ramped by min(1, entropy_ramp *
     step/iters); main.py sets lambda_entropy = 1 for image inputs."""
-    entropy_ramp: float = 2.0
+    entropy_ramp: float = field(default=2.0, metadata=at_least(0))
     """Slope of the entropy ramp (nerf/utils.py train_step: min(1, 2 * global_step / iters))."""
-    orientation: float = 1.0
+    orientation: float = field(default=1.0, metadata=at_least(0))
     """Orientation regulariser, mean over all samples of sg(w) max(0, n.d)^2 (NeRF; renderer.py run_cuda)."""
-    normal_smooth_3d: float = 20.0
+    normal_smooth_3d: float = field(default=20.0, metadata=at_least(0))
     """Mean |n(x) - n(x + 0.01 noise)| over the samples (NeRF); main.py sets 20 with a text prompt."""
-    normal_smooth_2d: float = 10.0
+    normal_smooth_2d: float = field(default=10.0, metadata=at_least(0))
     """2D smoothness of the normal image (n+1)/2 composited with detached density: MSE to its 9-px Gaussian
     blur plus squared finite differences (NeRF); --lambda_2d_normal_smooth."""
-    mesh_normal_consistency: float = 100.0
+    mesh_normal_consistency: float = field(default=100.0, metadata=at_least(0))
     """Mesh normal consistency (DMTet); --lambda_mesh_normal."""
-    mesh_laplacian: float = 100.0
+    mesh_laplacian: float = field(default=100.0, metadata=at_least(0))
     """Mesh Laplacian smoothness (DMTet); --lambda_mesh_laplacian."""
 
 
@@ -154,33 +225,34 @@ class PriorConfig:
     """Stable Diffusion 2.1 base: Hub id or local directory."""
     clip_model: str = "openai/clip-vit-base-patch16"
     """CLIP for the boundary detector: Hub id or local directory."""
-    guidance_scale_3d: float = 10.0
+    guidance_scale_3d: float = field(default=10.0, metadata=at_least(0))
     """Classifier-free guidance scale of Zero-1-to-3."""
-    guidance_scale_2d: float = 10.0
+    guidance_scale_2d: float = field(default=10.0, metadata=at_least(0))
     """Classifier-free guidance scale of Stable Diffusion."""
-    t_range_nerf: tuple[float, float] = (0.2, 0.6)
+    t_range_nerf: tuple[float, float] = field(default=(0.2, 0.6), metadata=within(0, 1))
     """SDS timestep range (fraction of the schedule) in the NeRF stage."""
-    t_range_dmtet: tuple[float, float] = (0.2, 0.5)
+    t_range_dmtet: tuple[float, float] = field(default=(0.2, 0.5), metadata=within(0, 1))
     """SDS timestep range in the DMTet stage."""
-    zero123_size: int = 256
+    zero123_size: int = field(default=256, metadata=at_least(8))
     """Zero-1-to-3 input resolution."""
-    sd_size: int = 512
+    sd_size: int = field(default=512, metadata=at_least(8))
     """Stable Diffusion input resolution."""
-    clip_size: int = 128
+    clip_size: int = field(default=128, metadata=at_least(1))
     """Renders are resized to this before the detector's CLIP (the encoder then resizes to its own)."""
     angle_scaled_gradient: bool = True
     """Scale the Zero-1-to-3 gradient by (angle to the reference)/180 (zero123_utils.py train_step, 'angle')."""
-    zero123_timestep: str = "max"
+    zero123_timestep: Literal["max", "uniform"] = "max"
     """Zero-1-to-3 t: 'max' = int(1000 * t_range[1]) every step (zero123_utils.py train_step), or 'uniform'."""
-    sd_view_prompt: str = "interpolate"
+    sd_view_prompt: Literal["interpolate", "bucket"] = "interpolate"
     """SD text embedding: 'interpolate' front/side/back by |delta azimuth| (nerf/utils.py train_step) or 'bucket'."""
-    render_latents: str = "sample"
+    render_latents: Literal["sample", "mean"] = "sample"
     """Render latents: 'sample' of the VAE posterior (sd_utils/zero123_utils encode_imgs) or its 'mean'."""
-    zero123_variant: str = "fp16_ema"
+    zero123_variant: Literal["fp16_ema", "default"] = "fp16_ema"
     """Zero-1-to-3 weights file: 'fp16_ema' (the EMA weights the official loads, upcast) or 'default'."""
-    precision: str = "fp16"
+    precision: Literal["fp16", "fp32"] = "fp16"
     """CUDA 'fp16' = -O: SD and detector CLIP fp16, Zero-1-to-3 fp32 under fp16 autocast; or 'fp32'. CPU: fp32."""
-    oracle_scene: str | None = None
+    oracle_scene: str | None = field(default=None, metadata=one_of_table(
+        "c123.synthetic:SCENES", also=(ORACLE_FROM_CASE,), wording="null, '{also}' or a synthetic scene ({table})"))
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene; 'case': the scene
     of each synthetic case (the benchmark fills it in)."""
     model_cache: str | None = None
@@ -195,15 +267,15 @@ class PreprocessConfig:
 
     background_model: str = "CIDAS/clipseg-rd64-refined"
     """Background remover for an image without alpha or mask: CLIPSeg prompted with the text prompt."""
-    mask_threshold: float = 0.5
+    mask_threshold: float = field(default=0.5, metadata=within(0, 1, lo_open=True, hi_open=True))
     """The object is where the background remover's probability exceeds this."""
     depth_model: str = "Intel/dpt-hybrid-midas"
     """Monocular depth (DPT-hybrid, as the official Omnidata dpt_hybrid) for an input without a depth map."""
     caption_model: str = "Salesforce/blip2-opt-2.7b"
     """Captioner for an input without a prompt (preprocess_image.py BLIP2)."""
-    caption_max_tokens: int = 20
+    caption_max_tokens: int = field(default=20, metadata=at_least(1))
     """Longest caption, in tokens (preprocess_image.py `generate(max_new_tokens=20)`)."""
-    border_ratio: float = 0.2
+    border_ratio: float = field(default=0.2, metadata=within(0, 1, hi_open=True))
     """Recentring: the object's longer side spans 1 - border_ratio of the square canvas (--border_ratio)."""
 
 
@@ -215,15 +287,16 @@ class ConceptConfig:
 
     enabled: bool = False
     """Learn and use the concept token (off by default: the paper offers it as an option)."""
-    token: str = "<c123-token>"
+    token: str = field(default="<c123-token>", metadata=rule(
+        lambda v: bool(v) and len(v.split()) == 1 and v == v.strip(), "must be one word without spaces"))
     """The new token (--placeholder_token)."""
-    initializer: str = "object"
+    initializer: str = field(default="object", metadata=rule(lambda v: bool(v.strip()), "must name a word"))
     """Word whose embedding starts the token (--initializer_token; several tokens: their mean)."""
-    steps: int = 5000
+    steps: int = field(default=5000, metadata=at_least(1))
     """Optimisation steps (--max_train_steps)."""
-    learning_rate: float = 1e-4
+    learning_rate: float = field(default=1e-4, metadata=above(0))
     """AdamW learning rate of the token embedding (--learning_rate, without --scale_lr)."""
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=at_least(1))
     """Noised copies of the reference per step (--train_batch_size)."""
 
 
@@ -231,28 +304,28 @@ class ConceptConfig:
 class ScheduleConfig:
     """Boundary detector and dynamic prior (paper sections 3.2-3.3; nerf/utils.py train_step)."""
 
-    variant: str = "consistent123"
-    """consistent123 | 3d-only | dynamic-only | fixed-switch | 3d-then-2d."""
-    weight_shape: str = "exp"
-    """Dynamic prior shape: exp | linear | log (--weight_method)."""
-    fixed_switch_step: int = 2000
+    variant: str = field(default="consistent123", metadata=one_of_table("c123.schedules:VARIANTS"))
+    """The method or one of its ablations (c123/schedules.py VARIANTS: what each switches on)."""
+    weight_shape: str = field(default="exp", metadata=one_of_table("c123.schedules:SHAPES"))
+    """Shape of the dynamic prior's weights over the 2D stage (c123/schedules.py SHAPES; --weight_method)."""
+    fixed_switch_step: int = field(default=2000, metadata=at_least(0))
     """Switch step of the 'fixed-switch' variant (--fix3D_iters)."""
-    check_start: int = 2000
+    check_start: int = field(default=2000, metadata=at_least(0, not_above="check_end"))
     """First NeRF iteration at which the detector scores views (--least_3Donly)."""
-    check_end: int = 3500
+    check_end: int = field(default=3500, metadata=at_least(0))
     """NeRF iteration at which the switch is forced when the detector has not decided (--most_3Donly)."""
-    check_interval: int = 21
+    check_interval: int = field(default=21, metadata=at_least(1))
     """Score every check_interval iterations (global step % 21 == 0; --render_interval 21, the paper says 20)."""
-    num_views: int = 8
+    num_views: int = field(default=8, metadata=at_least(1))
     """Detector views at elevation 0, evenly spaced in azimuth (--dataset_size_valid)."""
-    render_size: int = 800
+    render_size: int = field(default=800, metadata=at_least(1))
     """The detector's views are rendered at this size (the validation loader's --H/--W) before being
     resized to prior.clip_size (--h/--w) for CLIP."""
-    rate_window: int = 5
+    rate_window: int = field(default=5, metadata=at_least(1))
     """L: number of rates averaged (--last_N)."""
-    threshold: float = 0.00025
+    threshold: float = field(default=0.00025, metadata=at_least(0))
     """delta: switch when R^k falls below it (--threshold)."""
-    min_weight: float = 1e-5
+    min_weight: float = field(default=1e-5, metadata=within(0, 1))
     """Floor of the dynamic weights (the 1e-5 of eq. 8; Trainer start_sd_weight/end_zero_weight)."""
 
 
@@ -260,62 +333,62 @@ class ScheduleConfig:
 class TrainConfig:
     """Iterations, resolutions, optimiser, reference view (main.py, nerf/utils.py)."""
 
-    nerf_iters: int = 5000
+    nerf_iters: int = field(default=5000, metadata=at_least(1))
     """NeRF-stage iterations (--iters of the first run)."""
-    dmtet_iters: int = 5000
+    dmtet_iters: int = field(default=5000, metadata=at_least(0))
     """DMTet-stage iterations (--dmtet_iters / --iters of the second run)."""
-    ref_every: int = 4
+    ref_every: int = field(default=4, metadata=at_least(1))
     """Iterations whose 1-based step is a multiple of this are reference-view steps (--known_view_interval)."""
-    nerf_size: int = 128
+    nerf_size: int = field(default=128, metadata=at_least(1))
     """NeRF novel-view render size (--h/--w)."""
-    ref_scale: float = 1.5
+    ref_scale: float = field(default=1.5, metadata=above(0))
     """Reference view renders at ref_scale x nerf_size in the NeRF stage (--known_view_scale; 1 in DMTet)."""
-    ref_background: str = "noise"
+    ref_background: Literal["noise", "flat"] = "noise"
     """Reference-view background: 'noise' (a random colour per pixel, as the official) or 'flat' (one colour)."""
-    ref_jitter: float = 2e-3
+    ref_jitter: float = field(default=2e-3, metadata=at_least(0))
     """Std of the random offset added to every reference ray's origin and direction (--known_view_noise_scale)."""
-    ref_mask_threshold: float | None = 0.5
+    ref_mask_threshold: float | None = field(default=0.5, metadata=within(0, 1, hi_open=True))
     """Reference mask = alpha > threshold (binary, as the official); None: the soft alpha."""
-    ref_shading: str = "lambertian"
+    ref_shading: Literal["lambertian", "albedo"] = "lambertian"
     """Reference render shading: 'lambertian' at ambient 1 (the official: colour = albedo, and normals exist so
     the normal regularisers also act on reference steps) or 'albedo' (no normals on reference steps)."""
-    optimizer: str = "adan"
+    optimizer: Literal["adan", "adam"] = "adan"
     """adan (the code, main.py) or adam (what the paper states)."""
-    lr: float = 5e-3
+    lr: float = field(default=5e-3, metadata=above(0))
     """Learning rate (main.py: Adan at 5 x --lr 1e-3; use 1e-3 with Adam)."""
-    grid_lr_scale: float = 10.0
+    grid_lr_scale: float = field(default=10.0, metadata=above(0))
     """Hash-grid learning-rate multiplier (network_grid.py get_params)."""
-    adan_eps: float = 1e-8
+    adan_eps: float = field(default=1e-8, metadata=above(0))
     """Adan epsilon (main.py)."""
-    weight_decay: float = 2e-5
+    weight_decay: float = field(default=2e-5, metadata=at_least(0))
     """Adan weight decay, applied as the official's proximal step (main.py; no_prox=False)."""
-    max_grad_norm: float = 5.0
+    max_grad_norm: float = field(default=5.0, metadata=at_least(0))
     """Adan clips the global gradient norm to this (main.py); 0 disables."""
-    ema_decay: float = 0.95
+    ema_decay: float = field(default=0.95, metadata=within(0, 1, hi_open=True))
     """EMA decay of the NeRF parameters; effective decay min(ema_decay, (1 + n) / (10 + n)) (torch_ema)."""
-    ema_every: int = 100
+    ema_every: int = field(default=100, metadata=at_least(1))
     """The EMA is updated at the end of each epoch of this many iterations (--dataset_size_train)."""
-    lambertian_prob: float = 0.8
+    lambertian_prob: float = field(default=0.8, metadata=within(0, 1))
     """Novel views: lambertian with this probability, else textureless (train_step: textureless if rand > 0.8)."""
-    ambient_range: tuple[float, float] = (0.1, 1.0)
+    ambient_range: tuple[float, float] = field(default=(0.1, 1.0), metadata=at_least(0))
     """Ambient ratio range for shaded novel views (0.1 + 0.9 * random())."""
-    novel_background: str = "random"
+    novel_background: Literal["random", "white"] = "random"
     """Novel-view background: 'random' flat colour (the method) or 'white' (oracle verification)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata=at_least(0))
     """Checkpoint interval within a stage (0 = only at stage ends)."""
-    eval_views: int = 8
+    eval_views: int = field(default=8, metadata=at_least(1))
     """Orbit views saved to views/ for evaluation."""
-    eval_size: int = 512
+    eval_size: int = field(default=512, metadata=at_least(1))
     """Size of evaluation renders (views/, reference metrics) and turntable frames."""
-    video_frames: int = 60
+    video_frames: int = field(default=60, metadata=at_least(1))
     """Turntable frames."""
     export_mesh: bool = True
     """Export the textured mesh (OBJ+MTL+PNG, GLB)."""
-    texture_size: int = 1024
+    texture_size: int = field(default=1024, metadata=at_least(1))
     """Baked texture size."""
     device: str = "auto"
     """'auto' (cuda if available), 'cpu' or 'cuda[:N]'."""
-    compile: str = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the hot paths (field, renderer chunks, rasteriser, marching tets): 'auto' (on for CUDA, off
     for CPU, where compiling costs more than a short run saves), 'on' or 'off'; the same arithmetic."""
 
@@ -328,12 +401,12 @@ class LogConfig:
     tensorboard: bool = True
     """Write TensorBoard events to OUT/tb/: loss terms, w3D/w2D, S^k/R^k, switch step, learning rates, gradient
     norms (the official Trainer writes train/loss and train/lr with tensorboardX); `--log none` turns it off."""
-    strip_every: int = 100
+    strip_every: int = field(default=100, metadata=at_least(0))
     """Render the validation strip every this many steps and at each stage's end (0: never); the official
     evaluates every epoch (--eval_interval 1 x 100 steps)."""
-    strip_views: int = 4
+    strip_views: int = field(default=4, metadata=at_least(1))
     """Orbit views in the validation strip (elevation 0, evenly spaced in azimuth from the reference's)."""
-    strip_size: int = 128
+    strip_size: int = field(default=128, metadata=at_least(8))
     """Pixel size of each view of the validation strip."""
 
 
@@ -343,7 +416,7 @@ class ReconstructConfig:
 
     preset: str = "paper"
     """Name of the preset this config started from."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=within(0, 2**32 - 1))
     """Global seed."""
     camera: CameraConfig = field(default_factory=CameraConfig)
     """Cameras."""
@@ -399,9 +472,9 @@ def fast() -> ReconstructConfig:
 def tiny(models_dir: str | None = None) -> ReconstructConfig:
     """CPU in minutes with the tiny random models of `c123 models tiny DIR` (written on first use).
 
-    The models live in `models_dir`, else $C123_TINY_MODELS, else ~/.cache/c123/tiny-models.
+    The models live in `models_dir`, else tiny_models_dir().
     """
-    models_dir = models_dir or os.environ.get("C123_TINY_MODELS", "~/.cache/c123/tiny-models")
+    models_dir = models_dir or tiny_models_dir()
     cfg = ReconstructConfig(preset="tiny")
     cfg.nerf = NerfConfig(num_levels=6, log2_hashmap_size=14, finest_resolution=128, hidden_dim=32,
                           num_layers=2, num_samples=24, num_importance=0, occupancy_resolution=32)
@@ -425,10 +498,6 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.schedule.fixed_switch_step = 20
     cfg.log.strip_every, cfg.log.strip_size = 20, 32
     return cfg
-
-
-ORACLE_FROM_CASE = "case"
-"""prior.oracle_scene of a config that takes the oracle's scene from each synthetic case."""
 
 
 def verify(models_dir: str | None = None) -> ReconstructConfig:

@@ -4,7 +4,9 @@ Two layers:
 - types, read from the dataclass annotations of c123/config.py, for every field (new fields included):
   `true` is not an integer, `3` is not a flag, numbers are finite, `tuple[float, float]` is a pair of
   numbers, `str | None` is text or null;
-- ranges and choices per field (RULES), plus the few rules between two fields (ORDERED) and the device.
+- what each field allows besides its type, declared once at the field in c123/config.py: the values of a
+  `Literal` type, the range (Bounds), computed choices (TableChoices) or other Rule in its
+  `field(metadata=...)`, and `not_above` (a sibling it must not exceed); then the device.
 
 Each failure is one ConfigError line naming the field, the value, the rule and a working value.
 """
@@ -13,182 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 import re
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from c123.config import ReconstructConfig
+from c123.config import Bounds, ReconstructConfig, Rule, TableChoices
 from c123.errors import C123Error
 
 
 class ConfigError(C123Error):
     """A config value has the wrong type or is out of its range."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A predicate on one field's value and the sentence it prints when the value fails it."""
-
-    ok: Callable[[Any], bool]
-    text: str
-
-
-def at_least(lo: float) -> Rule:
-    return Rule(lambda v: v >= lo, f"must be >= {lo}")
-
-
-def above(lo: float) -> Rule:
-    return Rule(lambda v: v > lo, f"must be > {lo}")
-
-
-def between(lo: float, hi: float) -> Rule:
-    return Rule(lambda v: lo <= v <= hi, f"must be in [{lo}, {hi}]")
-
-
-def below_one() -> Rule:
-    return Rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
-
-
-def one_of(*names: str) -> Rule:
-    return Rule(lambda v: v in names, f"must be one of {', '.join(names)}")
-
-
-def pair(lo: float | None = None, hi: float | None = None, strict_lo: bool = False) -> Rule:
-    """A (low, high) range: low <= high, inside [lo, hi] (low > lo with strict_lo)."""
-    def ok(v) -> bool:
-        a, b = v
-        return a <= b and (lo is None or (a > lo if strict_lo else a >= lo)) and (hi is None or b <= hi)
-    bounds = f" within {'(' if strict_lo else '['}{lo}, {hi}]" if lo is not None or hi is not None else ""
-    return Rule(ok, f"must be [low, high] with low <= high{bounds}")
-
-
-def _variants() -> Rule:
-    from c123.schedules import VARIANTS
-    return one_of(*VARIANTS)
-
-
-def _shapes() -> Rule:
-    from c123.schedules import SHAPES
-    return one_of(*SHAPES)
-
-
-def _oracle_scenes() -> Rule:
-    from c123.config import ORACLE_FROM_CASE
-    from c123.synthetic import SCENES
-    return Rule(lambda v: v is None or v in (*SCENES, ORACLE_FROM_CASE),
-                f"must be null, '{ORACLE_FROM_CASE}' or a synthetic scene ({', '.join(SCENES)})")
-
-
-RULES: dict[str, Rule | Callable[[], Rule]] = {
-    "seed": between(0, 2**32 - 1),
-    "camera.ref_radius": above(0),
-    "camera.fovy": Rule(lambda v: 0 < v < 180, "must be in (0, 180) degrees"),
-    "camera.radius_range": pair(0, None, strict_lo=True),
-    "camera.polar_range": pair(0, 180),
-    "camera.azimuth_range": pair(-360, 360),
-    "camera.progressive_start": between(0, 1),
-    "camera.progressive_rate": at_least(0),
-    "nerf.num_levels": at_least(1),
-    "nerf.level_dim": at_least(1),
-    "nerf.log2_hashmap_size": between(1, 32),
-    "nerf.base_resolution": at_least(1),
-    "nerf.hidden_dim": at_least(1),
-    "nerf.num_layers": at_least(1),
-    "nerf.bound": above(0),
-    "nerf.blob_density": at_least(0),
-    "nerf.blob_radius": above(0),
-    "nerf.num_samples": at_least(1),
-    "nerf.num_importance": at_least(0),
-    "nerf.backend": one_of("auto", "torch", "triton", "tcnn"),
-    "nerf.occupancy_resolution": at_least(2),
-    "nerf.occupancy_threshold": at_least(0),
-    "nerf.occupancy_every": at_least(1),
-    "nerf.occupancy_mode": one_of("auto", "compact", "mask"),
-    "dmtet.tet_resolution": at_least(2),
-    "dmtet.render_size": at_least(1),
-    "dmtet.deform_scale": at_least(0),
-    "dmtet.backend": one_of("auto", "torch", "nvdiffrast"),
-    "loss.rgb": at_least(0),
-    "loss.mask": at_least(0),
-    "loss.depth": at_least(0),
-    "loss.entropy": at_least(0),
-    "loss.orientation": at_least(0),
-    "loss.normal_smooth_3d": at_least(0),
-    "loss.normal_smooth_2d": at_least(0),
-    "loss.mesh_normal_consistency": at_least(0),
-    "loss.mesh_laplacian": at_least(0),
-    "prior.guidance_scale_3d": at_least(0),
-    "prior.guidance_scale_2d": at_least(0),
-    "prior.t_range_nerf": pair(0, 1),
-    "prior.t_range_dmtet": pair(0, 1),
-    "prior.zero123_size": at_least(8),
-    "prior.sd_size": at_least(8),
-    "prior.clip_size": at_least(1),
-    "prior.precision": one_of("fp16", "fp32"),
-    "prior.zero123_timestep": one_of("max", "uniform"),
-    "prior.sd_view_prompt": one_of("interpolate", "bucket"),
-    "prior.render_latents": one_of("sample", "mean"),
-    "prior.zero123_variant": one_of("fp16_ema", "default"),
-    "preprocess.mask_threshold": Rule(lambda v: 0 < v < 1, "must be in (0, 1)"),
-    "preprocess.caption_max_tokens": at_least(1),
-    "preprocess.border_ratio": below_one(),
-    "concept.token": Rule(lambda v: bool(v) and len(v.split()) == 1 and v == v.strip(),
-                          "must be one word without spaces"),
-    "concept.initializer": Rule(lambda v: bool(v.strip()), "must name a word"),
-    "concept.steps": at_least(1),
-    "concept.learning_rate": above(0),
-    "concept.batch_size": at_least(1),
-    "prior.oracle_scene": _oracle_scenes,
-    "schedule.variant": _variants,
-    "schedule.weight_shape": _shapes,
-    "schedule.fixed_switch_step": at_least(0),
-    "schedule.check_start": at_least(0),
-    "schedule.check_end": at_least(0),
-    "schedule.check_interval": at_least(1),
-    "schedule.num_views": at_least(1),
-    "schedule.render_size": at_least(1),
-    "schedule.rate_window": at_least(1),
-    "schedule.threshold": at_least(0),
-    "schedule.min_weight": between(0, 1),
-    "train.nerf_iters": at_least(1),
-    "train.dmtet_iters": at_least(0),
-    "train.ref_every": at_least(1),
-    "train.nerf_size": at_least(1),
-    "train.ref_scale": above(0),
-    "train.optimizer": one_of("adan", "adam"),
-    "train.lr": above(0),
-    "train.grid_lr_scale": above(0),
-    "train.ema_decay": below_one(),
-    "train.ema_every": at_least(1),
-    "train.adan_eps": above(0),
-    "train.weight_decay": at_least(0),
-    "train.max_grad_norm": at_least(0),
-    "train.ref_background": one_of("noise", "flat"),
-    "train.ref_jitter": at_least(0),
-    "train.ref_mask_threshold": Rule(lambda v: v is None or 0 <= v < 1, "must be null or in [0, 1)"),
-    "train.ref_shading": one_of("lambertian", "albedo"),
-    "loss.entropy_ramp": at_least(0),
-    "train.lambertian_prob": between(0, 1),
-    "train.ambient_range": pair(0, None),
-    "train.novel_background": one_of("random", "white"),
-    "train.checkpoint_every": at_least(0),
-    "train.eval_views": at_least(1),
-    "train.eval_size": at_least(1),
-    "train.video_frames": at_least(1),
-    "train.texture_size": at_least(1),
-    "train.compile": one_of("auto", "on", "off"),
-    "log.strip_every": at_least(0),
-    "log.strip_views": at_least(1),
-    "log.strip_size": at_least(8),
-}
-"""Range or choice of each field that has one (a callable builds its Rule when first needed)."""
-
-ORDERED: list[tuple[str, str]] = [("nerf.base_resolution", "nerf.finest_resolution"),
-                                  ("schedule.check_start", "schedule.check_end")]
-"""(a, b): field a must not exceed field b."""
 
 
 def validate(cfg: ReconstructConfig, *, check_device: bool = True) -> ReconstructConfig:
@@ -197,17 +36,111 @@ def validate(cfg: ReconstructConfig, *, check_device: bool = True) -> Reconstruc
     check_device: whether `train.device` must exist on this machine (False where another machine runs the
     reconstruction, e.g. a cluster's GPU node; its caller checks the device there)."""
     check_types(cfg)
-    for path, rule in RULES.items():
-        rule = rule() if not isinstance(rule, Rule) else rule
-        value = lookup(cfg, path)
-        if not rule.ok(value):
-            raise _error(path, value, rule.text)
-    for a, b in ORDERED:
-        if lookup(cfg, a) > lookup(cfg, b):
-            raise _error(a, lookup(cfg, a), f"must not exceed {b}={lookup(cfg, b)!r}")
+    check_allowed(cfg)
     if check_device:
         check_device_exists(cfg.train.device, _cuda_count())
     return cfg
+
+
+def check_section(section, name: str) -> None:
+    """One section (e.g. the PriorConfig a prior is built from) checked as `validate` checks it inside a whole
+    config; errors name the field `name.field`."""
+    check_types(section, name + ".")
+    check_allowed(section, name + ".")
+
+
+def check_allowed(obj, prefix: str = "") -> None:
+    """Every field of a (nested) dataclass of the right types against what its declaration allows: the values
+    of its Literal type, the Bounds, TableChoices or Rule of its metadata, then its metadata's `not_above`."""
+    leaves = list(_leaves(obj, type(obj), prefix))
+    for path, value, hint, f in leaves:
+        text = allowed_text(f, hint)
+        if text is not None and not (value is None and _allows_none(hint)) and not _allows(f, hint, value):
+            raise _error(path, value, text)
+    for path, value, _, f in leaves:
+        if "not_above" in f.metadata:
+            other = f"{path.rpartition('.')[0]}.{f.metadata['not_above']}".lstrip(".")  # the sibling field
+            limit = lookup(obj, other.removeprefix(prefix))
+            if value > limit:
+                raise _error(path, value, f"must not exceed {other}={limit!r}")
+
+
+def allowed_texts(cfg: ReconstructConfig | None = None) -> dict[str, str]:
+    """{'train.nerf_iters': 'must be >= 1', ...}: what each field allows besides its type, for `--help` and
+    `c123 config show` (the fields that allow any value of their type are left out)."""
+    cfg = cfg or ReconstructConfig()
+    return {path: text for path, _, hint, f in _leaves(cfg, type(cfg)) if (text := allowed_text(f, hint))}
+
+
+def allowed_text(f: dataclasses.Field, hint) -> str | None:
+    """'must be >= 1', 'must be one of adan, adam', ...: what field `f` allows besides its type (None: no more)."""
+    allowed = f.metadata.get("allowed")
+    maybe_null = "null or " if _allows_none(hint) and not isinstance(allowed, (TableChoices, Rule)) else ""
+    if typing.get_origin(_without_none(hint)) is typing.Literal:
+        return f"must be {maybe_null}one of {', '.join(map(str, typing.get_args(_without_none(hint))))}"
+    if isinstance(allowed, Rule):
+        return allowed.text
+    if isinstance(allowed, TableChoices):
+        table = _table(allowed.table)
+        if not allowed.wording:
+            return f"must be one of {', '.join((*allowed.also, *table))}"
+        return "must be " + allowed.wording.format(table=", ".join(table), also=", ".join(allowed.also))
+    if isinstance(allowed, Bounds):
+        if typing.get_origin(_without_none(hint)) is tuple:
+            b = allowed
+            within = (f" within {'(' if b.lo_open else '['}{b.lo}, {b.hi}{')' if b.hi_open else ']'}"
+                      if b.lo is not None or b.hi is not None else "")
+            return f"must be [low, high] with low <= high{within}"
+        return f"must be {maybe_null}{_range_text(allowed)}"
+    return None
+
+
+def _allows(f: dataclasses.Field, hint, value) -> bool:
+    allowed = f.metadata.get("allowed")
+    if typing.get_origin(_without_none(hint)) is typing.Literal:
+        return value in typing.get_args(_without_none(hint))
+    if isinstance(allowed, Rule):
+        return allowed.ok(value)
+    if isinstance(allowed, TableChoices):
+        return value in (*allowed.also, *_table(allowed.table))
+    if typing.get_origin(_without_none(hint)) is tuple:
+        low, high = value
+        return low <= high and _in_bounds(low, allowed) and _in_bounds(high, allowed)
+    return _in_bounds(value, allowed)
+
+
+def _in_bounds(v, b: Bounds) -> bool:
+    return ((b.lo is None or (v > b.lo if b.lo_open else v >= b.lo))
+            and (b.hi is None or (v < b.hi if b.hi_open else v <= b.hi)))
+
+
+def _range_text(b: Bounds) -> str:
+    """'>= 1', '> 0', 'in [0, 1)', 'in (0, 180) degrees'."""
+    if b.hi is None:
+        return f"{'>' if b.lo_open else '>='} {b.lo}"
+    if b.lo is None:
+        return f"{'<' if b.hi_open else '<='} {b.hi}"
+    unit = f" {b.unit}" if b.unit else ""
+    return f"in {'(' if b.lo_open else '['}{b.lo}, {b.hi}{')' if b.hi_open else ']'}{unit}"
+
+
+@functools.lru_cache(maxsize=None)
+def _table(ref: str) -> tuple[str, ...]:
+    """The names of 'module:NAME' (a dict's keys or a sequence's items)."""
+    module, name = ref.split(":")
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+def _allows_none(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _without_none(hint):
+    """`X` of `X | None` (the hint itself otherwise)."""
+    if _allows_none(hint):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else hint
+    return hint
 
 
 def check_device_exists(device: str, cuda_devices: int) -> None:
@@ -230,15 +163,15 @@ def lookup(cfg, path: str):
 
 
 # ---- types from annotations ------------------------------------------------------------------------
-def check_types(obj) -> None:
+def check_types(obj, prefix: str = "") -> None:
     """Every field of a (nested) dataclass against its annotation; ConfigError for the first that differs."""
-    for path, value, hint in _leaves(obj, type(obj)):
+    for path, value, hint, _ in _leaves(obj, type(obj), prefix):
         if not _matches(value, hint):
             raise _error(path, value, f"must be {_describe(hint)}")
 
 
 def _leaves(obj, cls, prefix: str = ""):
-    """(path, value, type hint) of every non-dataclass field, depth first."""
+    """(path, value, type hint, dataclasses.Field) of every non-dataclass field, depth first."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value, hint, path = getattr(obj, f.name), hints[f.name], prefix + f.name
@@ -247,7 +180,7 @@ def _leaves(obj, cls, prefix: str = ""):
                 raise _error(path, value, f"must be a {hint.__name__} section")
             yield from _leaves(value, hint, path + ".")
         else:
-            yield path, value, hint
+            yield path, value, hint, f
 
 
 def _matches(value, hint) -> bool:
@@ -258,8 +191,8 @@ def _matches(value, hint) -> bool:
         return value is None
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, arm) for arm in args)
-    if origin is typing.Literal:
-        return value in args
+    if origin is typing.Literal:  # the type of its values here; the values themselves in check_allowed
+        return any(_matches(value, type(a)) for a in args)
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -291,7 +224,7 @@ def _describe(hint) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
+        return " or ".join(dict.fromkeys(_describe(type(a)) for a in args))
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_describe(args[0])}"

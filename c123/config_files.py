@@ -45,7 +45,11 @@ def class_docs() -> dict[str, dict[str, str]]:
 
 
 def field_docs(cfg: ReconstructConfig | None = None) -> dict[str, str]:
-    """{'train.nerf_iters': 'NeRF-stage iterations (--iters of the first run).', ...} for every leaf field."""
+    """{'train.nerf_iters': 'NeRF-stage iterations (--iters of the first run). [must be >= 1]', ...} for every
+    leaf field: its docstring, then what it allows besides its type (c123.config_checks.allowed_texts)."""
+    from c123.config_checks import allowed_texts
+
+    allowed = allowed_texts()
     out: dict[str, str] = {}
 
     def walk(obj, prefix: str) -> None:
@@ -55,7 +59,8 @@ def field_docs(cfg: ReconstructConfig | None = None) -> dict[str, str]:
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
             else:
-                out[prefix + f.name] = docs.get(f.name, "")
+                path = prefix + f.name
+                out[path] = " ".join(filter(None, [docs.get(f.name, ""), allowed.get(path) and f"[{allowed[path]}]"]))
 
     walk(cfg or ReconstructConfig(), "")
     return out
@@ -85,23 +90,23 @@ def _scalar(value) -> str:
 
 def to_yaml(cfg: ReconstructConfig, header: list[str] | tuple[str, ...] = ()) -> str:
     """The whole config as YAML, each field under its docstring as a comment; `header` lines go on top."""
-    docs = class_docs()
+    docs, leaf_docs = class_docs(), field_docs(cfg)
     lines = [f"# {h}" for h in header]
 
-    def emit(obj, indent: str) -> None:
+    def emit(obj, indent: str, prefix: str) -> None:
         own = docs.get(type(obj).__name__, {})
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):  # a section: its class docstring says more than the field's
                 lines.extend(["", f"{indent}# {' '.join((type(value).__doc__ or own.get(f.name, '')).split())}",
                               f"{indent}{f.name}:"])
-                emit(value, indent + "  ")
+                emit(value, indent + "  ", f"{prefix}{f.name}.")
                 continue
-            if own.get(f.name):
-                lines.append(f"{indent}# {own[f.name]}")
+            if leaf_docs.get(prefix + f.name):
+                lines.append(f"{indent}# {leaf_docs[prefix + f.name]}")
             lines.append(f"{indent}{f.name}: {_scalar(value)}")
 
-    emit(cfg, "")
+    emit(cfg, "", "")
     return "\n".join(lines) + "\n"
 
 
@@ -154,13 +159,46 @@ def _flatten(data: dict, path: Path, prefix: str = "") -> dict[str, Any]:
 
 
 # ---- resolution -------------------------------------------------------------------------------------
-def resolve_config(preset_name: str | None = None, config_file: str | Path | None = None, *,
-                   seed: int | None = None, variant: str | None = None,
-                   overrides: list[str] | None = None) -> ReconstructConfig:
-    """Preset -> config file -> --seed / --variant -> --set, in that order; each later one wins.
+def parse_variant(spec: str) -> tuple[str, str | None]:
+    """'consistent123' -> ('consistent123', None); 'consistent123:linear' / '@linear' -> (.., 'linear')."""
+    spec = str(spec).strip()
+    for sep in (":", "@"):
+        if sep in spec:
+            name, shape = spec.split(sep, 1)
+            return name.strip(), shape.strip()
+    return spec, None
 
-    The preset is `preset_name`, else the file's `preset`, else paper (naming two different ones is an error).
-    Values are not checked here: c123.config_checks.validate does that on the result."""
+
+def resolve_config(preset_name: str | None = None, variant_spec: str | None = None, seed: int | None = None,
+                   overrides: list[str] | None = None, *, config_file: str | Path | None = None,
+                   check_device: bool = False) -> ReconstructConfig:
+    """The checked config of a command or a benchmark: preset -> config file -> seed and variant[:shape]
+    (`parse_variant`) -> `--set` overrides, in that order; each later one wins.
+
+    The preset is `preset_name`, else the file's `preset`, else paper (naming two different ones is an error);
+    the tiny presets' models are in c123.config.tiny_models_dir(). Every value is checked
+    (c123.config_checks.validate); the device only with check_device (a cluster checks it on its GPU node)."""
+    from c123.config_checks import validate
+    from c123.schedules import SHAPES, get_variant
+
+    cfg = _preset_and_file(preset_name, config_file)
+    if seed is not None:
+        cfg.seed = seed
+    if variant_spec is not None:
+        name, shape = parse_variant(variant_spec)
+        get_variant(name)
+        cfg.schedule.variant = name
+        if shape is not None:
+            if shape not in SHAPES:
+                raise C123Error(f"unknown weight shape '{shape}' in variant '{variant_spec}': use one of "
+                                f"{', '.join(SHAPES)}")
+            cfg.schedule.weight_shape = shape
+    apply_overrides(cfg, list(overrides or []))
+    return validate(cfg, check_device=check_device)
+
+
+def _preset_and_file(preset_name: str | None, config_file: str | Path | None) -> ReconstructConfig:
+    """The preset with a config file's fields on top."""
     from_file = read_config_file(config_file) if config_file is not None else {}
     file_preset = from_file.get("preset")
     if preset_name and file_preset and preset_name != file_preset:
@@ -175,8 +213,4 @@ def resolve_config(preset_name: str | None = None, config_file: str | Path | Non
         apply_overrides(cfg, from_file)
     except C123Error as err:
         raise ConfigFileError(f"config file {config_file}: {err}") from None
-    if seed is not None:
-        cfg.seed = seed
-    if variant is not None:
-        cfg.schedule.variant = variant
-    return apply_overrides(cfg, list(overrides or []))
+    return cfg

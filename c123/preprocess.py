@@ -33,6 +33,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from c123.atomic import atomic_path, write_atomic
 from c123.errors import InputError
+from c123.images import on_white
+from c123.schedules import get_variant
 
 MAX_SIDE = 2048
 """Longest side, in pixels, that preprocessing works at (and the largest default canvas); larger inputs are
@@ -197,8 +199,7 @@ def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_i
     from c123.cache import cached_folder
 
     if need_prompt is None:
-        from c123.reconstruct import needed_priors  # here: the method's main module imports this one
-        need_prompt = "sd" in needed_priors(cfg)
+        need_prompt = "sd" in get_variant(cfg.schedule.variant).priors
     say = announce or (lambda line: None)
     files = read_input(image, mask, depth)
     parts = missing_parts(files, prompt, cfg.preprocess, need_prompt)
@@ -372,12 +373,6 @@ def load_preprocessed(folder: Path, case_id: str, cached: bool) -> Reconstructio
     inp.preprocessing = Preprocessing(data["image"], [Estimate(**e) for e in data["estimates"]], str(folder),
                                       data["key"], cached, files)
     return inp
-
-
-def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """uint8 RGB composited over white by alpha."""
-    a = alpha[..., None].astype(np.float32) / 255
-    return np.rint(rgb.astype(np.float32) * a + 255 * (1 - a)).astype(np.uint8)
 
 
 def _no_alpha(files: WorkingInput) -> InputError:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,132 +24,151 @@ from PIL import Image
 
 from c123.atomic import atomic_path, write_atomic
 from c123.cameras import orbit, reference_camera
-from c123.checkpoint import CheckpointIdentity, find_resumable, input_digest
-from c123.config import ORACLE_FROM_CASE, ReconstructConfig
+from c123.checkpoint import CheckpointIdentity, Resume, find_resumable, input_digest
+from c123.config import ReconstructConfig
 from c123.config_files import header_lines, to_yaml
 from c123.dmtet import DMTet, init_threshold, render_mesh
-from c123.errors import C123Error, InputError
+from c123.errors import InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
 from c123.preprocess import ReconstructionInput
+from c123.priors.concept import Concept, learn_or_load
+from c123.priors.loading import Priors, load_priors
+from c123.progress import Done, Notice, ProgressFn, Resumed
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
-from c123.runlog import EVENTS_DIR, open_runlog
+from c123.runlog import EVENTS_DIR, RunLog, open_runlog
 from c123.schedules import get_variant
 from c123.stages import detector_score, dmtet_stage, nerf_stage, reference_view
-from c123.training import Loop, ProgressFn, RunState, run_stage
+from c123.training import Loop, RunState, Stage, run_stage
 from c123.volume_render import OccupancyGrid, render_nerf
 
 
-# ---- priors: loaded once, reused across cases (the benchmark's actors keep them) -----------------
+# ---- setting up a run ---------------------------------------------------------------------------
 @dataclass
-class Priors:
-    """The loaded models: Zero-1-to-3 (or the oracle), Stable Diffusion, CLIP; None where not needed."""
+class Run:
+    """What `prepare_run` sets up for one input: the device and generator, the loaded and conditioned priors,
+    the reference as tensors, the resume state and the training loop."""
 
-    zero123: object | None = None
-    sd: object | None = None
-    clip: object | None = None
-    model_ids: dict = field(default_factory=dict)
+    inp: ReconstructionInput
+    cfg: ReconstructConfig
+    out: Path
+    device: torch.device
+    gen: torch.Generator
+    priors: Priors
+    rgba: torch.Tensor
+    """[1,4,H,W] in [0,1]."""
+    depth: torch.Tensor | None
+    """[1,1,H,W] or None."""
+    concept: Concept | None
+    identity: CheckpointIdentity
+    resume: Resume
+    state: RunState
+    resumed_from: int | None
+    runlog: RunLog | None
+    loop: Loop
+    warnings: list[str]
+
+    def stage_payload(self, name: str) -> dict | None:
+        """The checkpointed state of stage `name` to resume from, or None (a fresh stage)."""
+        if self.resume.payload is None or self.state.stage != name:
+            return None
+        return self.resume.payload["stage"]
 
 
-def needed_priors(cfg: ReconstructConfig) -> set[str]:
-    """Which models a config uses: 3d-only needs neither SD nor the detector's CLIP."""
-    variant = get_variant(cfg.schedule.variant)
-    need = {"zero123"}
-    if variant.switch != "never":
-        need.add("sd")
-    if variant.switch == "detector":
-        need.add("clip")
-    return need
+@dataclass
+class NerfBuild:
+    """The NeRF stage and what the hand-over and export read from it."""
+
+    field: NeRFField
+    stage: Stage
+    occupancy: OccupancyGrid | None
 
 
-def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) -> Priors:
-    """Load what `cfg` needs (and is not already in `priors`) through the offline-safe weights path."""
-    from c123.priors.weights import quiet_loading, resolve
+@dataclass
+class Result:
+    """OUT/result.json (its keys in this order)."""
 
-    quiet_loading()
-    priors = priors or Priors()
-    need = needed_priors(cfg)
-    from c123.priors.tiny import ensure_tiny_models
-    ensure_tiny_models(cfg)
-    if "zero123" in need and priors.zero123 is None:
-        if cfg.prior.oracle_scene:
-            from c123.priors.oracle import OraclePrior
-            from c123.synthetic import get_scene
-            if cfg.prior.oracle_scene == ORACLE_FROM_CASE:
-                raise C123Error("prior.oracle_scene='case' takes the scene from a synthetic benchmark case: run "
-                                "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
-                                "e.g. --set prior.oracle_scene=toy")
-            priors.zero123 = OraclePrior(get_scene(cfg.prior.oracle_scene))
-            priors.model_ids["zero123"] = priors.zero123.model_id
-        else:
-            from c123.priors.zero123 import Zero123Prior, weight_preference
-            path = resolve(cfg.prior.zero123_model, "Zero-1-to-3 (the 3D prior)",
-                           variants=weight_preference(cfg.prior.zero123_variant), cache_dir=cfg.prior.model_cache)
-            priors.zero123 = Zero123Prior.from_pretrained(path, cfg.prior, device)
-            priors.model_ids["zero123"] = cfg.prior.zero123_model
-        priors.model_ids["zero123_variant"] = priors.zero123.variant_loaded
-    if "sd" in need and priors.sd is None:
-        from c123.priors.stable_diffusion import StableDiffusionPrior
-        path = resolve(cfg.prior.sd_model, "Stable Diffusion 2.1 base (the 2D prior)", cache_dir=cfg.prior.model_cache)
-        priors.sd = StableDiffusionPrior.from_pretrained(path, cfg.prior, device)
-        priors.model_ids["stable_diffusion"] = cfg.prior.sd_model
-        priors.model_ids["stable_diffusion_variant"] = priors.sd.variant_loaded
-    if "clip" in need and priors.clip is None:
-        from c123.priors.clip import ClipModel
-        path = resolve(cfg.prior.clip_model, "CLIP (the boundary detector)", cache_dir=cfg.prior.model_cache)
-        priors.clip = ClipModel.from_pretrained(path, device, precision=cfg.prior.precision)  # fp16 on CUDA as -O
-        priors.model_ids["clip"] = cfg.prior.clip_model
-    return priors
+    case: str | None
+    prompt: str
+    seed: int
+    preset: str
+    variant: str
+    config: dict
+    config_hash: str
+    code_version: str
+    device: str
+    model_ids: dict[str, str]
+    input_digest: str
+    switch_iteration: int | None
+    detector: dict
+    weights: dict[str, list]
+    loss: list
+    stage_seconds: dict[str, float]
+    warnings: list[str]
+    notices: list[str]
+    preprocessing: dict | None
+    concept: dict | None
+    sd_prompt: str | None
+    resumed_from: int | None
+    resumed_across_versions: str | None
+    views: list[dict]
+    outputs: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def check_prompt(inp: ReconstructionInput, cfg: ReconstructConfig) -> None:
     """Stable Diffusion and the CLIP detector need a prompt; only 3d-only runs without one."""
-    if "sd" in needed_priors(cfg) and not inp.prompt.strip():
+    if uses_sd(cfg) and not inp.prompt.strip():
         raise InputError(f"empty prompt for {inp.case_id or 'the input'}: Stable Diffusion and the CLIP "
                          "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
 
 
+def uses_sd(cfg: ReconstructConfig) -> bool:
+    """Whether cfg's variant ever uses Stable Diffusion."""
+    return "sd" in get_variant(cfg.schedule.variant).priors
+
+
 def condition_priors(priors: Priors, rgba: torch.Tensor, prompt: str, cfg: ReconstructConfig, device,
-                     concept=None) -> None:
+                     concept: Concept | None = None) -> None:
     """Give Zero-1-to-3 the reference on white at its input size, and Stable Diffusion the prompt (naming the
     concept token when there is one)."""
     ref_white = reference_view(rgba, None, cfg.prior.zero123_size, None, device).white
     priors.zero123.set_reference(ref_white.permute(2, 0, 1)[None], reference_camera(cfg.camera).to(device))
-    if priors.sd is not None and "sd" in needed_priors(cfg):
+    if priors.sd is not None and uses_sd(cfg):
         priors.sd.set_prompt(concept.prompt(prompt) if concept else prompt, ref_azimuth=cfg.camera.ref_azimuth)
 
 
-def inject_concept(priors: Priors, inp: ReconstructionInput, cfg: ReconstructConfig, device, report: ProgressFn):
+def inject_concept(priors: Priors, inp: ReconstructionInput, cfg: ReconstructConfig, device,
+                   report: ProgressFn) -> Concept | None:
     """With cfg.concept.enabled: the concept token learned from the reference (or loaded from the cache), added
     to Stable Diffusion before its first use (paper appendix A.2); None otherwise."""
-    if not cfg.concept.enabled or "sd" not in needed_priors(cfg):
+    if not cfg.concept.enabled or not uses_sd(cfg):
         return None
-    from c123.priors.concept import learn_or_load
-
     return learn_or_load(priors.sd, inp.rgba, cfg.concept, cfg.prior.sd_model, cfg.prior.sd_size, device,
-                         announce=lambda line: report({"stage": "notice", "message": line}))
+                         announce=lambda line: report(Notice(line)))
 
 
-# ---- the reconstruction ------------------------------------------------------------------------
-def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, priors: Priors | None = None,
-                progress: ProgressFn | None = None) -> dict:
-    """Run both stages and the export for one input; returns (and writes) OUT/result.json."""
+def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, priors: Priors | None = None,
+                progress: ProgressFn | None = None) -> Run:
+    """The run folder and its config.yaml, the seeded generator, the priors (loaded, concept injected,
+    conditioned), the reference tensors, and the loop, resumed from what this input and config checkpointed."""
     out = Path(out_dir)
     for sub in ("mesh", "video", "views", "checkpoints"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", to_yaml(cfg, header_lines(cfg)))  # the resolved config, rerunnable
     device = resolve_device(cfg.train.device)
-    report = progress or (lambda info: None)
+    report = progress or (lambda event: None)
     gen = seed_everything(cfg.seed, device)
     warnings: list[str] = list(inp.warnings)  # what preprocessing noticed (a dropped depth map, ...)
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
-
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
     if depth_np is None and cfg.loss.depth > 0:
         warnings.append("no depth map and no depth model configured: the depth loss is off")
-    if cfg.concept.enabled and "sd" not in needed_priors(cfg):
+    if cfg.concept.enabled and not uses_sd(cfg):
         warnings.append(f"concept injection is on but variant {cfg.schedule.variant} never uses Stable Diffusion: "
                         "no concept was learned")
     rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
@@ -157,71 +176,99 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     concept = inject_concept(priors, inp, cfg, device, report)  # before Stable Diffusion is first used
     condition_priors(priors, rgba, inp.prompt, cfg, device, concept)
 
-    # Resume only what this input and config wrote
     identity = CheckpointIdentity(input_digest(inp.rgba, depth_np, inp.prompt), cfg.hash(), code_version())
     resume = find_resumable(out / "checkpoints", identity, device)
     for notice in resume.notices:
-        report({"stage": "notice", "message": notice})
+        report(Notice(notice))
     state = RunState.start(cfg) if resume.payload is None else RunState.from_dict(resume.payload["state"])
     state.restore_rng(gen)
     resumed_from = None if resume.payload is None else state.step
     if resumed_from is not None:
-        report({"stage": "resume", "step": state.step, "total": cfg.train.nerf_iters + cfg.train.dmtet_iters})
+        report(Resumed(state.step, cfg.train.nerf_iters + cfg.train.dmtet_iters))
     runlog = open_runlog(out, cfg, device, resumed_from)  # TensorBoard events in OUT/tb (None: log.tensorboard off)
     loop = Loop(cfg, state, gen, out / "checkpoints", identity, report, runlog)
+    return Run(inp, cfg, out, device, gen, priors, rgba, depth, concept, identity, resume, state, resumed_from,
+               runlog, loop, warnings)
 
-    # ---- Stages 1 and 2: NeRF under the 3D prior, then the dynamic prior --------------------------
+
+# ---- the stages and the hand-over ------------------------------------------------------------------
+def build_nerf_stage(rgba: torch.Tensor, depth: torch.Tensor | None, priors: Priors, prompt: str,
+                     cfg: ReconstructConfig, gen: torch.Generator, device) -> NerfBuild:
+    """A fresh NeRF field and its stage (Stages 1 and 2: the 3D prior, then the dynamic prior), with the CLIP
+    boundary detector when the variant switches by it."""
     field_ = NeRFField(cfg.nerf).to(device)
-    score = (detector_score(priors, inp.prompt, cfg, device)
-             if get_variant(cfg.schedule.variant).switch == "detector" else None)
-    nerf, occupancy = nerf_stage(field_, rgba, depth, priors, cfg, gen, device, score)
-    in_dmtet = state.stage == "dmtet"
-    if resume.payload is not None and not in_dmtet:
-        nerf.load_state_dict(resume.payload["stage"])
-    if not in_dmtet:
-        run_stage(nerf, loop)
-        if cfg.train.dmtet_iters > 0:
-            nerf.ema.copy_to(field_)  # the DMTet stage starts from the averaged NeRF (the official df.pth)
+    score = detector_score(priors, prompt, cfg, device) if get_variant(cfg.schedule.variant).switch == "detector" \
+        else None
+    stage, occupancy = nerf_stage(field_, rgba, depth, priors, cfg, gen, device, score)
+    return NerfBuild(field_, stage, occupancy)
 
-    # ---- Stage 3: DMTet refinement under the same dynamic prior ---------------------------------
+
+def hand_over(nerf: NerfBuild) -> None:
+    """The DMTet stage starts from the averaged NeRF (the official df.pth)."""
+    nerf.stage.ema.copy_to(nerf.field)
+
+
+def build_dmtet_stage(nerf: NerfBuild, rgba: torch.Tensor, priors: Priors, cfg: ReconstructConfig,
+                      gen: torch.Generator, device, *, init: bool = True) -> tuple[DMTet, Stage]:
+    """The tet grid and its stage (Stage 3: DMTet under the same dynamic prior); with `init`, the grid's SDF is
+    initialised from the NeRF's density (False: a resumed stage loads it)."""
+    dmtet = DMTet(cfg.dmtet).to(device)
+    stage = dmtet_stage(nerf.field, dmtet, rgba, priors, cfg, gen, device)
+    if init:
+        nerf.field.set_level_ratio(1.0)  # init_tet queries the whole field
+        dmtet.init_from_density(nerf.field.density, dmtet_threshold(nerf.field, nerf.occupancy, cfg, gen, device))
+    return dmtet, stage
+
+
+# ---- the reconstruction ------------------------------------------------------------------------
+def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, priors: Priors | None = None,
+                progress: ProgressFn | None = None) -> dict:
+    """Run both stages and the export for one input; returns (and writes) OUT/result.json. Both stages resume
+    from their checkpoints."""
+    run = prepare_run(inp, cfg, out_dir, priors, progress)
+    nerf = build_nerf_stage(run.rgba, run.depth, run.priors, inp.prompt, cfg, run.gen, run.device)
+    in_dmtet = run.state.stage == "dmtet"
+    if (payload := run.stage_payload("nerf")) is not None:
+        nerf.stage.load_state_dict(payload)
+    if not in_dmtet:
+        run_stage(nerf.stage, run.loop)
+        if cfg.train.dmtet_iters > 0:
+            hand_over(nerf)
     dmtet = None
     if cfg.train.dmtet_iters > 0:
-        dmtet = DMTet(cfg.dmtet).to(device)
-        stage = dmtet_stage(field_, dmtet, rgba, priors, cfg, gen, device)
-        if in_dmtet:
-            stage.load_state_dict(resume.payload["stage"])
-        else:
-            field_.set_level_ratio(1.0)  # init_tet queries the whole field
-            dmtet.init_from_density(field_.density, dmtet_threshold(field_, occupancy, cfg, gen, device))
-        run_stage(stage, loop)
+        dmtet, stage = build_dmtet_stage(nerf, run.rgba, run.priors, cfg, run.gen, run.device, init=not in_dmtet)
+        if (payload := run.stage_payload("dmtet")) is not None:
+            stage.load_state_dict(payload)
+        run_stage(stage, run.loop)
 
-    # ---- Export: what the official writes comes from the live (not averaged) models --------------
+    # Export: what the official writes comes from the live (not averaged) models
     tic = time.perf_counter()
-    outputs, views = export(field_, dmtet, inp, cfg, out, device)
-    state.seconds["export"] = time.perf_counter() - tic
-    outputs["config"] = "config.yaml"
-    if runlog is not None:
-        outputs["events"] = EVENTS_DIR
+    outputs, views = export(nerf.field, dmtet, inp, cfg, run.out, run.device)
+    run.state.seconds["export"] = time.perf_counter() - tic
+    return finish(run, outputs, views)
 
-    result = {
-        "case": inp.case_id, "prompt": inp.prompt, "seed": cfg.seed, "preset": cfg.preset,
-        "variant": cfg.schedule.variant, "config": cfg.to_dict(), "config_hash": cfg.hash(),
-        "code_version": code_version(), "device": device_name(device), "model_ids": priors.model_ids,
-        "input_digest": identity.input_digest, "switch_iteration": state.switch, "detector": state.detector,
-        "weights": {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, "loss": state.history["loss"],
-        "stage_seconds": state.seconds, "warnings": warnings, "notices": resume.notices,
-        "preprocessing": dataclasses.asdict(inp.preprocessing) if inp.preprocessing else None,
-        "concept": concept.summary() if concept else None,
-        "sd_prompt": priors.sd.prompt if priors.sd is not None and "sd" in needed_priors(cfg) else None,
-        "resumed_from": resumed_from, "resumed_across_versions": resume.from_version,
-        "views": views, "outputs": outputs,
-    }
-    write_atomic(out / "result.json", json.dumps(result, indent=2, default=str))
-    if runlog is not None:
-        runlog.close()
+
+def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
+    """Write OUT/result.json, close the run log and report the end."""
+    cfg, state, priors = run.cfg, run.state, run.priors
+    outputs["config"] = "config.yaml"
+    if run.runlog is not None:
+        outputs["events"] = EVENTS_DIR
+    result = Result(
+        run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, cfg.to_dict(), cfg.hash(),
+        code_version(), device_name(run.device), priors.model_ids, run.identity.input_digest, state.switch,
+        state.detector, {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"],
+        state.seconds, run.warnings, run.resume.notices,
+        dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
+        run.concept.summary() if run.concept else None,
+        priors.sd.prompt if priors.sd is not None and uses_sd(cfg) else None,
+        run.resumed_from, run.resume.from_version, views, outputs).to_dict()
+    write_atomic(run.out / "result.json", json.dumps(result, indent=2, default=str))
+    if run.runlog is not None:
+        run.runlog.close()
     last = {k: state.history[k][-1] for k in ("w3d", "w2d") if state.history[k]}
-    report({"stage": "done", "step": loop.total, "total": loop.total, **last,
-            "S": state.detector["S"][-1] if state.detector.get("S") else None, "switch": state.switch})
+    run.loop.progress(Done(run.loop.total, run.loop.total, last.get("w3d"), last.get("w2d"),
+                         state.detector["S"][-1] if state.detector.get("S") else None, state.switch))
     return result
 
 

@@ -59,6 +59,13 @@ class Variant:
     after: str
     """'dynamic' (w3D decays, w2D grows) or '2d-only' (w3D = 0, w2D = 1)."""
 
+    @property
+    def priors(self) -> tuple[str, ...]:
+        """The prior slots (fields of `c123.priors.loading.Priors`) this variant uses: the 3D prior always,
+        Stable Diffusion once it can switch, CLIP for the boundary detector."""
+        return ("zero123",) + (("sd",) if self.switch != "never" else ()) + (("clip",) if self.switch == "detector"
+                                                                               else ())
+
 
 SWITCH_AT: dict[str, Callable[[ScheduleConfig, int], int]] = {
     "start": lambda cfg, nerf_iters: 0,                          # all_weight: dynamic from step 1

@@ -23,6 +23,7 @@ from c123.dmtet import DMTet, mesh_laplacian, mesh_normal_consistency, render_me
 from c123.ema import ParameterEMA
 from c123.hashgrid import level_ratio
 from c123.nerf import NeRFField
+from c123.priors.loading import Priors
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
 from c123.volume_render import OccupancyGrid, RenderOutput, occupancy_mode_for, render_nerf
@@ -89,7 +90,15 @@ def novel_view_style(cfg: ReconstructConfig, gen: torch.Generator, cams: Cameras
     return dict(shading=shading, textureless=textureless, ambient=ambient, light_dir=light, bg_color=bg)
 
 
-def prior_terms(priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: float,
+def reference_image_terms(out: RenderOutput, ref: ReferenceView, bg: torch.Tensor, cfg: ReconstructConfig
+                          ) -> LossTerms:
+    """The reference view's colour (over the render's background) and mask terms, the same in both stages."""
+    return {"ref_rgb": cfg.loss.rgb * losses.reference_rgb_loss(out.rgb[0], ref.white, ref.mask,
+                                                                bg[0] if bg.dim() == 4 else bg),
+            "ref_mask": cfg.loss.mask * losses.reference_mask_loss(out.opacity[0], ref.mask)}
+
+
+def prior_terms(priors: Priors, images: torch.Tensor, cams: Cameras, w3d: float, w2d: float,
                 t_range: tuple[float, float], gen: torch.Generator) -> LossTerms:
     """w3D * L_3D and w2D * L_2D; a prior whose weight is 0 is not evaluated at all."""
     terms = {}
@@ -118,9 +127,9 @@ def needs_normals(cfg: ReconstructConfig) -> bool:
 
 
 # ---- NeRF stage ----------------------------------------------------------------------------------
-def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None, priors, cfg: ReconstructConfig,
-               gen: torch.Generator, device, clip_score: Callable[[NeRFField, OccupancyGrid | None], float] | None
-               ) -> tuple[Stage, OccupancyGrid | None]:
+def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None, priors: Priors,
+               cfg: ReconstructConfig, gen: torch.Generator, device,
+               clip_score: Callable[[NeRFField, OccupancyGrid | None], float] | None) -> tuple[Stage, OccupancyGrid | None]:
     """The NeRF stage over steps 1..nerf_iters, and its occupancy grid (None when off)."""
     t, iters = cfg.train, cfg.train.nerf_iters
     ref_cam = reference_camera(cfg.camera).to(device)
@@ -143,9 +152,7 @@ def nerf_stage(field: NeRFField, rgba: torch.Tensor, depth: torch.Tensor | None,
         shaded = t.ref_shading == "lambertian" and needs_normals(cfg)  # ambient 1: the colour is the albedo
         out = render_nerf(field, ref_cam, ref.size, ref.size, shading="lambertian" if shaded else "albedo",
                           ambient=1.0, bg_color=bg, ray_jitter=jitter, **render)
-        terms = {"ref_rgb": cfg.loss.rgb * losses.reference_rgb_loss(out.rgb[0], ref.white, ref.mask, bg[0]
-                                                                     if bg.dim() == 4 else bg),
-                 "ref_mask": cfg.loss.mask * losses.reference_mask_loss(out.opacity[0], ref.mask)}
+        terms = reference_image_terms(out, ref, bg, cfg)
         if ref.depth is not None and cfg.loss.depth > 0:
             ramp = min(1.0, step / max(iters, 1))
             terms["ref_depth"] = cfg.loss.depth * ramp * losses.pearson_depth_loss(out.depth[0], ref.depth, ref.mask,
@@ -206,7 +213,7 @@ def nerf_regularisers(field: NeRFField, out: RenderOutput, step: int, iters: int
     return terms
 
 
-def detector_score(priors, prompt: str, cfg: ReconstructConfig, device) -> Callable:
+def detector_score(priors: Priors, prompt: str, cfg: ReconstructConfig, device) -> Callable:
     """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders at elevation 0, rendered at
     schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official writes its
     validation PNGs and reads them back with INTER_AREA)."""
@@ -230,7 +237,7 @@ def detector_score(priors, prompt: str, cfg: ReconstructConfig, device) -> Calla
 
 
 # ---- DMTet stage ---------------------------------------------------------------------------------
-def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg: ReconstructConfig,
+def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors: Priors, cfg: ReconstructConfig,
                 gen: torch.Generator, device) -> Stage:
     """The DMTet stage over the dmtet_iters steps after the NeRF stage: the tet grid's SDF and deformation
     and the NeRF (its colour network is the texture) are optimised together; no EMA (the official's
@@ -250,9 +257,7 @@ def dmtet_stage(field: NeRFField, dmtet: DMTet, rgba: torch.Tensor, priors, cfg:
         if reference:
             bg = reference_background(cfg, size, gen, device)
             out = render_mesh(mesh, albedo, ref_cam, size, size, shading="albedo", bg_color=bg, rasterizer=rasterizer)
-            terms = {"ref_rgb": cfg.loss.rgb * losses.reference_rgb_loss(out.rgb[0], ref.white, ref.mask,
-                                                                         bg[0] if bg.dim() == 4 else bg),
-                     "ref_mask": cfg.loss.mask * losses.reference_mask_loss(out.opacity[0], ref.mask)}
+            terms = reference_image_terms(out, ref, bg, cfg)
         else:
             cams = sample_novel_cameras(cfg.camera, 1, 1.0, gen, device)
             style = novel_view_style(cfg, gen, cams, device)

@@ -21,11 +21,11 @@ from c123.checkpoint import CheckpointIdentity, save_checkpoint
 from c123.config import ReconstructConfig
 from c123.ema import ParameterEMA
 from c123.errors import C123Error, GeometryError
+from c123.progress import ProgressFn, Step
 from c123.schedules import BoundaryDetector, get_variant, planned_switch, prior_weights
 
 LossTerms = dict[str, torch.Tensor]
 """Named, already weighted loss terms of one step; the step's loss is their sum."""
-ProgressFn = Callable[[dict], None]
 
 
 @dataclass
@@ -197,9 +197,8 @@ def run_stage(stage: Stage, loop: Loop) -> None:
             pending = LoggedStep.start(step, w3d, w2d, terms)
             if loop.log is not None:  # TensorBoard: one host read per log step (gradient norms need this step)
                 loop.log(StepLog(stage, step, w3d, w2d, terms, detector, state.switch))
-        loop.progress({"stage": stage.name, "step": step, "total": loop.total, "w3d": w3d, "w2d": w2d,
-                       "S": detector.scores[-1] if detector.scores else None, "switch": state.switch,
-                       "loss": logged, "loss_step": logged_step})  # the previous log step's loss: no waiting
+        loop.progress(Step(stage.name, step, loop.total, w3d, w2d, detector.scores[-1] if detector.scores else None,
+                           state.switch, logged, logged_step))  # the previous log step's loss: no waiting
         if step == stage.last or (every and step % every == 0):
             if pending is not None:  # the history a checkpoint keeps is complete
                 pending.finish(state.history)

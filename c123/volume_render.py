@@ -202,6 +202,25 @@ def _shade(albedo, normal, shading, light_dir, ambient, textureless=None):
     return albedo * lambert
 
 
+@dataclass(frozen=True)
+class RaySettings:
+    """How a render samples and shades its rays, the same for every chunk (plain values: a compiled chunk
+    specialises on them as constants)."""
+
+    shading: str
+    """One of SHADINGS."""
+    num_samples: int
+    """Stratified samples per ray."""
+    num_importance: int
+    """Importance samples per ray (0: none)."""
+    with_normal: bool
+    """Evaluate the field's normals (shading other than albedo, or a normal-based regulariser)."""
+    perturb: bool
+    """Jitter the stratified samples and draw the importance quantiles (False: bin centres, even quantiles)."""
+    bound: float
+    """Half the side of the box the samples are clamped to."""
+
+
 def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: str = "albedo",
                 light_dir: torch.Tensor | None = None, ambient=1.0, bg_color: torch.Tensor | None = None,
                 num_samples: int = 64, num_importance: int = 0, need_normals: bool = False,
@@ -233,13 +252,13 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, *, shading: s
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
+    settings = RaySettings(shading, num_samples, num_importance, with_normal, perturb, bound)
     step = R if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
     for s in range(0, R, step):
         e = min(R, s + step)
-        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], shading, light_dir[s:e], ambient[s:e],
-                                    num_samples, num_importance, with_normal, perturb, bound, occupancy,
-                                    generator, textureless))
+        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e], settings,
+                                    occupancy, generator, textureless))
     if len(chunks) == 1:
         out = chunks[0]
     else:
@@ -266,29 +285,29 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
     return torch.cat(out)
 
 
-def _render_chunk(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                  with_normal, perturb, bound, occupancy, generator, textureless):
+def _render_chunk(field, rays_o, rays_d, light_dir, ambient, settings: RaySettings, occupancy, generator,
+                  textureless):
     """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
     passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
     where = generator.device if generator is not None else rays_o.device
     jitter, u = [], []
     for s in range(0, rays_o.shape[0], CHUNK_RAYS):
         rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
-        if perturb:
-            jitter.append(torch.rand(rays, num_samples, generator=generator, dtype=rays_o.dtype, device=where))
-        if perturb and num_importance > 0:
-            u.append(torch.rand(rays, num_importance, generator=generator, dtype=rays_o.dtype, device=where))
+        if settings.perturb:
+            jitter.append(torch.rand(rays, settings.num_samples, generator=generator, dtype=rays_o.dtype, device=where))
+        if settings.perturb and settings.num_importance > 0:
+            u.append(torch.rand(rays, settings.num_importance, generator=generator, dtype=rays_o.dtype, device=where))
     jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
     u = torch.cat(u).to(rays_o.device) if u else None
-    return _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                       with_normal, bound, occupancy, textureless, jitter, u)
+    return _chunk_work(field, rays_o, rays_d, light_dir, ambient, settings, occupancy, textureless, jitter, u)
 
 
 @hot
-def _chunk_work(field, rays_o, rays_d, shading, light_dir, ambient, num_samples, num_importance,
-                with_normal, bound, occupancy, textureless, jitter, u):
+def _chunk_work(field, rays_o, rays_d, light_dir, ambient, settings: RaySettings, occupancy, textureless, jitter, u):
     """A chunk's samples, field passes and compositing; jitter [R,S] and u [R,num_importance]: the random
     numbers of the stratified and importance samples (None: bin centres / evenly spaced quantiles)."""
+    shading, num_samples, num_importance = settings.shading, settings.num_samples, settings.num_importance
+    with_normal, bound = settings.with_normal, settings.bound
     near, far = near_far_box(rays_o, rays_d, bound)
     z = _stratified(near, far, rays_o, num_samples, jitter)
     coarse = _eval(field, _points(rays_o, rays_d, z, bound).reshape(-1, 3), with_normal, occupancy, z.shape)

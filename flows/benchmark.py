@@ -32,10 +32,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
 
+from c123.config import tiny_models_dir
 from c123.errors import C123Error
 from c123.metrics import METRICS, MetricProtocol, get_protocol
 
-TINY_MODELS_ENV = "C123_TINY_MODELS"
 RUNS_ENV = "C123_RUNS"
 
 
@@ -103,11 +103,6 @@ class BenchmarkSpec:
 
 
 # ---- plain helpers (no Prefect) ----------------------------------------------------------------
-def tiny_models_dir() -> str:
-    """Where the tiny preset's models live: $C123_TINY_MODELS, else config.tiny's default."""
-    return os.environ.get(TINY_MODELS_ENV) or "~/.cache/c123/tiny-models"
-
-
 def base_config(preset_name: str):
     """The named preset; those of the tiny models (`tiny`, `verify`) point at $C123_TINY_MODELS when set."""
     from c123.config import PRESETS, TINY_MODEL_PRESETS, preset

@@ -35,6 +35,7 @@ import ray  # noqa: E402  (after the environment Ray reads at import)
 
 from c123.atomic import is_url  # noqa: E402
 from c123.errors import C123Error  # noqa: E402
+from c123.progress import Event, Notice, ProgressFn  # noqa: E402
 from c123_pipeline.tasks import cache, storage  # noqa: E402
 
 
@@ -92,7 +93,7 @@ class Outcome:
     """Ray node of the actor that ran the last attempt."""
 
 
-WorkFn = Callable[[Job, "PriorsCache", Callable[[dict], None]], dict]
+WorkFn = Callable[[Job, "PriorsCache", ProgressFn], dict]
 
 _LISTENERS: list[Callable[[dict], None]] = []
 
@@ -127,7 +128,7 @@ class PriorsCache:
         import json
 
         from c123.provenance import resolve_device
-        from c123.reconstruct import load_priors
+        from c123.priors.loading import load_priors
 
         device = resolve_device(cfg.train.device)
         key = json.dumps({"prior": cfg.to_dict()["prior"], "preset": cfg.preset, "device": str(device)},
@@ -139,7 +140,7 @@ class PriorsCache:
         return len(self._loaded)
 
 
-def reconstruct_case(job: Job, priors: PriorsCache, progress: Callable[[dict], None]) -> dict:
+def reconstruct_case(job: Job, priors: PriorsCache, progress: ProgressFn) -> dict:
     """The default work: load the case's input and run the full reconstruction into job.out_dir."""
     from c123.config import from_dict
     from c123.reconstruct import reconstruct
@@ -254,9 +255,10 @@ class ReconstructionActor:
             self.wants = {token: self.wants[token]} if token in self.wants else {}
         self._apply_threads()
 
-        def progress(info: dict) -> None:
-            with self.lock:
-                self.state.update(stage=info.get("stage"), step=info.get("step", 0), total=info.get("total", 0))
+        def progress(event: Event) -> None:
+            if not isinstance(event, Notice):  # a notice carries no progress
+                with self.lock:
+                    self.state.update(stage=event.label, step=event.step, total=event.total)
             self._apply_threads()
 
         outcome = Outcome(pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id())

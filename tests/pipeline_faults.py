@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from c123.progress import Step
+
 # ---- work functions injected into actors (as "pipeline_faults:NAME") ------------
 KILL_MARKER = "KILL_ACTOR"
 """A file of this name in a case's output folder makes `die_once_mid_case` kill its actor once."""
@@ -23,7 +25,7 @@ def die_once_mid_case(job, priors, progress):
 
     def hook(info):
         progress(info)
-        if info.get("stage") == "nerf" and (info.get("step") or 0) >= 6 and marker.exists():
+        if isinstance(info, Step) and info.label == "nerf" and info.step >= 6 and marker.exists():
             marker.unlink()
             os._exit(1)
 
@@ -66,7 +68,7 @@ def threads_seen(job, priors, progress):
     if job.case_id == "long":
         deadline = time.time() + 300
         while torch.get_num_threads() == 1 and time.time() < deadline:
-            progress({"stage": "nerf", "step": 0, "total": 1})
+            progress(Step("nerf", 0, 1, 1.0, 0.0, None, None, None, None))
             time.sleep(0.05)
     return {"threads": torch.get_num_threads()}
 

@@ -44,8 +44,9 @@ def test_a_render_chunk_with_masked_occupancy_traces_without_a_graph_break():
     rays_o = torch.tensor([[0.0, 0.0, 3.0]]).expand(rays, 3).contiguous()
     rays_d = F.normalize(torch.randn(rays, 3) * 0.1 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
     occupancy = vr.OccupancyGrid(1.0, 8, mode="mask")
-    args = (field, rays_o, rays_d, "lambertian", rays_d, torch.ones(rays, 1, 1), 8, 4, True, 1.0, occupancy,
-            torch.tensor(False), torch.rand(rays, 8), torch.rand(rays, 4))
+    settings = vr.RaySettings("lambertian", num_samples=8, num_importance=4, with_normal=True, perturb=True, bound=1.0)
+    args = (field, rays_o, rays_d, rays_d, torch.ones(rays, 1, 1), settings, occupancy, torch.tensor(False),
+            torch.rand(rays, 8), torch.rand(rays, 4))
     assert breaks(vr._chunk_work.eager, *args) == 0
 
 

@@ -1,16 +1,18 @@
-"""Config values are checked when a config is built: types from the dataclass annotations, ranges per field,
-devices that exist; each bad value is one line naming the field and a working value, before anything runs."""
+"""Config values are checked when a config is built: types from the dataclass annotations, the choices and ranges
+declared at each field (its Literal type, its metadata), devices that exist; each bad value is one line naming the field and a working value, before anything runs."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import pytest
 from PIL import Image
 
 from c123.cli import main
-from c123.config import ReconstructConfig, apply_overrides, tiny
-from c123.config_checks import RULES, ConfigError, check_device_exists, check_types, lookup, validate
+from c123.config import Bounds, ReconstructConfig, apply_overrides, tiny
+from c123.config_checks import (ConfigError, allowed_texts, check_allowed, check_device_exists, check_section,
+                                check_types, validate)
 
 BAD = {
     # the attack list: each ended in a traceback deep in the run, or ran with nonsense
@@ -32,6 +34,13 @@ BAD = {
     "train.optimizer=sgd": "train.optimizer=\"sgd\" must be one of adan, adam",
     "preprocess.border_ratio=1": "preprocess.border_ratio=1.0 must be in [0, 1)",  # the object would vanish
     "concept.token=<a b>": "concept.token=\"<a b>\" must be one word without spaces",
+    "nerf.interpolation=cubic": "nerf.interpolation=\"cubic\" must be one of smoothstep, linear",
+    "prior.render_latents=mode": "prior.render_latents=\"mode\" must be one of sample, mean",
+    "schedule.variant=2d-only": "schedule.variant=\"2d-only\" must be one of consistent123, 3d-only",
+    "prior.oracle_scene=moon": "prior.oracle_scene=\"moon\" must be null, 'case' or a synthetic scene (",
+    "train.ref_mask_threshold=1": "train.ref_mask_threshold=1.0 must be null or in [0, 1)",
+    "camera.fovy=180": "camera.fovy=180.0 must be in (0, 180) degrees",
+    "nerf.base_resolution=4096": "nerf.base_resolution=4096 must not exceed nerf.finest_resolution=128",
 }
 
 
@@ -63,10 +72,31 @@ def test_presets_pass_and_the_error_offers_the_default_value():
         validate(apply_overrides(tiny("/nowhere"), ["train.ref_every=0"]), check_device=False)
 
 
-def test_every_rule_names_an_existing_field():
+def test_every_declared_rule_is_understood_and_names_existing_fields():
+    """A field's `allowed` metadata always yields a sentence, its computed choices import, and `not_above`
+    names a sibling field (an AttributeError when one was renamed)."""
     cfg = ReconstructConfig()
-    for path in RULES:
-        lookup(cfg, path)  # AttributeError when a field was renamed without its rule
+    texts = allowed_texts(cfg)
+    for top in dataclasses.fields(cfg):
+        section = getattr(cfg, top.name)
+        own = ([(f"{top.name}.{f.name}", f) for f in dataclasses.fields(section)]
+               if dataclasses.is_dataclass(section) else [(top.name, top)])
+        for path, f in own:
+            assert ("allowed" in f.metadata) <= (path in texts), path
+            if "not_above" in f.metadata:
+                getattr(section, f.metadata["not_above"])
+    assert texts["train.optimizer"] == "must be one of adan, adam"  # from the Literal type
+    assert texts["train.nerf_iters"] == "must be >= 1"  # from the metadata
+    assert "prior.model_cache" not in texts  # any text or null
+
+
+def test_a_prior_section_alone_is_checked_as_in_a_whole_config():
+    from c123.config import PriorConfig
+
+    check_section(PriorConfig(), "prior")
+    with pytest.raises(ConfigError, match=r'^config prior.precision="bf16" must be one of fp16, fp32: e\.g\. --set '
+                                          r'prior.precision="fp16"$'):
+        check_section(PriorConfig(precision="bf16"), "prior")
 
 
 def test_devices_must_exist():
@@ -86,8 +116,10 @@ def test_devices_must_exist():
 class Section:
     knob: int = 3
     """An integer knob."""
-    pair: tuple[float, float] = (0.0, 1.0)
+    pair: tuple[float, float] = dataclasses.field(default=(0.0, 1.0), metadata={"allowed": Bounds(0, 1)})
     """A pair."""
+    mode: Literal["on", "off"] = "on"
+    """A choice."""
 
 
 @dataclasses.dataclass
@@ -103,6 +135,18 @@ def test_a_field_added_later_is_type_checked_from_its_annotation():
         check_types(Config(Section(knob=True)))
     with pytest.raises(ConfigError, match=r"section.pair=\[1.0, \"x\"\] must be a list of 2: \[a finite number, "):
         check_types(Config(Section(pair=(1.0, "x"))))
+
+
+def test_a_field_added_later_is_range_checked_from_its_declaration():
+    """A new field's Literal values and metadata range are checked with no rule written elsewhere."""
+    check_allowed(Config())
+    with pytest.raises(ConfigError, match=r"^config section.mode=3 must be text"):
+        check_types(Config(Section(mode=3)))
+    with pytest.raises(ConfigError, match=r'^config section.mode="auto" must be one of on, off'):
+        check_allowed(Config(Section(mode="auto")))
+    with pytest.raises(ConfigError, match=r"^config section.pair=\[0.5, 2.0\] must be \[low, high\] with low <= "
+                                          r"high within \[0, 1\]"):
+        check_allowed(Config(Section(pair=(0.5, 2.0))))
 
 
 @pytest.fixture()

@@ -14,7 +14,6 @@ import yaml
 
 from c123.cli import build_parser, main, resolve_args_config
 from c123.config import preset
-from c123.config_checks import validate
 from c123.config_files import ConfigFileError, field_docs, read_config_file, resolve_config, to_yaml
 from c123.errors import C123Error
 from c123.outputs import case_name, new_run_dir, plain_case_id
@@ -97,18 +96,37 @@ def test_a_file_and_a_preset_flag_that_disagree_are_refused(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("preset: tiny\n")
     with pytest.raises(ConfigFileError, match="starts from preset 'tiny' but --preset says 'paper'"):
-        resolve_config("paper", path)
+        resolve_config("paper", config_file=path)
     with pytest.raises(ConfigFileError, match="cannot be read"):
         read_config_file(tmp_path / "missing.yaml")
 
 
 def test_a_value_of_the_wrong_type_in_a_file_is_caught_by_the_config_checks(tmp_path):
     path = tmp_path / "p.yaml"
+    path.write_text("train:\n  ref_mask_threshold: null\n")
+    assert resolve_config(config_file=path).train.ref_mask_threshold is None  # null is a value of this field
     path.write_text("train:\n  ref_mask_threshold: null\n  ref_every: true\n")
-    cfg = resolve_config(config_file=path)
-    assert cfg.train.ref_mask_threshold is None  # null is a value of this field
     with pytest.raises(C123Error, match=r"config train.ref_every=true must be an integer"):
-        validate(cfg)
+        resolve_config(config_file=path)  # the one resolver checks every value it returns
+
+
+def test_one_resolver_takes_a_variant_with_its_weight_shape_for_the_cli_and_the_benchmark():
+    from c123.config_files import parse_variant
+
+    assert parse_variant("consistent123") == ("consistent123", None)
+    assert parse_variant("consistent123:linear") == parse_variant("consistent123@linear") == ("consistent123", "linear")
+    cfg = resolve_config("tiny", "consistent123:log", 2, ["train.nerf_iters=9"])
+    assert (cfg.schedule.variant, cfg.schedule.weight_shape, cfg.seed, cfg.train.nerf_iters) == (
+        "consistent123", "log", 2, 9)
+    assert resolve_config("tiny", "3d-only").schedule.weight_shape == "exp"
+    for bad, message in [(("tiny", "nope"), "unknown variant 'nope': use one of consistent123, "),
+                         (("tiny", "consistent123:cubic"), "unknown weight shape 'cubic' in variant "
+                                                           "'consistent123:cubic': use one of exp, "),
+                         (("huge",), "unknown preset 'huge'"),
+                         (("tiny", None, -1), "config seed=-1 must be in [0, 4294967295]")]:
+        with pytest.raises(C123Error) as err:
+            resolve_config(*bad)
+        assert str(err.value).startswith(message), err.value
 
 
 def test_logging_fields_do_not_change_the_config_hash():

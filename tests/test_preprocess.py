@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from c123.errors import InputError
-from c123.preprocess import load_input, on_white
+from c123.images import on_white
+from c123.preprocess import load_input
 from c123.priors.depth import estimate_depth
 from data_support import DATA, needs_dataset
 

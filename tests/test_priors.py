@@ -445,13 +445,16 @@ def test_fast_kernels_change_nothing_on_cpu_and_select_sdpa_and_tf32_for_cuda(sd
 @pytest.mark.parametrize("field, value", [("zero123_timestep", "min"), ("sd_view_prompt", "nearest"),
                                           ("render_latents", "mode"), ("zero123_variant", "ema"),
                                           ("precision", "bf16")])
-def test_unknown_prior_choices_are_one_line_errors(tiny_dirs, field, value):
+def test_unknown_prior_choices_are_one_line_errors_before_any_weights_load(tmp_path, field, value):
+    """A prior built without c123.config_checks.validate refuses the value as validate does (the choices
+    declared once, at the field), before it reads a file: the folders here do not exist."""
+    from c123.config_checks import ConfigError
     from c123.priors.stable_diffusion import StableDiffusionPrior
     from c123.priors.zero123 import Zero123Prior
     cfg = PriorConfig(**{field: value})
     prior = Zero123Prior if field in ("zero123_timestep", "zero123_variant") else StableDiffusionPrior
-    with pytest.raises(InputError, match=f"prior.{field}='{value}' is not valid: use one of") as err:
-        prior.check_config(cfg)
+    with pytest.raises(ConfigError, match=f'^config prior.{field}="{value}" must be one of ') as err:
+        prior.from_pretrained(str(tmp_path / "absent"), cfg, "cpu")
     assert "\n" not in str(err.value)
 
 

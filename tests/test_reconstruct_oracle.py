@@ -18,7 +18,9 @@ from c123.cameras import orbit, reference_camera
 from c123.preprocess import ReconstructionInput
 from c123.priors import zero123
 from c123.priors.oracle import OraclePrior
-from c123.reconstruct import Priors, reconstruct
+from c123.priors.loading import Priors
+from c123.progress import Event, Step
+from c123.reconstruct import reconstruct
 from c123.synthetic import get_scene
 
 SIZE = 64
@@ -60,9 +62,9 @@ def unseen_side_psnr(run_dir, scene) -> dict[float, float]:
     return scores
 
 
-def _log(info: dict) -> None:
-    if info.get("loss") is not None and info["step"] % 50 == 0:
-        print(f"  step {info['step']}: loss {info['loss']:.3f}", flush=True)
+def _log(event: Event) -> None:
+    if isinstance(event, Step) and event.loss is not None and event.step % 50 == 0:
+        print(f"  step {event.step}: loss {event.loss:.3f}", flush=True)
 
 
 def run(tmp_path, name, *, weight=1000.0) -> dict[float, float]:

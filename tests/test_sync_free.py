@@ -6,12 +6,11 @@ import pytest
 import torch
 
 import c123.config as C
-from c123 import stages
 from c123.cameras import orbit
-from c123.dmtet import DMTet
 from c123.nerf import NeRFField
 from c123.priors.tiny import write_tiny_models
-from c123.reconstruct import Priors, condition_priors, load_priors, seed_everything
+from c123.priors.loading import load_priors
+from c123.reconstruct import build_dmtet_stage, build_nerf_stage, condition_priors, seed_everything
 from c123.sync_count import SyncCounter, host_values
 from c123.volume_render import OccupancyGrid, indices_of, render_nerf
 
@@ -63,12 +62,11 @@ def tiny_run(tmp_path_factory):
     rgba[0, 0], rgba[0, 3] = 0.8, torch.from_numpy((xx ** 2 + yy ** 2 < 0.5).astype(np.float32))
     depth = torch.from_numpy(np.clip(0.5 - xx ** 2 - yy ** 2, 0, None).astype(np.float32))[None, None]
     gen = seed_everything(0, "cpu")
-    priors = load_priors(cfg, "cpu", Priors())
+    priors = load_priors(cfg, "cpu")
     condition_priors(priors, rgba, "a red ball", cfg, "cpu")
-    field = NeRFField(cfg.nerf)
-    nerf, occupancy = stages.nerf_stage(field, rgba, depth, priors, cfg, gen, "cpu", None)
-    occupancy.update(field, gen)
-    return cfg, field, nerf, occupancy, rgba, priors, gen
+    built = build_nerf_stage(rgba, depth, priors, "a red ball", cfg, gen, "cpu")
+    built.occupancy.update(built.field, gen)
+    return cfg, built, rgba, priors, gen
 
 
 def syncs_of(stage, step: int, reference: bool) -> SyncCounter:
@@ -79,18 +77,16 @@ def syncs_of(stage, step: int, reference: bool) -> SyncCounter:
 
 
 def test_a_nerf_step_with_both_priors_makes_no_host_sync(tiny_run):
-    cfg, field, nerf, *_ = tiny_run
+    cfg, built, *_ = tiny_run
     for step, reference in ((cfg.train.ref_every * 5, True), (cfg.train.ref_every * 5 + 1, False)):
-        count = syncs_of(nerf, step, reference)
+        count = syncs_of(built.stage, step, reference)
         assert count.syncs == 0, (reference, dict(count.reasons))
         assert count.ops > 100  # the counter saw the step
 
 
 def test_a_dmtet_step_makes_at_most_five_host_syncs(tiny_run):
-    cfg, field, _, occupancy, rgba, priors, gen = tiny_run
-    dmtet = DMTet(cfg.dmtet)
-    dmtet.init_from_density(field.density, min(float(occupancy.mean_density), 10.0))
-    stage = stages.dmtet_stage(field, dmtet, rgba, priors, cfg, gen, "cpu")
+    cfg, built, rgba, priors, gen = tiny_run
+    _, stage = build_dmtet_stage(built, rgba, priors, cfg, gen, "cpu")
     first = cfg.train.nerf_iters + cfg.train.ref_every
     for step, reference in ((first, True), (first + 1, False)):
         count = syncs_of(stage, step, reference)

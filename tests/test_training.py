@@ -250,7 +250,7 @@ def test_the_ema_updates_once_per_epoch_and_at_the_stage_end(tmp_path):
     stage.ema.update = lambda module: seen.append(len(events) + 1) or update(module)  # before its progress
     run_stage(stage, loop_for(cfg, tmp_path, events))
     assert seen == [10, 20, 25] and stage.ema.num_updates == 3   # steps 10, 20 and the last, 25
-    assert (tmp_path / "nerf.pt").is_file() and events[-1]["step"] == 25
+    assert (tmp_path / "nerf.pt").is_file() and events[-1].step == 25
 
 
 def test_a_resumed_stage_continues_after_its_last_step(tmp_path):
@@ -262,12 +262,16 @@ def test_a_resumed_stage_continues_after_its_last_step(tmp_path):
     loop = loop_for(cfg, tmp_path, events)
     loop.state.step = 20
     run_stage(quadratic_stage(cfg), loop)
-    assert [e["step"] for e in events] == [21, 22, 23, 24, 25]
+    assert [e.step for e in events] == [21, 22, 23, 24, 25]
 
 
-def test_dmtet_starts_from_the_averaged_nerf_and_export_reads_the_live_models(tmp_path, monkeypatch):
+def test_dmtet_starts_from_the_averaged_nerf_and_export_reads_the_live_models(tmp_path):
+    from PIL import Image
+
     from c123 import reconstruct as R
+    from c123.cameras import reference_camera
     from c123.preprocess import ReconstructionInput
+    from c123.training import run_stage
 
     cfg = C.tiny(str(tmp_path / "models"))
     cfg.schedule.variant = "3d-only"
@@ -275,28 +279,20 @@ def test_dmtet_starts_from_the_averaged_nerf_and_export_reads_the_live_models(tm
     cfg.train.export_mesh, cfg.train.video_frames, cfg.train.eval_views = False, 1, 1
     rgba = np.zeros((48, 48, 4), np.uint8)
     rgba[12:36, 12:36] = (200, 100, 50, 255)
-    seen = {}
-    real_init, real_export, real_run = R.DMTet.init_from_density, R.export, R.run_stage
-
-    def spy_run(stage, loop):
-        real_run(stage, loop)
-        if stage.name == "nerf":
-            seen["ema"] = [t.clone() for t in stage.ema.shadow]
-            seen["live"] = [p.detach().clone() for p in stage.module.parameters()]
-
-    def spy_init(self, density_fn, threshold, **kw):
-        seen["init"] = [p.detach().clone() for p in density_fn.__self__.parameters()]
-        return real_init(self, density_fn, threshold, **kw)
-
-    def spy_export(field_, dmtet, *args):
-        seen["export"] = (field_, dmtet, [p.detach().clone() for p in field_.parameters()])
-        return real_export(field_, dmtet, *args)
-
-    monkeypatch.setattr(R, "run_stage", spy_run)
-    monkeypatch.setattr(R.DMTet, "init_from_density", spy_init)
-    monkeypatch.setattr(R, "export", spy_export)
-    R.reconstruct(ReconstructionInput("square", rgba), cfg, tmp_path / "out")
-    assert all(torch.equal(a, b) for a, b in zip(seen["init"], seen["ema"]))
-    assert not all(torch.equal(a, b) for a, b in zip(seen["ema"], seen["live"]))
-    field_, dmtet, exported = seen["export"]
-    assert dmtet is not None and all(torch.equal(a, b.detach()) for a, b in zip(exported, field_.parameters()))
+    run = R.prepare_run(ReconstructionInput("square", rgba), cfg, tmp_path / "out")
+    nerf = R.build_nerf_stage(run.rgba, run.depth, run.priors, "", cfg, run.gen, run.device)
+    run_stage(nerf.stage, run.loop)
+    ema = [t.clone() for t in nerf.stage.ema.shadow]
+    live = [p.detach().clone() for p in nerf.field.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(ema, live))
+    R.hand_over(nerf)
+    assert all(torch.equal(a, b) for a, b in zip(nerf.field.parameters(), ema))  # what the tet grid reads
+    dmtet, stage = R.build_dmtet_stage(nerf, run.rgba, run.priors, cfg, run.gen, run.device)
+    assert stage.module["field"] is nerf.field and stage.module["dmtet"] is dmtet  # trained on together
+    run_stage(stage, run.loop)
+    outputs, _ = R.export(nerf.field, dmtet, run.inp, cfg, run.out, run.device)
+    # the export reads the live models: its reference render is the DMTet stage's own preview
+    view = np.asarray(Image.open(run.out / outputs["ref_render"]))[..., :3].astype(np.float32) / 255
+    with torch.no_grad():
+        preview = stage.preview(reference_camera(cfg.camera), cfg.train.eval_size)[0].numpy()
+    assert np.abs(view - preview).max() <= 1 / 255 + 1e-6

@@ -30,9 +30,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from c123.config import ConceptConfig
+from c123.images import on_white
 
 TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -193,10 +195,6 @@ def initial_vector(tokenizer, text_encoder, word: str) -> torch.Tensor:
 
 def _reference_on_white(rgba: np.ndarray, size: int) -> torch.Tensor:
     """[1, 3, size, size] in [0, 1]: the reference over white, bicubic-resized (the example's interpolation)."""
-    from PIL import Image
-
-    from c123.preprocess import on_white
-
     image = Image.fromarray(on_white(rgba[..., :3], rgba[..., 3])).resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).float().div(255).permute(2, 0, 1)[None]
 

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TIMESTEP_MODES = ("max", "uniform")
-LATENT_MODES = ("sample", "mean")
-
 
 def w(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """SDS weight w(t) = 1 - alpha_bar(t), one value per timestep in `t`."""

@@ -16,12 +16,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from c123.config import PriorConfig
+from c123.config_checks import check_section
 from c123.errors import InputError
 from c123.priors import sds
-from c123.priors.weights import PRECISIONS, autocast, check_choice, load_frozen, runtime_dtypes, summarize_variants
+from c123.priors.weights import autocast, load_frozen, runtime_dtypes, summarize_variants
 
 VIEWS = ("front", "side", "back")
-VIEW_PROMPT_MODES = ("interpolate", "bucket")
 FRONT_HALF_ANGLE = 30.0
 """'bucket' mode: front when |delta azimuth| < 30 deg, back when >= 180 - 30, side otherwise:
 stable-dreamfusion's `get_view_direction` with its default angle_front = 60 (the width of the front and of
@@ -60,7 +60,7 @@ class StableDiffusionPrior:
                  variants: dict[str, str] | None = None):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.cfg, self.device = cfg, torch.device(device)
-        self.check_config(cfg)
+        check_section(cfg, "prior")  # a prior built without c123.config_checks.validate is checked the same way
         _, self.use_autocast = runtime_dtypes(cfg.precision, self.device, half_weights=True)
         self.variants = variants or {}
         self.variant_loaded = summarize_variants(self.variants) if self.variants else "unknown"
@@ -72,18 +72,11 @@ class StableDiffusionPrior:
         self.ref_azimuth = 0.0
         self.last_t = self.last_grad = self.last_grad_norm = None
 
-    @staticmethod
-    def check_config(cfg: PriorConfig) -> None:
-        """A one-line InputError for a prior field this prior cannot use."""
-        check_choice(cfg.sd_view_prompt, VIEW_PROMPT_MODES, "prior.sd_view_prompt")
-        check_choice(cfg.render_latents, sds.LATENT_MODES, "prior.render_latents")
-        check_choice(cfg.precision, PRECISIONS, "prior.precision")
-
     @classmethod
     def from_pretrained(cls, path: str, cfg: PriorConfig, device) -> StableDiffusionPrior:
         """Load every part from a stable-diffusion-2-1-base folder, in float16 on CUDA with precision 'fp16'
         (the official StableDiffusionPipeline.from_pretrained(torch_dtype=float16)), else float32."""
-        cls.check_config(cfg)
+        check_section(cfg, "prior")  # before any weights load
         dtype, _ = runtime_dtypes(cfg.precision, device, half_weights=True)
         classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
         parts, variants = {}, {}

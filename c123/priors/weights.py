@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from c123.errors import InputError, WeightsMissingError
+from c123.errors import WeightsMissingError
 
 ALLOW_DOWNLOAD_ENV = "C123_ALLOW_DOWNLOAD"
 DEFAULT_VARIANT = "default"
@@ -21,7 +21,6 @@ DEFAULT_VARIANT = "default"
 STANDARD_VARIANTS: tuple[str | None, ...] = (None, "fp16")
 """Variant preference of Stable Diffusion and CLIP: the unsuffixed file (what a plain `from_pretrained`
 loads, as the official sd_utils.py does), else the fp16 copy some repositories hold alone."""
-PRECISIONS = ("fp16", "fp32")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # transformers/diffusers weight names: base[.variant][-0000k-of-0000n].(safetensors|bin); root checkpoints
 # such as SD's v2-1_512-ema-pruned.safetensors have another base and are never selected
@@ -132,19 +131,11 @@ def summarize_variants(loaded: dict[str, str]) -> str:
     return labels.pop() if len(labels) == 1 else ",".join(f"{k}={v}" for k, v in sorted(loaded.items()))
 
 
-def check_choice(value: str, choices: tuple, field: str) -> str:
-    """`value` when it is one of `choices`, else a one-line InputError naming the config field."""
-    if value not in choices:
-        raise InputError(f"{field}='{value}' is not valid: use one of {', '.join(map(str, choices))}")
-    return value
-
-
 def runtime_dtypes(precision: str, device, half_weights: bool):
     """(weights dtype, fp16 autocast on/off) of a prior: `-O` on CUDA with precision 'fp16' (half weights
     where the official loads them in fp16, autocast for every forward), float32 and no autocast otherwise."""
     import torch  # here, so resolving weights (and failing fast when they are missing) stays light
 
-    check_choice(precision, PRECISIONS, "prior.precision")
     fp16 = precision == "fp16" and torch.device(device).type == "cuda"
     return (torch.float16 if fp16 and half_weights else torch.float32), fp16
 

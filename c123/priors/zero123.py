@@ -24,8 +24,9 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from c123.cameras import view_angle
 from c123.config import PriorConfig
+from c123.config_checks import check_section
 from c123.priors import sds
-from c123.priors.weights import PRECISIONS, autocast, check_choice, load_frozen, runtime_dtypes, summarize_variants
+from c123.priors.weights import autocast, load_frozen, runtime_dtypes, summarize_variants
 
 AZIMUTH_SIGN = 1.0
 """Zero-1-to-3's delta azimuth is +(target - reference) in our convention: in both, a positive delta moves
@@ -33,7 +34,6 @@ the camera to its own right around the object (azimuth grows from +z towards +x,
 provider (nerf/provider.py) builds a mirrored camera frame (right = forward x up), so its renders of an
 object are ours of the mirrored object seen from the negated azimuth; zero123_utils.py's sin(-a) undoes
 that. tests/test_reference_sds.py pins the mapping, and fails with the sign flipped."""
-WEIGHT_VARIANTS = ("fp16_ema", "default")
 COMPONENTS = ("unet", "vae", "image_encoder", "clip_camera_projection")
 
 
@@ -87,7 +87,7 @@ class Zero123Prior:
                  variants: dict[str, str] | None = None):
         self.unet, self.vae, self.projection = unet, vae, projection
         self.cfg, self.device = cfg, torch.device(device)
-        self.check_config(cfg)
+        check_section(cfg, "prior")  # a prior built without c123.config_checks.validate is checked the same way
         self.encode_reference = ReferenceImageEncoder(image_encoder, processor)
         _, self.use_autocast = runtime_dtypes(cfg.precision, self.device, half_weights=False)
         self.variants = variants or {}
@@ -98,19 +98,11 @@ class Zero123Prior:
         self.clip_emb = self.ref_latent = self.ref_cams = None
         self.last_t = self.last_grad = self.last_grad_norm = None
 
-    @staticmethod
-    def check_config(cfg: PriorConfig) -> None:
-        """A one-line InputError for a prior field this prior cannot use."""
-        check_choice(cfg.zero123_timestep, sds.TIMESTEP_MODES, "prior.zero123_timestep")
-        check_choice(cfg.render_latents, sds.LATENT_MODES, "prior.render_latents")
-        check_choice(cfg.zero123_variant, WEIGHT_VARIANTS, "prior.zero123_variant")
-        check_choice(cfg.precision, PRECISIONS, "prior.precision")
-
     @classmethod
     def from_pretrained(cls, path: str, cfg: PriorConfig, device) -> Zero123Prior:
         """Load every part from a zero123-xl-diffusers folder in float32 (the official loads fp32 weights
         and runs them under autocast), each from the `cfg.zero123_variant` weights when present."""
-        cls.check_config(cfg)
+        check_section(cfg, "prior")  # before any weights load
         preference = weight_preference(cfg.zero123_variant)
         classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
                    "image_encoder": CLIPVisionModelWithProjection, "clip_camera_projection": CLIPCameraProjection}

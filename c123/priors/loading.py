@@ -1,0 +1,138 @@
+"""The priors behind one interface: what a prior offers (`Guidance`), which priors exist (`REGISTRY`), and the
+loaded set a run uses (`Priors`).
+
+A prior fills a slot of `Priors`: `zero123` (the 3D prior: Zero-1-to-3 or the oracle), `sd` (the 2D prior)
+and `clip` (the boundary detector's model). Which slots a run fills is a property of its variant
+(`c123.schedules.Variant.priors`); which registered prior fills a slot is the first entry of `REGISTRY` for
+that slot whose `chooses(cfg)` holds. Adding a prior = its module + one `PriorEntry` line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+
+import torch
+
+from c123.cameras import Cameras
+from c123.config import ORACLE_FROM_CASE, ReconstructConfig
+from c123.errors import C123Error
+from c123.schedules import get_variant
+
+if TYPE_CHECKING:
+    from c123.priors.clip import ClipModel
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    """A prior that guides novel views (score distillation): Zero-1-to-3, the oracle, Stable Diffusion.
+
+    It is conditioned once per run (`set_reference` for a view-conditioned prior, `set_prompt` for a
+    text-conditioned one), then `loss` gives the SDS loss of rendered views. A prior that can also draw novel
+    views (for a future multi-view input) adds `sample(cams, generator) -> images`; nothing calls it yet."""
+
+    model_id: str
+    """What was loaded (a model id or path, or 'oracle:SCENE'): result.json's model_ids."""
+    variant_loaded: str
+    """Which weight files (fp16/fp32/ema...) were read, or 'none'."""
+
+    def loss(self, images: torch.Tensor, cams: Cameras, *, t_range: tuple[float, float],
+             generator: torch.Generator) -> torch.Tensor:
+        """The SDS loss of rendered views images [B,3,H,W] in [0,1] seen from `cams`."""
+
+
+@dataclass
+class Priors:
+    """The loaded models a run uses; None in a slot the run's variant does not use (loaded once, reused across
+    cases: the benchmark's actors keep them)."""
+
+    zero123: Guidance | None = None
+    sd: Guidance | None = None
+    clip: ClipModel | None = None
+    model_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PriorEntry:
+    """One prior the loader knows: the slot it fills, when it is the one chosen, and how it loads."""
+
+    name: str
+    slot: str
+    """A field of `Priors`."""
+    load: Callable[[ReconstructConfig, torch.device | str], tuple[object, dict[str, str]]]
+    """(the model, its model_ids entries in result.json order)."""
+    chooses: Callable[[ReconstructConfig], bool] = lambda cfg: True
+
+
+# The loaders import their model modules on use: diffusers and transformers load only for the priors a run needs.
+def _load_oracle(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]]:
+    from c123.priors.oracle import OraclePrior
+    from c123.synthetic import get_scene
+
+    if cfg.prior.oracle_scene == ORACLE_FROM_CASE:
+        raise C123Error("prior.oracle_scene='case' takes the scene from a synthetic benchmark case: run "
+                        "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
+                        "e.g. --set prior.oracle_scene=toy")
+    prior = OraclePrior(get_scene(cfg.prior.oracle_scene))
+    return prior, {"zero123": prior.model_id, "zero123_variant": prior.variant_loaded}
+
+
+def _load_zero123(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]]:
+    from c123.priors.weights import resolve
+    from c123.priors.zero123 import Zero123Prior, weight_preference
+
+    path = resolve(cfg.prior.zero123_model, "Zero-1-to-3 (the 3D prior)",
+                   variants=weight_preference(cfg.prior.zero123_variant), cache_dir=cfg.prior.model_cache)
+    prior = Zero123Prior.from_pretrained(path, cfg.prior, device)
+    return prior, {"zero123": cfg.prior.zero123_model, "zero123_variant": prior.variant_loaded}
+
+
+def _load_stable_diffusion(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]]:
+    from c123.priors.stable_diffusion import StableDiffusionPrior
+    from c123.priors.weights import resolve
+
+    path = resolve(cfg.prior.sd_model, "Stable Diffusion 2.1 base (the 2D prior)", cache_dir=cfg.prior.model_cache)
+    prior = StableDiffusionPrior.from_pretrained(path, cfg.prior, device)
+    return prior, {"stable_diffusion": cfg.prior.sd_model, "stable_diffusion_variant": prior.variant_loaded}
+
+
+def _load_clip(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]]:
+    from c123.priors.clip import ClipModel
+    from c123.priors.weights import resolve
+
+    path = resolve(cfg.prior.clip_model, "CLIP (the boundary detector)", cache_dir=cfg.prior.model_cache)
+    model = ClipModel.from_pretrained(path, device, precision=cfg.prior.precision)  # fp16 on CUDA as -O
+    return model, {"clip": cfg.prior.clip_model}
+
+
+REGISTRY: list[PriorEntry] = [
+    PriorEntry("oracle", "zero123", _load_oracle, chooses=lambda cfg: bool(cfg.prior.oracle_scene)),
+    PriorEntry("zero123", "zero123", _load_zero123),
+    PriorEntry("stable_diffusion", "sd", _load_stable_diffusion),
+    PriorEntry("clip", "clip", _load_clip),
+]
+"""Every prior, first match per slot wins (so the oracle, when asked for, comes before Zero-1-to-3)."""
+
+
+def chosen(slot: str, cfg: ReconstructConfig) -> PriorEntry:
+    """The registered prior that fills `slot` under `cfg`."""
+    for entry in REGISTRY:
+        if entry.slot == slot and entry.chooses(cfg):
+            return entry
+    raise C123Error(f"no prior is registered for slot '{slot}'")
+
+
+def load_priors(cfg: ReconstructConfig, device, priors: Priors | None = None) -> Priors:
+    """Load what `cfg`'s variant needs (and is not already in `priors`) through the offline-safe weights path."""
+    from c123.priors.tiny import ensure_tiny_models
+    from c123.priors.weights import quiet_loading
+
+    quiet_loading()
+    priors = priors or Priors()
+    ensure_tiny_models(cfg)
+    for slot in get_variant(cfg.schedule.variant).priors:
+        if getattr(priors, slot) is None:
+            model, ids = chosen(slot, cfg).load(cfg, device)
+            setattr(priors, slot, model)
+            priors.model_ids.update(ids)
+    return priors
