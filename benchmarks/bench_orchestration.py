@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     t_process = time.perf_counter()
     from c123.provenance import offline_defaults
     from c123_pipeline.datasets.registry import load_dataset
-    from c123_pipeline.flows.benchmark import BenchmarkSpec, benchmark, check_spec, summary_of
+    from c123_pipeline.flows.benchmark import benchmark, summary_of
+    from c123_pipeline.flows.spec import BenchmarkSpec, check_spec
     from c123_pipeline.flows.evaluate import run_started_ahead
 
     offline_defaults()

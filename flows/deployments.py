@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 
+# Prefect (and the flow, which imports it) is imported inside the functions: flows/serve.py and main() set
+# PREFECT_HOME / PREFECT_API_URL first, which Prefect reads as it is imported.
 NIGHTLY_CRON = "0 2 * * *"
 VERIFY_CRON = "0 3 * * *"
 

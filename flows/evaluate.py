@@ -17,10 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from c123.cli import Interrupted, OneLineParser, count
+from c123.provenance import offline_defaults
+from c123_pipeline.tasks import lifeline, warm_start
+
+# The modules that import Prefect (and Ray, pandas) are imported inside the functions: Prefect reads its
+# settings from the environment as it is imported, and `_prepare_env` sets them first.
+
 
 def parser() -> argparse.ArgumentParser:
-    from c123.cli import OneLineParser, count
-
     p = OneLineParser(
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
         "Parquet tables and a report, as a Prefect flow. Rerun with the same --out to resume.")
@@ -58,8 +63,6 @@ def parser() -> argparse.ArgumentParser:
 
 def _prepare_env(verbose: bool) -> None:
     """Embedded defaults, set before Prefect is imported."""
-    from c123.provenance import offline_defaults
-
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     offline_defaults()
@@ -72,13 +75,13 @@ def _prepare_env(verbose: bool) -> None:
 
 def spec_from(opts: argparse.Namespace):
     """The flow's parameters from the command line (names shared with BenchmarkSpec)."""
-    from c123_pipeline.flows.benchmark import BenchmarkSpec
+    from c123_pipeline.flows.spec import BenchmarkSpec
 
     given = vars(opts)
     thresholds = given.pop("thresholds")
     spec = BenchmarkSpec(**{f.name: given[f.name] for f in dataclasses.fields(BenchmarkSpec) if f.name in given})
     if thresholds is not None:
-        from c123_pipeline.reports.regression import parse_thresholds
+        from c123_pipeline.reports.regression import parse_thresholds  # pandas: only when thresholds are given
         spec.thresholds = parse_thresholds(thresholds)
     return spec
 
@@ -93,8 +96,6 @@ def _signals_as_interrupts():
     """Inside a flow run Prefect turns SIGTERM into its TerminationSignal; for the command it is an interrupt
     like Ctrl-C (c123.cli prints the resume line and exits 128 + the signal)."""
     from prefect.exceptions import TerminationSignal
-
-    from c123.cli import Interrupted
 
     try:
         yield
@@ -153,8 +154,8 @@ def started_ahead(spec, checked):
     Prefect's API does, and the actors load the first case's priors meanwhile. The flow run stops them once its
     cases are done; leaving the block releases a start no run took and waits for the stop, so that the block can
     show the run's results first."""
-    from c123_pipeline.flows.benchmark import case_config, warm_config
-    from c123_pipeline.tasks import warm_start
+    from c123_pipeline.flows.cluster import warm_config
+    from c123_pipeline.flows.spec import case_config
 
     first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
     warm = warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
@@ -179,10 +180,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     args.resume, the command that continues."""
     opts = parser().parse_args(args.rest)
     _prepare_env(opts.verbose)
-    from c123_pipeline.tasks import lifeline
-
     lifeline.arm()  # before Prefect's server or Ray start: whatever they start ends with this process
-    from c123_pipeline.flows.benchmark import benchmark, check_spec, default_run_dir, summary_of
+    from c123_pipeline.flows.benchmark import benchmark, summary_of
+    from c123_pipeline.flows.spec import check_spec, default_run_dir
     from c123_pipeline.tasks.actors import add_progress_listener, remove_progress_listener
 
     spec = spec_from(opts)

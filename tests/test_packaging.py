@@ -77,7 +77,7 @@ sys.path.append({str(REPO)!r})
 print("Hugging Face datasets", importlib.metadata.version("datasets"), file=sys.stderr)
 import datasets
 from c123_pipeline.datasets.registry import load_dataset
-from c123_pipeline.flows.benchmark import BenchmarkSpec
+from c123_pipeline.flows.spec import BenchmarkSpec
 assert "site-packages" in datasets.__file__, datasets.__file__
 hf = datasets.Dataset.from_dict({{"case": ["apple", "pear"]}})
 ours = load_dataset("synthetic")

@@ -105,7 +105,7 @@ def test_parquet_write_is_atomic(tmp_path, monkeypatch):
 @needs_data
 def test_cache_key_follows_input_bytes_config_and_code(tmp_path):
     from c123_pipeline.datasets.case import Case
-    from c123_pipeline.flows.benchmark import resolve_config
+    from c123.config_files import resolve_config
     from c123_pipeline.tasks import cache
 
     src = DATA / "c10" / "07_rgba.png"
@@ -133,7 +133,8 @@ def test_cache_key_follows_input_bytes_config_and_code(tmp_path):
 
 def test_variants_and_configs_resolve():
     from c123.errors import C123Error
-    from c123_pipeline.flows.benchmark import parse_variant, resolve_config, variant_folder
+    from c123.config_files import parse_variant, resolve_config
+    from c123_pipeline.flows.spec import variant_folder
 
     assert parse_variant("consistent123") == ("consistent123", None)
     assert parse_variant("consistent123:linear") == parse_variant("consistent123@linear") == ("consistent123", "linear")
@@ -149,12 +150,12 @@ def test_variants_and_configs_resolve():
 
 
 def test_tiny_models_dir_is_overridable(monkeypatch):
-    from c123_pipeline.flows.benchmark import base_config
+    from c123.config_files import resolve_config  # what the flow resolves its configs with
 
     monkeypatch.setenv("C123_TINY_MODELS", "/somewhere/tiny")
-    assert base_config("tiny").prior.clip_model == "/somewhere/tiny/clip"
+    assert resolve_config("tiny", "consistent123", 0, []).prior.clip_model == "/somewhere/tiny/clip"
     monkeypatch.delenv("C123_TINY_MODELS")
-    assert base_config("tiny").prior.clip_model == "~/.cache/c123/tiny-models/clip"
+    assert resolve_config("tiny", "consistent123", 0, []).prior.clip_model == "~/.cache/c123/tiny-models/clip"
 
 
 def test_prepare_run_json_refuses_another_dataset(tmp_path):

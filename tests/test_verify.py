@@ -100,7 +100,7 @@ def test_verify_preset_refuses_a_dataset_without_ground_truth(tmp_path):
     from c123.config import verify
     from c123.errors import C123Error
     from c123_pipeline.datasets.case import Case
-    from c123_pipeline.flows.benchmark import case_config
+    from c123_pipeline.flows.spec import case_config
 
     with pytest.raises(C123Error, match="use the dataset synthetic"):
         case_config(verify(str(tmp_path)), Case(id="07", rgba_path=tmp_path / "07.png"))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def tiny_config() -> dict:
-    from c123_pipeline.flows.benchmark import resolve_config
+    from c123.config_files import resolve_config
 
     return resolve_config("tiny", "consistent123", 0, FAST).to_dict()
 
@@ -45,7 +45,7 @@ def test_an_actor_loads_the_priors_of_the_warm_config_before_its_first_case(tmp_
 
 
 def test_a_warm_start_for_other_parameters_is_released_not_taken(tmp_path):
-    from c123_pipeline.flows.benchmark import BenchmarkSpec
+    from c123_pipeline.flows.spec import BenchmarkSpec
     from c123_pipeline.tasks import warm_start
 
     ray_cluster()
@@ -59,7 +59,7 @@ def test_a_warm_start_for_other_parameters_is_released_not_taken(tmp_path):
 
 
 def test_a_warm_start_no_run_takes_is_released_and_no_longer_pending():
-    from c123_pipeline.flows.benchmark import BenchmarkSpec
+    from c123_pipeline.flows.spec import BenchmarkSpec
     from c123_pipeline.tasks import warm_start
 
     ray_cluster()
@@ -73,7 +73,8 @@ def test_a_warm_start_no_run_takes_is_released_and_no_longer_pending():
 
 @needs_data
 def test_the_flow_run_takes_the_actors_started_ahead_and_trims_them_to_its_cases(tmp_path):
-    from c123_pipeline.flows.benchmark import BenchmarkSpec, benchmark
+    from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.flows.spec import BenchmarkSpec
     from c123_pipeline.tasks import warm_start
 
     ray_cluster()
