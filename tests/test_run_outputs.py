@@ -186,9 +186,11 @@ def test_a_served_run_folder_shows_one_entry_per_case(runs, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "c123.cli", "view", run, "--serve", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines = [server.stdout.readline(), server.stdout.readline()]
-        url = lines[1].split()[1]
-        assert lines[0].startswith("viewer: ") and url.startswith("http://127.0.0.1:"), lines
+        lines = [server.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("serving "):  # past e.g. matplotlib's font-cache notice
+            lines.append(server.stdout.readline())
+        url = lines[-1].split()[1]
+        assert lines[-2].startswith("viewer: ") and url.startswith("http://127.0.0.1:"), lines
         dom = assert_viewer_renders(url, tmp_path / "served.png")
     finally:
         server.send_signal(signal.SIGINT)

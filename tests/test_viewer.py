@@ -68,9 +68,11 @@ def served(*args: str):
     server = subprocess.Popen([sys.executable, "-m", "c123.cli", "view", *args, "--serve", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines = [server.stdout.readline(), server.stdout.readline()]
-        assert lines[1].startswith("serving http://127.0.0.1:"), lines
-        url = urlsplit(lines[1].split()[1])
+        lines = [server.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("serving "):  # past e.g. matplotlib's font-cache notice
+            lines.append(server.stdout.readline())
+        assert lines[-1].startswith("serving http://127.0.0.1:"), lines
+        url = urlsplit(lines[-1].split()[1])
         yield url.hostname, url.port, url.path
     finally:
         server.send_signal(signal.SIGINT)
