@@ -213,7 +213,7 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     import c123.synthetic
 
     # renders depend on the scene, camera and render code: a change there must not reuse stale ground truth
-    source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, _render_reference)) + str(size)
+    source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, render_reference)) + str(size)
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     base = Path(cache_dir).expanduser() if cache_dir else cache_root()
     folder = base / "synthetic" / key
@@ -221,7 +221,7 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     for name in c123.synthetic.SCENES:
         rgba, depth = folder / f"{name}_rgba.png", folder / f"{name}_depth.png"
         if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
-            _render_reference(name, size, rgba, depth)
+            render_reference(name, size, rgba, depth)
         cases.append(Case(name, rgba, depth, None, SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object"),
                           "synthetic", scene=name))
     return cases
@@ -237,7 +237,7 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
+def render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
     """Render one scene at the default reference camera; depth normalised to 1..65535 where covered, else 0."""
     from c123.cameras import reference_camera
     from c123.config import CameraConfig

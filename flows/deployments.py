@@ -91,7 +91,7 @@ def serve_deployments(args: argparse.Namespace) -> None:
 
     from c123_pipeline.tasks import storage
 
-    os.environ["C123_RUNS"] = str(storage.location(args.runs))  # a folder or a URL (s3://bucket/runs)
+    os.environ["C123_RUNS"] = str(storage.output_location(args.runs))  # a folder or a URL (s3://bucket/runs)
     offline_defaults()
     deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
                                     args.preset, args.verify_cron)

@@ -197,7 +197,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     (present on this machine)."""
     offline_defaults()
     ds, variants, seeds, configs = resolve_inputs(spec)
-    run_dir = storage.location(spec.out or default_run_dir(ds.name, spec.preset))
+    run_dir = storage.output_location(spec.out or default_run_dir(ds.name, spec.preset))
     storage.check_reachable(run_dir)
     check_run_json(run_dir, ds.name, spec.preset)
     # a run going on there now: refused before anything starts (plan() locks it for real; a URL has no lock)

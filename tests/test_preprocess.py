@@ -12,10 +12,10 @@ from c123.errors import InputError
 from c123.images import on_white
 from c123.preprocess import load_input
 from c123.priors.depth import estimate_depth
-from c123_pipeline.datasets.registry import default_data_root
+from data_support import DATA, needs_dataset
 
-REALFUSION = default_data_root() / "realfusion15"
-needs_data = pytest.mark.skipif(not REALFUSION.is_dir(), reason="RealFusion15 not available (c123 fetch)")
+REALFUSION = DATA / "realfusion15"
+needs_data = needs_dataset("realfusion15")
 
 
 def iou(a, b):
