@@ -268,7 +268,8 @@ def read_gso(root: Path) -> list[Case]:
 
     table = root / GSO_TABLE
     rows = read_table(table)
-    missing_cols = {"case", "elevation", "rotation"} - columns(rows)
+    check_has_rows(table, rows, "case, elevation, rotation, prompt")
+    missing_cols = {"case", "elevation", "rotation"} - table_columns(table)
     if missing_cols:
         raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: re-download the dataset "
                            "with `c123 fetch gso --root DIR`")
