@@ -9,7 +9,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from browser import assert_report_renders, needs_chromium
 from pipeline_support import DATA, FAST, needs_data, ray_cluster
@@ -323,6 +325,12 @@ def test_magic123_protocol_requests_its_views_and_is_recorded_alike_in_rows_and_
 @needs_chromium
 def test_html_report_of_the_tiny_c10_run_renders_in_chromium(runs, tmp_path):
     run = runs["c10"][0]
-    dom = assert_report_renders(run / "report" / "index.html", tmp_path / "c10-report.png")
-    assert (tmp_path / "c10-report.png").stat().st_size > 0
-    print(f"c10 report screenshot: {tmp_path / 'c10-report.png'}; page: {dom}")
+    shot = tmp_path / "c10-report.png"
+    dom = assert_report_renders(run / "report" / "index.html", shot)
+    # what a reader sees: a video per finished case, every case of the run named, the per-case table shown
+    assert dom["videos"] >= len(SUBSETS["c10"]), dom["video_sources"]  # later tests may add seeds to this run
+    assert all(case in dom["text"] for case in SUBSETS["c10"]), dom["text"][:2000]
+    assert "per-case metrics" in dom["text"].lower(), dom["text"][:2000]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) one flat colour"
+    print(f"c10 report screenshot: {shot}; captions: {dom['captions']}")

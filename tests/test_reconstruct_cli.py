@@ -121,6 +121,7 @@ def test_tiny_preset_runs_the_full_two_stage_method(tiny_run):
 
 
 def test_the_exported_mesh_has_no_degenerate_faces_and_no_non_manifold_edges(tiny_run):
+    # the one mesh check: it reuses this module's tiny reconstruction (tests/test_reconstruct_mesh.py paid for a second)
     out, _, _ = tiny_run
     for name in ("mesh.glb", "mesh.obj"):
         degenerate, non_manifold, faces = mesh_defects(out / "mesh" / name)
