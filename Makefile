@@ -23,7 +23,7 @@ chromium:
 # The main job: the benchmark flow (local Prefect API, local Ray) on the synthetic dataset with the oracle as
 # the 3D prior (preset verify: numbers with a right answer), then what was reconstructed and what the numbers mean.
 demo: $(STAMP)
-	.venv/bin/c123 evaluate synthetic --preset verify --out runs/demo
+	.venv/bin/c123 evaluate synthetic --preset verify --protocol syncdreamer --out runs/demo
 	$(PY) -m c123_pipeline.reports.verify runs/demo
 
 test: $(STAMP) chromium

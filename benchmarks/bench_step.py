@@ -1,6 +1,11 @@
 """Cost of one training step at the paper sizes, by component, with the host syncs and eager ops it makes.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--nerf-size N] [--skip-counts] [--only nerf|dmtet] [--threads 1] [--repeat N]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_step.py [--compile] [--quick] [--nerf-size N] [--skip-counts] [--only nerf|dmtet] [--threads 1] [--repeat N] [--memory-limit GB]
+
+Before building anything it estimates the host memory the run needs (c123.memory's measured laws, see
+`host_need`) against --memory-limit (default: 3/4 of MemAvailable) and, when the paper sizes do not fit, runs the
+largest NeRF size that does (and the DMTet step at the 64 grid and 256 px when the paper's does not fit), saying
+so; when nothing fits it refuses with the figure (exit 2). Explicit --nerf-size / --quick are checked the same.
 
 The paper preset (128 px novel views, 192 px reference view, 64 + 32 samples per ray, the 16-level hash grid;
 DMTet on the A15 256 grid rendered at 1024 px) with the tiny random priors at the paper's prior input sizes
@@ -52,6 +57,15 @@ except ImportError:  # measuring an older checkout (PYTHONPATH=that checkout): t
     _module = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_module)
     SyncCounter = _module.SyncCounter
+try:
+    from c123 import memory
+except ImportError:  # an older checkout: the budget module from beside this script
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("c123_memory", Path(__file__).parents[1] / "c123" / "memory.py")
+    memory = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(memory)
+LiveBytes = memory.LiveBytes
 
 
 class ComponentTimer:
@@ -109,11 +123,13 @@ def reference_image(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     return rgba, depth
 
 
-def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu", nerf_size: int | None = None):
+def build(quick: bool, compile_on: bool, models: Path, device: str = "cpu", nerf_size: int | None = None,
+          write_models: bool = True):
     """The paper preset with the tiny priors written to `models` (quick: smaller renders and grid; nerf_size:
     another novel-view size, the reference view scaled with it)."""
     cfg = paper()
-    write_tiny_models(models)
+    if write_models:
+        write_tiny_models(models)
     cfg.prior.zero123_model, cfg.prior.sd_model = str(models / "zero123"), str(models / "stable-diffusion")
     cfg.prior.clip_model = str(models / "clip")
     cfg.schedule.variant = "fixed-switch"  # both priors, no CLIP detector to load
@@ -159,7 +175,8 @@ def instrument(stage, field) -> None:
 
 @contextlib.contextmanager
 def cuda_choices(occupancy):
-    """What a CUDA run picks where CPU and CUDA differ (nerf.occupancy_mode 'auto': mask on CUDA), so the sync
+    """What a CUDA run with checkpointed chunks picks where CPU and CUDA differ (nerf.occupancy_mode 'auto': mask
+    on CUDA when nerf.grad_chunk_rays > 0; a one-graph CUDA run compacts, as CPU does), so the sync
     count is the CUDA step's; an older checkout without the choice is left as it is."""
     previous = getattr(occupancy, "mode", None)
     if previous is not None:
@@ -197,11 +214,13 @@ def measure(label: str, stage, steps: list[tuple[int, bool]], field, compile_on:
               f"{(after.ru_minflt - before.ru_minflt) / repeat / 1e6:.2f}M page faults")
         if not count:
             continue
-        with SyncCounter() as count, cuda_choices(occupancy):
+        with LiveBytes() as live, SyncCounter() as count, cuda_choices(occupancy):
             with torch.compiler.set_stance("force_eager") if compile_on else contextlib.nullcontext():
                 run_step(stage, step, reference)
         reasons = ", ".join(f"{k} x{v}" for k, v in count.reasons.most_common())
         print(f"{label} {kind} step: {count.syncs} host syncs ({reasons or 'none'}), {count.ops} eager ops")
+        print(f"{label} {kind} step: peak live tensor bytes {live.peak / 1e9:.3f} GB beyond the parameters and "
+              f"optimiser state (eager, the CUDA choices: occupancy 'mask'; tiny priors)")
         n = samples_per_step(reference)
         if n:
             print(f"{label} {kind} step: {count.bytes / n / 1e3:.1f} KB read+written by eager ops per sample point "
@@ -237,6 +256,78 @@ def nerf_setup(cfg, device):
     return rgba, built, priors, gen
 
 
+PROCESS_BYTES = 1.5e9
+"""Python, torch, diffusers and the tiny priors: the RSS of the process before its first step (about)."""
+RSS_PER_LIVE_BYTE = 1.3
+"""glibc keeps freed blocks below its mmap threshold and fragments: RSS over live tensor bytes (about)."""
+
+
+def host_need(cfg, counts: bool) -> dict[str, float]:
+    """Estimated peak RSS (bytes) of this benchmark's NeRF and DMTet parts with `cfg`: the live-bytes laws of
+    c123.memory (the eager steps; the count run masks, i.e. evaluates every sample, the timed one compacts on
+    CPU; both with every cell occupied, the worst case) times the allocator slack, plus the process."""
+    per_ray = cfg.nerf.num_samples + cfg.nerf.num_importance
+    state = memory._nerf_parameters(cfg.nerf) * memory.NERF_STATE_BYTES_PER_PARAMETER
+    size, ref = cfg.train.nerf_size, round(cfg.train.nerf_size * cfg.train.ref_scale)
+    modes = ("mask", "compact") if counts else ("compact",)
+    nerf = max(max(memory.NERF_OPTIMISER_BYTES, memory.nerf_step_bytes(mode, kind, n * n, per_ray, cfg.nerf.grad_chunk_rays))
+               for mode in modes for kind, n in (("reference", ref), ("novel", size)))
+    fixed, per_pixel, per_tet = memory.DMTET_LAW
+    dmtet = fixed + per_pixel * cfg.dmtet.render_size ** 2 + per_tet * memory.tets_of(cfg.dmtet.tet_resolution)
+    return {"nerf": PROCESS_BYTES + RSS_PER_LIVE_BYTE * (state + nerf),
+            "dmtet": PROCESS_BYTES + RSS_PER_LIVE_BYTE * (state + dmtet)}
+
+
+def fit_sizes(args, limit: float) -> tuple[int | None, int, bool]:
+    """(nerf_size, nerf.grad_chunk_rays, quick dmtet) that fit `limit` bytes: the paper size with its chunk, else
+    with smaller chunks (a chunk's graph is most of a checkpointed step), else smaller sizes; (None, ...) when
+    nothing fits."""
+    base = build(args.quick, False, Path(args.models), nerf_size=args.nerf_size, write_models=False)
+    counts = not args.skip_counts
+    sizes = [base.train.nerf_size] if (args.nerf_size or args.quick) else list(range(base.train.nerf_size, 15, -16))
+    chunks = [c for c in (base.nerf.grad_chunk_rays, 512, 256, 128) if c <= base.nerf.grad_chunk_rays] or [0]
+    need_dmtet = host_need(base, counts)["dmtet"] if args.only != "nerf" else 0
+    quick_dmtet = need_dmtet > limit and not args.quick
+    if quick_dmtet:
+        base.dmtet.render_size, base.dmtet.tet_resolution = 256, 64
+        need_dmtet = host_need(base, counts)["dmtet"]
+        if need_dmtet > limit:
+            return None, 0, True
+    if args.only == "dmtet":
+        return base.train.nerf_size, chunks[0], quick_dmtet
+    for size, chunk in [(sizes[0], c) for c in chunks] + [(s, chunks[-1]) for s in sizes[1:]]:
+        base.train.nerf_size, base.nerf.grad_chunk_rays = size, chunk
+        if host_need(base, counts)["nerf"] <= limit:
+            return size, chunk, quick_dmtet
+    return None, 0, quick_dmtet
+
+
+def check_memory(args) -> None:
+    """Pick the sizes this machine can hold (see the module's docstring); exit 2 when none."""
+    limit = (args.memory_limit * 1e9 if args.memory_limit else 0.75 * memory.available_host_bytes())
+    paper_cfg = build(False, False, Path(args.models), write_models=False)
+    need = host_need(paper_cfg, not args.skip_counts)
+    print(f"memory: the paper sizes need about {need['nerf'] / 1e9:.1f} GB (NeRF steps) and {need['dmtet'] / 1e9:.1f} "
+          f"GB (DMTet step) of host memory; limit {limit / 1e9:.1f} GB"
+          f"{'' if args.memory_limit else ' (3/4 of MemAvailable; --memory-limit GB to change)'}")
+    size, chunk, quick_dmtet = fit_sizes(args, limit)
+    if size is None:
+        smallest = build(args.quick, False, Path(args.models), nerf_size=16, write_models=False)
+        smallest.nerf.grad_chunk_rays = min(smallest.nerf.grad_chunk_rays, 128)  # the smallest chunk tried
+        print(f"bench_step: even a 16 px NeRF step needs about {host_need(smallest, True)['nerf'] / 1e9:.1f} GB of "
+              f"host memory, more than the {limit / 1e9:.1f} GB limit: free memory or pass --memory-limit GB")
+        raise SystemExit(2)
+    if not (args.nerf_size or args.quick) and size != paper_cfg.train.nerf_size:
+        print(f"memory: running the NeRF steps at {size} px (reference {round(size * paper_cfg.train.ref_scale)} px)"
+              f" instead of {paper_cfg.train.nerf_size}, the largest that fits")
+    if chunk != paper_cfg.nerf.grad_chunk_rays:
+        print(f"memory: checkpointed chunks of {chunk} rays instead of the preset's {paper_cfg.nerf.grad_chunk_rays} "
+              f"(the same gradients; a chunk's graph is most of a step's memory)")
+    if quick_dmtet:
+        print("memory: running the DMTet step at the 64 grid and 256 px (the paper's 256 grid at 1024 px does not fit)")
+    args.nerf_size, args.grad_chunk, args.quick_dmtet = size, chunk, quick_dmtet
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="train.compile=on (after a warm-up step)")
@@ -249,13 +340,22 @@ def main() -> None:
     p.add_argument("--skip-counts", action="store_true", help="time only: no sync/op/byte counts (they do not "
                    "depend on the size; their eager run evaluates every sample and needs far more memory)")
     p.add_argument("--models", default=str(Path(tempfile.gettempdir()) / "c123-bench-tiny-models"))
+    p.add_argument("--memory-limit", type=float, metavar="GB", help="host memory the run may take (default: 3/4 of "
+                   "MemAvailable); the sizes are reduced to fit, see above")
+    p.add_argument("--plan", action="store_true", help="print the memory check's choice and stop")
     args = p.parse_args()
+    check_memory(args)
+    if args.plan:
+        return
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     cfg = build(args.quick, args.compile, Path(args.models), nerf_size=args.nerf_size)
+    cfg.nerf.grad_chunk_rays = args.grad_chunk
+    if args.quick_dmtet:
+        cfg.dmtet.render_size, cfg.dmtet.tet_resolution = 256, 64
     print(f"preset paper{' (quick)' if args.quick else ''}: nerf {cfg.train.nerf_size} px (reference "
           f"{round(cfg.train.nerf_size * cfg.train.ref_scale)} px), {cfg.nerf.num_samples}+{cfg.nerf.num_importance}"
-          f" samples, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
+          f" samples, checkpointed chunks of {cfg.nerf.grad_chunk_rays} rays, dmtet grid {cfg.dmtet.tet_resolution} at {cfg.dmtet.render_size} px; priors tiny at "
           f"{cfg.prior.zero123_size}/{cfg.prior.sd_size} px; {torch.get_num_threads()} thread(s), compile "
           f"{'on' if args.compile else 'off'}")
     rgba, built, priors, gen = nerf_setup(cfg, device)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print(f"load after: {os.getloadavg()[0]:.1f}; flow wall {wall:.0f} s for {summary['computed']} computed cases")
     columns = ["case", "seconds_nerf", "seconds_dmtet", "seconds_export", "seconds_total", "novel_psnr",
-               "unseen_psnr", "chamfer", "fscore", "silhouette_iou"]
+               "unseen_psnr", "chamfer_sq", "fscore", "silhouette_iou"]
     with pd.option_context("display.width", 160, "display.precision", 4):
         print(pd.read_parquet(summary["per_case"])[columns].to_string(index=False))
     return 0

@@ -191,6 +191,19 @@ def prior_step(name: str, unet, encoder, size: int, context_shape, half_weights:
     return timed(f"prior {name} SDS step ({size} px, CFG batch 2)", step, device, repeats=3, warmup=2)
 
 
+def print_budget() -> None:
+    """The budget measured on CPU (c123.memory, live tensor bytes) that the peaks printed below check."""
+    from c123 import memory
+    from c123.config import paper
+
+    for chunk in (0, 8192):
+        cfg = paper()
+        cfg.nerf.grad_chunk_rays = chunk
+        budget = memory.case_budget(cfg)
+        print(f"budget (CPU-measured, nerf.grad_chunk_rays={chunk}): {budget.line()}; steps: "
+              + ", ".join(f"{k[5:]} {v / 2 ** 30:.2f} GiB" for k, v in budget.parts.items() if k.startswith("step:")))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -203,6 +216,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test, reduced sizes)"
     print(f"device {name}; torch {torch.__version__}; triton {'yes' if triton_available() else 'no'}", flush=True)
 
+    print_budget()
     grid_ms = hash_grids(device, 1 << (14 if quick else 18))
 
     cfg = bench_step.build(quick, False, Path(args.models), device=device.type)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+from c123 import storage
+from c123.atomic import is_url, local_path
 from c123.errors import C123Error
 
 AddCommands = Callable[[argparse._SubParsersAction], None]
@@ -94,7 +96,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c123 import __version__
-    from c123.outputs import case_name, new_run_dir
+    from c123.outputs import case_name, check_output_folder, new_run_dir
     from c123.preprocess import prepare_input
     from c123.provenance import resolve_device
     from c123.priors.loading import load_priors
@@ -103,7 +105,9 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
+    remote = remote_out(args.out)  # a URL --out: scheme, store and bucket checked before any compute
     case = case_name(args.image)
+    check_output_folder(args.out or Path("outputs") / case)  # before any model runs
     # a plain photo gets its cut-out, depth and caption here, each step announced (and cached)
     inp = prepare_input(args.image, mask=args.mask, depth=args.depth, prompt=args.prompt or "", cfg=cfg,
                         case_id=case, announce=lambda line: print(f"preprocess: {line}"))
@@ -113,9 +117,14 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     print(f"c123 {__version__}: {case}, preset {cfg.preset}, variant {cfg.schedule.variant}, seed {cfg.seed}, "
           f"config {cfg.hash()} -> {where}", flush=True)
     priors = load_priors(cfg, resolve_device(cfg.train.device))
-    out = Path(args.out) if args.out else new_run_dir(Path("outputs") / case)
-    args.resume = (f"rerun the same command to resume {out} from its last checkpoint" if args.out else
+    if remote:
+        out = storage.scratch_folder(remote)
+    else:
+        out = local_folder(args.out, "--out") if args.out else new_run_dir(Path("outputs") / case)
+    args.resume = (f"rerun the same command to resume {remote or out} from its last checkpoint" if args.out else
                    f"rerun the same command with --out {out} to resume it from its last checkpoint")
+    if remote:
+        print(f"computing in {out} (checkpoints stay there), then uploading to {remote}", flush=True)
 
     columns = [TextColumn("{task.fields[stage]:>6}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("w3D {task.fields[w3d]:.3f} w2D {task.fields[w2d]:.3f} S {task.fields[s]} "
@@ -139,28 +148,69 @@ def reconstruct_main(args: argparse.Namespace) -> int:
                        switch="-" if event.switch is None else event.switch)
 
         result = reconstruct(inp, cfg, out, priors=priors, progress=progress)
-    print(f"switch iteration: {result['switch_iteration']}; wrote {out / 'result.json'}, {out / 'config.yaml'}, "
-          f"{out / 'mesh'}, {out / 'video'}, {out / 'views'}")
+    if remote:
+        upload_out(out, remote)
+    shown = remote or out
+    parts = ("result.json", "config.yaml", "mesh", "video", "views")
+    wrote = ", ".join(str(storage.join(shown, part)) for part in parts)
+    print(f"switch iteration: {result['switch_iteration']}; wrote {wrote}")
     if "events" in result["outputs"]:
         print(f"loss curves: tensorboard --logdir {out / result['outputs']['events']}")
-    print(f"look at it: c123 view {out}")
+    print(f"look at it: c123 view {out}" + (" (the local copy)" if remote else ""))
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     return 0
 
 
+def remote_out(out: str | None) -> str | None:
+    """`reconstruct --out` as a checked URL (known scheme, not memory://, store answering, bucket there: else one
+    StorageError line), or None for a local folder. The run is computed locally and uploaded (upload_out)."""
+    if out is None or not is_url(out):
+        return None
+    remote = storage.output_location(out)
+    storage.check_reachable(remote)
+    return remote
+
+
+def local_folder(path: str, what: str) -> Path:
+    """A folder argument that must be on this machine (file:// or a plain path); a URL is one line (only
+    `reconstruct --out` and `evaluate --out` write to object storage), never a local folder named 's3:'."""
+    if is_url(path):
+        raise C123Error(f"{what} {path}: this command reads and writes local folders only: pass a local path "
+                        "(c123 reconstruct --out and c123 evaluate --out take URLs such as s3://bucket/prefix)")
+    return local_path(path)
+
+
+def upload_out(local: Path, remote: str) -> None:
+    """The finished run folder to `remote`, result.json last (a reader that sees it sees every other file);
+    the checkpoints stay local. A store's error is one line naming the URL."""
+    try:
+        storage.upload_folder(local, remote, last=("result.json",))
+    except storage.StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - turned into the one line
+        raise storage.describe(err, remote) from None
+
+
 def preprocess_main(args: argparse.Namespace) -> int:
     """`c123 preprocess IMAGE [--out DIR]`: the cut-out, depth map and caption a reconstruction would
     estimate, written as files to inspect, fix and pass back to `c123 reconstruct`."""
-    from c123.outputs import case_name
-    from c123.preprocess import missing_parts, read_input, write_preprocessed
+    from c123.outputs import case_name, check_output_folder
+    from c123.preprocess import RECORD, cached_preprocessing, check_prompt_length, missing_parts, read_input
 
     take_positional(args, "image", required=True)
     cfg = resolve_args_config(args)
+    out = local_folder(args.out, "--out") if args.out else Path("preprocessed") / case_name(args.image)
+    check_output_folder(out)
+    check_prompt_length(args.prompt or "", case_name(args.image))
     files = read_input(args.image, args.mask, args.depth)
-    out = Path(args.out or Path("preprocessed") / case_name(args.image))
     parts = missing_parts(files, args.prompt or "", cfg.preprocess)
-    record = write_preprocessed(files, args.prompt or "", parts, cfg, out, announce=print)
+    # the same cache as `c123 reconstruct`: what one computed, the other reuses (and the user sees those files)
+    inp = cached_preprocessing(files, args.mask, args.depth, args.prompt or "", parts, cfg, announce=print)
+    record = inp.preprocessing
+    copy_files(Path(record.folder), out, [*record.files.values(), RECORD])
+    for warning in inp.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for role, name in record.files.items():
         print(f"{role}: {out / name}")
     command = [f"c123 reconstruct {out / record.files['rgba']}"]
@@ -173,6 +223,18 @@ def preprocess_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def copy_files(src: Path, dest: Path, names: list[str]) -> None:
+    """Copy the files `names` of `src` into `dest` (created), each written whole or not at all."""
+    import shutil
+
+    from c123.atomic import atomic_path
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with atomic_path(dest / name) as tmp:
+            shutil.copyfile(src / name, tmp)
+
+
 def warn_input(inp) -> None:
     """Warnings about the input (e.g. a depth map that cannot be used), printed before the run starts."""
     for warning in getattr(inp, "warnings", []):
@@ -181,9 +243,12 @@ def warn_input(inp) -> None:
 
 def models_main(args: argparse.Namespace) -> int:
     """`c123 models tiny DIR`: tiny random-weight priors in the real on-disk formats."""
+    from c123.outputs import check_output_folder
     from c123.priors.tiny import write_tiny_models
 
-    for name, path in write_tiny_models(args.dir).items():
+    folder = local_folder(args.dir, "DIR")
+    check_output_folder(folder, "c123 models tiny")
+    for name, path in write_tiny_models(folder).items():
         print(f"{name}: {path}")
     return 0
 
@@ -208,10 +273,11 @@ def view_main(args: argparse.Namespace) -> int:
     """`c123 view RUN_OR_CASE_DIR [--out DIR] [--serve]`: a static page to look at results."""
     from c123.viewer import build_view, serve
 
-    page = build_view(args.dir, args.out, embed=not args.serve)  # from disk, the page carries the GLBs itself
+    folder, page_dir = local_folder(args.dir, "RUN_OR_CASE_DIR"), args.out and local_folder(args.out, "--out")
+    page = build_view(folder, page_dir, embed=not args.serve)  # from disk, the page carries the GLBs itself
     print(f"viewer: {page}")
     if args.serve:
-        serve(page, args.dir, args.port)
+        serve(page, folder, args.port)
     return 0
 
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal
 
-from c123.errors import C123Error
+from c123.errors import C123Error, shown
 
 
 # ---- what a field allows, declared at the field: `field(default=..., metadata=at_least(1))` --------------
@@ -164,7 +164,13 @@ class NerfConfig:
     occupancy_mode: Literal["auto", "compact", "mask"] = "auto"
     """How samples in empty cells are skipped: 'compact' (only occupied samples reach the field: the fewest
     evaluations, one host sync per render pass), 'mask' (every sample is evaluated, empty ones zeroed: no host
-    sync, fixed shapes) or 'auto' (mask on CUDA, compact on CPU, where a sync costs nothing); the same images."""
+    sync, fixed shapes) or 'auto' (compact, but mask on CUDA with grad_chunk_rays > 0, where a chunk bounds the
+    memory: docs/METHOD.md section 7); the same images."""
+    grad_chunk_rays: int = field(default=0, metadata=at_least(0))
+    """Training renders: 0 keeps every ray's field passes in one graph until the backward; N > 0 renders chunks of
+    N rays (and the 3D normal smoothness N rays' samples at a time) and recomputes each chunk in the backward
+    (checkpointing): the memory of one chunk instead of the whole image, the same gradients up to float
+    rounding, about a third more field work (docs/METHOD.md section 7)."""
 
 
 @dataclass
@@ -378,6 +384,9 @@ class TrainConfig:
     """Checkpoint interval within a stage (0 = only at stage ends)."""
     eval_views: int = field(default=8, metadata=at_least(1))
     """Orbit views saved to views/ for evaluation."""
+    eval_at_ref_polar: bool = False
+    """True: the orbit views circle at the reference camera's polar angle (camera.ref_polar), as SyncDreamer's 16
+    views sit at the input's elevation (metric protocol syncdreamer); False: on the equator (polar 90)."""
     eval_size: int = field(default=512, metadata=at_least(1))
     """Size of evaluation renders (views/, reference metrics) and turntable frames."""
     video_frames: int = field(default=60, metadata=at_least(1))
@@ -453,14 +462,25 @@ class ReconstructConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+GPU_GRAD_CHUNK_RAYS = 1024
+"""nerf.grad_chunk_rays of the GPU presets: a case of `paper` then needs about 18 GB and fits a 24 GB card
+(one graph: about 235 GB with the torch hash grid; docs/METHOD.md section 7); the same gradients up to float
+rounding, a third more field work."""
+
+
 def paper() -> ReconstructConfig:
-    """Every default of the authors' code (docs/METHOD.md section 2)."""
-    return ReconstructConfig(preset="paper")
+    """Every default of the authors' code (docs/METHOD.md section 2), rendered in checkpointed chunks of
+    GPU_GRAD_CHUNK_RAYS rays for the backward (the memory of a 24 GB card, the same gradients)."""
+    cfg = ReconstructConfig(preset="paper")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
+    return cfg
 
 
 def fast() -> ReconstructConfig:
-    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders."""
+    """About a quarter of the paper's compute on one GPU: fewer iterations, smaller DMTet renders (the paper's
+    NeRF sizes, so its checkpointed chunks too)."""
     cfg = ReconstructConfig(preset="fast")
+    cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
     cfg.train.nerf_iters = 2500
     cfg.train.dmtet_iters = 1500
     cfg.dmtet.tet_resolution = 128
@@ -612,5 +632,5 @@ def _coerce(value, current, key):
             isinstance(current, float) and isinstance(value, float)):
         if isinstance(current, str) or current is None:
             return str(value)
-        raise C123Error(f"override '{key}' expects {type(current).__name__}, got {value!r}")
+        raise C123Error(f"override '{key}' expects {type(current).__name__}, got {shown(value)}")
     return value

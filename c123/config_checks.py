@@ -23,7 +23,7 @@ import typing
 from typing import Any
 
 from c123.config import Bounds, ReconstructConfig, Rule, TableChoices
-from c123.errors import C123Error
+from c123.errors import C123Error, shown
 
 
 class ConfigError(C123Error):
@@ -252,12 +252,7 @@ def _default(path: str):
 
 
 def _json(value) -> str:
-    import json
-
-    try:
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
-    except (TypeError, ValueError):
-        return repr(value)
+    return shown(value)  # bounded: a huge or alias-bomb value is summarised, never expanded into the message
 
 
 def _cuda_count() -> int:

@@ -19,7 +19,7 @@ import yaml
 
 from c123 import config as config_module
 from c123.config import PRESETS, ReconstructConfig, apply_overrides, preset
-from c123.errors import C123Error
+from c123.errors import C123Error, count_values
 
 
 class ConfigFileError(C123Error):
@@ -120,14 +120,30 @@ def header_lines(cfg: ReconstructConfig) -> list[str]:
 
 
 # ---- YAML in --------------------------------------------------------------------------------------------
+MAX_CONFIG_BYTES = 256 * 1024
+"""Largest config file read: the whole resolved config with its comments is about 15 kB."""
+MAX_CONFIG_VALUES = 10_000
+"""Most values a config file may hold once YAML aliases are expanded (the config has about 150 fields)."""
+_WRITE_ONE = "e.g. one written by `c123 config show paper > FILE.yaml`"
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as {'section.field': value}; ConfigFileError naming the file and the fix."""
+    """A YAML config file as {'section.field': value}; ConfigFileError naming the file and the fix.
+
+    Bounded before anything is built from it: a file over MAX_CONFIG_BYTES is not parsed, and one whose
+    values, aliases expanded, number more than MAX_CONFIG_VALUES (a "billion laughs" alias bomb) is refused
+    before any value is used or printed."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # read at most one byte past the bound (a FIFO or /dev/zero ends too)
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"config file {path} is over {MAX_CONFIG_BYTES:,} bytes, more than a config holds: "
+                                  f"pass a YAML file of config fields, {_WRITE_ONE}")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigFileError(f"config file {path} cannot be read ({type(err).__name__}): pass a YAML file, "
-                              "e.g. one written by `c123 config show paper > FILE.yaml`") from None
+                              f"{_WRITE_ONE}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -135,6 +151,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise ConfigFileError(f"config file {path}{where} is not valid YAML ({problem}): fix that line") from None
+    except RecursionError:
+        raise ConfigFileError(f"config file {path} is nested too deeply to be a config: pass a YAML file of "
+                              f"config fields, {_WRITE_ONE}") from None
+    if count_values(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigFileError(f"config file {path} holds more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                              "expanded), more than a config has: remove the long lists or repeated aliases")
     if data is None:
         return {}
     if not isinstance(data, dict):

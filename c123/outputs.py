@@ -33,3 +33,38 @@ def new_run_dir(parent: str | Path, now: float | None = None) -> Path:
             continue
         return folder
     raise FileExistsError(f"{parent} already holds 9999 runs stamped {stamp}")
+
+
+def check_output_folder(folder: str | Path, flag: str = "--out") -> None:
+    """C123Error (one line naming the path and the fix) unless `folder` is, or can be made as, a writable
+    folder: not an existing file, not under a file, not on a read-only disk or in a folder without write
+    permission. Nothing is created here (a refused input then leaves no empty folder behind). URLs are
+    left to the storage layer."""
+    import os
+
+    from c123.atomic import is_url
+    from c123.errors import C123Error
+
+    if is_url(folder):
+        return
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise C123Error(f"{flag} {folder} is a file, not a folder: pass a folder path (it is created when missing)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # the nearest part of the path that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise C123Error(f"{flag} {folder}: {existing} is a file, so no folder can be made under it: pass a path "
+                        "outside it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only disk" if _read_only(existing) else "is not writable by you"
+        raise C123Error(f"{flag} {folder}: {existing} {why}: pass a folder you can write to")
+
+
+def _read_only(path: Path) -> bool:
+    import os
+
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -42,6 +42,16 @@ downscaled first. The reconstruction renders the reference at a few hundred pixe
 OBJECT_SHARE = (0.001, 0.99)
 """An estimated cut-out covering less than the first or more than the second share of the photo found no
 object, or kept the whole frame: the photo needs a mask instead."""
+MIN_SIDE = 8
+"""An image narrower than this on either side (1x1, 2x2, 4000x1) holds no shape to reconstruct: refused."""
+SMALL_SIDE = 32
+"""An image narrower than this on either side is reconstructed with a warning: its reference view is scaled up
+from so few pixels that the result can only be coarse."""
+MAX_PROMPT = 1000
+"""Longest prompt, in characters, that is accepted. Stable Diffusion's and CLIP's text encoders read 77 tokens
+(roughly 300 characters of English); a longer prompt is cut with a warning, one beyond this is refused."""
+DEPTH_OFF = "the depth loss is off"
+"""How every warning about a dropped depth map ends (so a later step does not warn a second time)."""
 RECORD = "preprocess.json"
 CAPTION = "caption.txt"
 Announce = Callable[[str], None]
@@ -110,6 +120,8 @@ class WorkingInput:
     """float32 HxW from the depth file, or None."""
     no_alpha: str = ""
     """Why there is no alpha: 'has no alpha channel' or 'is fully opaque'."""
+    warnings: list[str] = field(default_factory=list)
+    """What the user is told about the files as read (e.g. a very small image)."""
 
 
 def read_input(image, mask=None, depth=None) -> WorkingInput:
@@ -120,6 +132,7 @@ def read_input(image, mask=None, depth=None) -> WorkingInput:
     mode = "RGBA" if has_alpha else "RGB"
     work = _working_size(pixels if pixels.mode == mode else pixels.convert(mode))
     del pixels  # the full-size decode is not needed past this point
+    warnings = _size_warnings(image, full_size)
     alpha, no_alpha = None, ""
     if mask is not None:
         mask_img = _open(Path(mask))
@@ -128,15 +141,21 @@ def read_input(image, mask=None, depth=None) -> WorkingInput:
                              f"{full_size[0]}x{full_size[1]} (after EXIF orientation): pass a mask of the "
                              "image's size")
         alpha = np.asarray(_working_size(mask_img.convert("L")))
+        if not (alpha > 127).any():
+            raise InputError(f"the mask {mask} is empty (no pixel above 127, i.e. nothing is the object): pass a "
+                             "mask that is white on the object")
     elif has_alpha:
         alpha = np.asarray(work.getchannel("A"))
         if alpha.min() == 255:
             alpha, no_alpha = None, "is fully opaque"
+        elif not (alpha > 127).any():
+            raise InputError(f"{image} has an alpha channel with no pixel above 127 (nothing is opaque, so there is no "
+                             "object): pass the image with the object opaque, or an RGB image with --mask MASK.png")
     else:
         no_alpha = "has no alpha channel"
     rgb = np.asarray(work.convert("RGB"))
     depth_map = _read_depth(Path(depth), rgb.shape[:2]) if depth is not None else None
-    return WorkingInput(image, rgb, alpha, mask is None and has_alpha, depth_map, no_alpha)
+    return WorkingInput(image, rgb, alpha, mask is None and has_alpha, depth_map, no_alpha, warnings)
 
 
 def load_input(image, mask=None, depth=None, prompt: str = "", case_id: str | None = None,
@@ -173,13 +192,13 @@ def assemble(files: WorkingInput, alpha: np.ndarray, depth_map: np.ndarray | Non
     channels = [files.rgb[..., c] for c in range(3)] + [alpha]
     out = np.stack([_place(ch, box, target, canvas) for ch in channels], -1)
     rgba = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    warnings = []
+    warnings = list(files.warnings)
     if depth_map is not None:
         depth_map = _place(depth_map, box, target, canvas)
         depth_map[rgba[..., 3] <= 127] = 0.0
         problem = _depth_problem(depth_map, rgba[..., 3] > 127)
         if problem:
-            warnings.append(f"{depth_name} {problem}: the depth loss is off")
+            warnings.append(f"{depth_name} {problem}: {DEPTH_OFF}")
             depth_map = None
     return ReconstructionInput(case_id=files.path.stem, rgba=rgba, depth=depth_map,
                                sources={"image": str(files.path)}, warnings=warnings)
@@ -196,11 +215,10 @@ def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_i
     `load_input` as it is. Otherwise the missing parts are estimated into cache_root()/preprocess/KEY once
     and read back from there; `announce` gets one line per step.
     """
-    from c123.cache import cached_folder
-
     if need_prompt is None:
         need_prompt = "sd" in get_variant(cfg.schedule.variant).priors
     say = announce or (lambda line: None)
+    check_prompt_length(prompt, case_id or Path(image).stem)
     files = read_input(image, mask, depth)
     parts = missing_parts(files, prompt, cfg.preprocess, need_prompt)
     if need_prompt and not prompt.strip() and "prompt" not in parts:  # before any model runs
@@ -209,14 +227,37 @@ def prepare_input(image, mask=None, depth=None, prompt: str = "", *, cfg, case_i
                          "3d-only)")
     if not parts:
         return load_input(image, mask, depth, prompt, case_id, size, cfg.preprocess.border_ratio, recenter)
-    key = preprocess_key(files.path, mask, depth, prompt, parts, cfg.preprocess, recenter, size)
-    folder, cached = cached_folder("preprocess", key, lambda tmp: write_preprocessed(
-        files, prompt, parts, cfg, tmp, recenter=recenter, size=size, key=key, announce=say))
-    if cached:
-        say(f"{files.path.name}: reusing its preprocessing from {folder} (no model runs)")
-    inp = load_preprocessed(folder, case_id or files.path.stem, cached)
+    inp = cached_preprocessing(files, mask, depth, prompt, parts, cfg, recenter, size, say, case_id)
     inp.sources.update({"image": str(image), **{k: str(v) for k, v in (("mask", mask), ("depth", depth)) if v}})
     return inp
+
+
+def cached_preprocessing(files: WorkingInput, mask, depth, prompt: str, parts: list[str], cfg, recenter: bool = True,
+                         size: int | None = None, announce: Announce | None = None,
+                         case_id: str | None = None) -> ReconstructionInput:
+    """The preprocessing of `files` (see write_preprocessed) from cache_root()/preprocess/KEY, computed there
+    first when missing; a damaged cached folder is set aside and computed again (c123.cache.cached_read)."""
+    from c123.cache import cached_read
+
+    say = announce or (lambda line: None)
+    key = preprocess_key(files.path, mask, depth, prompt, parts, cfg.preprocess, recenter, size)
+
+    def read(folder: Path, cached: bool) -> ReconstructionInput:
+        inp = load_preprocessed(folder, case_id or files.path.stem, cached)
+        if cached:
+            say(f"{files.path.name}: reusing its preprocessing from {folder} (no model runs)")
+        return inp
+
+    return cached_read("preprocess", key, lambda tmp: write_preprocessed(
+        files, prompt, parts, cfg, tmp, recenter=recenter, size=size, key=key, announce=say), read, say)
+
+
+def check_prompt_length(prompt: str, name: str) -> None:
+    """InputError for a prompt longer than MAX_PROMPT characters (before any model runs)."""
+    if len(prompt) > MAX_PROMPT:
+        raise InputError(f"the prompt of {name} is {len(prompt):,} characters: Stable Diffusion and CLIP read only its "
+                         f"first 77 tokens (about 300 characters); pass a prompt of at most {MAX_PROMPT:,} characters, "
+                         "ideally one short sentence")
 
 
 def missing_parts(files: WorkingInput, prompt: str, cfg, need_prompt: bool = True) -> list[str]:
@@ -383,6 +424,8 @@ def _no_alpha(files: WorkingInput) -> InputError:
 def _open(path: Path) -> Image.Image:
     """Open and fully decode an image, upright as its EXIF orientation says; every failure is an InputError
     naming the file."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file: pass the image inside it")
     if not path.is_file():
         raise InputError(f"{path} does not exist: check the path")
     try:
@@ -391,10 +434,24 @@ def _open(path: Path) -> Image.Image:
         ImageOps.exif_transpose(img, in_place=True)
         return img
     except Image.DecompressionBombError as err:
-        raise InputError(f"{path} is too large to decode safely ({err}): pass an image of at most "
-                         f"{Image.MAX_IMAGE_PIXELS:,} pixels (downscale it)") from err
+        # PIL refuses above twice MAX_IMAGE_PIXELS (and only warns between the two): quote the limit it applied
+        raise InputError(f"{path} is too large to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+                         "PIL's decompression-bomb limit): downscale it (c123 works on it at "
+                         f"{MAX_SIDE} on its longer side anyway)") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(f"{path} is not a readable image ({type(err).__name__}): pass a PNG or JPEG") from err
+
+
+def _size_warnings(path: Path, size: tuple[int, int]) -> list[str]:
+    """InputError for an image too small to hold a shape; a warning for a merely small one."""
+    width, height = size
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"{path} is {width}x{height} pixels: too small to reconstruct an object from; pass an "
+                         f"image at least {MIN_SIDE} pixels on each side (a few hundred is typical)")
+    if min(width, height) < SMALL_SIDE:
+        return [f"{path} is only {width}x{height} pixels: the reference view is scaled up from it and the result "
+                f"will be coarse (an image at least {SMALL_SIDE} pixels on each side, ideally a few hundred, is better)"]
+    return []
 
 
 def _working_size(img: Image.Image) -> Image.Image:
@@ -421,10 +478,15 @@ def _read_depth(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _depth_problem(depth: np.ndarray, inside: np.ndarray) -> str | None:
-    """Why a depth map cannot drive the depth loss: NaN/inf values, or no variation inside the mask."""
+    """Why a depth map cannot drive the depth loss: NaN/inf values, or no variation inside the mask.
+
+    Partly invalid maps are dropped whole: the depth loss (c123.losses.pearson_depth_loss, as the official
+    one) compares every pixel inside the object's mask and has no mask of valid depth to skip some."""
     values = depth[inside]
-    if not np.isfinite(values).all():
-        return "has NaN or infinite values inside the mask"
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        return (f"has NaN or infinite values at {bad:,} of the {values.size:,} pixels inside the mask (the depth "
+                "loss compares every pixel of the object and cannot skip them; fix or fill those pixels)")
     if values.size < 2 or float(values.max() - values.min()) < 1e-6:
         return "does not vary inside the mask"
     return None

@@ -31,7 +31,7 @@ from c123.dmtet import DMTet, init_threshold, render_mesh
 from c123.errors import InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
-from c123.preprocess import ReconstructionInput
+from c123.preprocess import DEPTH_OFF, ReconstructionInput, check_prompt_length
 from c123.priors.concept import Concept, learn_or_load
 from c123.priors.loading import Priors, load_priors
 from c123.progress import Done, Notice, ProgressFn, Resumed
@@ -120,7 +120,9 @@ class Result:
 
 
 def check_prompt(inp: ReconstructionInput, cfg: ReconstructConfig) -> None:
-    """Stable Diffusion and the CLIP detector need a prompt; only 3d-only runs without one."""
+    """Stable Diffusion and the CLIP detector need a prompt; only 3d-only runs without one. A prompt longer than
+    MAX_PROMPT characters is refused (the text encoders read 77 tokens)."""
+    check_prompt_length(inp.prompt, inp.case_id or "the input")
     if uses_sd(cfg) and not inp.prompt.strip():
         raise InputError(f"empty prompt for {inp.case_id or 'the input'}: Stable Diffusion and the CLIP "
                          "detector need a text prompt; pass --prompt TEXT (or use --variant 3d-only)")
@@ -166,8 +168,8 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
-    if depth_np is None and cfg.loss.depth > 0:
-        warnings.append("no depth map and no depth model configured: the depth loss is off")
+    if depth_np is None and cfg.loss.depth > 0 and not any(w.endswith(DEPTH_OFF) for w in warnings):
+        warnings.append(f"no depth map and no depth model configured: {DEPTH_OFF}")  # unless one was dropped
     if cfg.concept.enabled and not uses_sd(cfg):
         warnings.append(f"concept injection is on but variant {cfg.schedule.variant} never uses Stable Diffusion: "
                         "no concept was learned")
@@ -175,6 +177,8 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     depth = None if depth_np is None else torch.from_numpy(depth_np).float()[None, None]
     concept = inject_concept(priors, inp, cfg, device, report)  # before Stable Diffusion is first used
     condition_priors(priors, rgba, inp.prompt, cfg, device, concept)
+    if priors.sd is not None and uses_sd(cfg) and getattr(priors.sd, "prompt_cut", None):
+        warnings.append(priors.sd.prompt_cut)
 
     identity = CheckpointIdentity(input_digest(inp.rgba, depth_np, inp.prompt), cfg.hash(), code_version())
     resume = find_resumable(out / "checkpoints", identity, device)
@@ -303,11 +307,12 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
                 mesh, albedo, cams, s, s, shading=shading, bg_color=white, rasterizer=rasterizer)
         else:
             render = lambda cams, shading="albedo": render_nerf(  # noqa: E731
-                field_, cams, s, s, RaySettings(shading, cfg.nerf.num_samples, cfg.nerf.num_importance, perturb=False),
-                bg_color=white)
+                field_, cams, s, s, RaySettings(shading, cfg.nerf.num_samples, cfg.nerf.num_importance,
+                                                perturb=False), bg_color=white)
 
         views = []
-        view_cams = orbit(cfg.train.eval_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        view_cams = orbit(cfg.train.eval_views, polar=cfg.camera.ref_polar if cfg.train.eval_at_ref_polar else 90.0,
+                          radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
         for i in range(len(view_cams)):
             _save_png(_rgba(render(view_cams[i]))[0], out / "views" / f"view_{i:03d}.png")
             views.append({"file": f"views/view_{i:03d}.png", "azimuth": float(view_cams.azimuth[i]),

@@ -26,7 +26,8 @@ from c123.nerf import NeRFField
 from c123.priors.loading import Priors
 from c123.rasterizer import get_rasterizer
 from c123.training import LossTerms, Stage, make_optimizer, make_scaler
-from c123.volume_render import OccupancyGrid, RaySettings, RenderOutput, occupancy_mode_for, render_nerf
+from c123.volume_render import (OccupancyGrid, RaySettings, RenderOutput, checkpointed_rows, occupancy_mode_for,
+                                render_nerf)
 
 
 # ---- the reference view ------------------------------------------------------------------------
@@ -140,11 +141,12 @@ class NerfStage:
         self.iters, self.clip_score = t.nerf_iters, clip_score
         self.ref_cam = reference_camera(cfg.camera).to(device)
         self.ref = reference_view(rgba, depth, int(round(t.nerf_size * t.ref_scale)), t.ref_mask_threshold, device)
-        mode = occupancy_mode_for(n.occupancy_mode, device)
+        mode = occupancy_mode_for(n.occupancy_mode, device, n.grad_chunk_rays)
         self.occupancy = (OccupancyGrid(n.bound, n.occupancy_resolution, n.occupancy_threshold, device=device,
                                         mode=mode) if n.occupancy_grid else None)
         # no per-render finiteness check in training: the loop checks the loss periodically
-        self.rays = RaySettings(num_samples=n.num_samples, num_importance=n.num_importance, check_finite=False)
+        self.rays = RaySettings(num_samples=n.num_samples, num_importance=n.num_importance, check_finite=False,
+                                grad_chunk=n.grad_chunk_rays)
         self.preview_rays = RaySettings(num_samples=n.num_samples, num_importance=n.num_importance, perturb=False)
 
     def before_step(self, step: int) -> None:
@@ -199,8 +201,11 @@ class NerfStage:
                 points, normals = points.index_select(0, out.sample_index), normals.index_select(0, out.sample_index)
                 valid = None
             noise = rand(self.gen, *points.shape, normal=True, device=points.device) * 1e-2
-            terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals,
-                                                                                  field.normal(points + noise), valid)
+            # chunked like the render (nerf.grad_chunk_rays rays' worth of samples), recomputed in the backward
+            n = self.cfg.nerf
+            perturbed = checkpointed_rows(field.normal, points + noise, n.grad_chunk_rays * (n.num_samples
+                                                                                            + n.num_importance))
+            terms["normal_3d"] = w.normal_smooth_3d * losses.normal_smoothness_3d(normals, perturbed, valid)
         if w.normal_smooth_2d > 0:
             terms["normal_2d"] = w.normal_smooth_2d * losses.normal_smoothness_2d(out.normal_image)
         return terms

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from c123.cameras import Cameras, generate_rays
 from c123.compiling import hot
@@ -48,11 +49,14 @@ class RenderOutput:
 OCCUPANCY_MODES = ("compact", "mask")
 
 
-def occupancy_mode_for(mode: str, device) -> str:
-    """nerf.occupancy_mode on `device`: 'auto' masks on CUDA (no host sync, fixed shapes for compiled code) and
-    compacts on CPU (the fewest field evaluations; a host sync costs nothing there)."""
+def occupancy_mode_for(mode: str, device, grad_chunk: int = 0) -> str:
+    """nerf.occupancy_mode on `device`: 'auto' compacts on CPU (the fewest field evaluations; a host sync costs
+    nothing there) and on CUDA when the training render is one graph (grad_chunk 0): a graph's bytes are those
+    of the samples evaluated, about 64 KB each (docs/METHOD.md section 7), so masking, which evaluates the empty
+    samples too, would hold them all; with checkpointed chunks (grad_chunk > 0) a chunk bounds the memory either
+    way, and CUDA masks (no host sync, fixed shapes for compiled code)."""
     if mode == "auto":
-        return "mask" if torch.device(device).type == "cuda" else "compact"
+        return "mask" if torch.device(device).type == "cuda" and grad_chunk > 0 else "compact"
     return mode
 
 
@@ -222,6 +226,9 @@ class RaySettings:
     check_finite: bool = True
     """Raise GeometryError on a non-finite render (a host sync; the training loop checks its loss periodically
     instead)."""
+    grad_chunk: int = 0
+    """With gradients on: 0 renders all rays as one graph; N > 0 renders checkpointed chunks of N rays (see
+    render_rays)."""
 
     def __post_init__(self):
         if self.shading not in SHADINGS:
@@ -246,8 +253,11 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: Ray
     0-dim tensor or [R]; bg_color: [3] or [R,3] (default white); occupancy: skip samples in its empty cells;
     textureless: a bool 0-dim tensor that turns 'lambertian' into 'textureless' on the device (no host read).
 
-    With gradients on, all rays form one chunk (the graph keeps every chunk's tensors until backward anyway);
-    without, chunks of CHUNK_RAYS rays bound the memory.
+    With gradients on and settings.grad_chunk 0, all rays form one chunk (the graph keeps every chunk's tensors
+    until backward anyway); with grad_chunk N > 0, chunks of N rays whose field passes are recomputed in the backward
+    (torch.utils.checkpoint): only the chunks' outputs stay alive; the random numbers are drawn for all rays
+    first, as one chunk draws them, so the result is the one-chunk result up to float rounding. Without
+    gradients, chunks of CHUNK_RAYS rays bound the memory.
     """
     R = rays_o.shape[0]
     if settings.bound is None:
@@ -258,12 +268,22 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: Ray
     ambient = torch.as_tensor(ambient, dtype=rays_o.dtype, device=rays_o.device).expand(R)[:, None, None]
     bg = torch.ones(3, device=rays_o.device, dtype=rays_o.dtype) if bg_color is None else bg_color.to(rays_o)
     bg = bg.expand(R, 3)
-    step = R if torch.is_grad_enabled() else CHUNK_RAYS
     chunks = []
-    for s in range(0, R, step):
-        e = min(R, s + step)
-        chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e], settings,
-                                    occupancy, generator, textureless))
+    grad_chunk = settings.grad_chunk
+    if torch.is_grad_enabled() and grad_chunk > 0:
+        jitter, u = _draw(R, settings, generator, rays_o)
+        for s in range(0, R, grad_chunk):
+            e = min(R, s + grad_chunk)
+            chunks.append(checkpoint(_chunk_work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
+                                     settings, occupancy, textureless, None if jitter is None else jitter[s:e],
+                                     None if u is None else u[s:e],
+                                     use_reentrant=False, preserve_rng_state=False))  # no draws inside
+    else:
+        step = R if torch.is_grad_enabled() else CHUNK_RAYS
+        for s in range(0, R, step):
+            e = min(R, s + step)
+            chunks.append(_render_chunk(field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e], settings,
+                                        occupancy, generator, textureless))
     if len(chunks) == 1:
         out = chunks[0]
     else:
@@ -279,6 +299,15 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: Ray
     return out
 
 
+def checkpointed_rows(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn(x) for a row-wise fn, computed `rows` rows at a time with each chunk recomputed in the backward
+    (torch.utils.checkpoint): the graph of one chunk instead of all of x; rows 0 or no gradients: fn(x)."""
+    if rows <= 0 or not torch.is_grad_enabled() or x.shape[0] <= rows:
+        return fn(x)
+    return torch.cat([checkpoint(fn, x[s:s + rows], use_reentrant=False, preserve_rng_state=False)
+                      for s in range(0, x.shape[0], rows)])
+
+
 def _join_indices(indices, weights) -> torch.Tensor | None:
     """Flat sample indices of chunks as indices into the concatenated [R*S] samples."""
     if indices[0] is None:
@@ -290,20 +319,25 @@ def _join_indices(indices, weights) -> torch.Tensor | None:
     return torch.cat(out)
 
 
+def _draw(rays: int, settings: RaySettings, generator, like: torch.Tensor):
+    """The random numbers of `rays` rays: (jitter [rays,num_samples], u [rays,num_importance]), None when not
+    perturbed. Drawn per CHUNK_RAYS rays in the order the passes use them (jitter, then importance quantiles),
+    so rays drawn in one go or chunk by chunk get the same numbers."""
+    where = generator.device if generator is not None else like.device
+    jitter, u = [], []
+    for s in range(0, rays, CHUNK_RAYS):
+        n = min(CHUNK_RAYS, rays - s)
+        if settings.perturb:
+            jitter.append(torch.rand(n, settings.num_samples, generator=generator, dtype=like.dtype, device=where))
+        if settings.perturb and settings.num_importance > 0:
+            u.append(torch.rand(n, settings.num_importance, generator=generator, dtype=like.dtype, device=where))
+    return (torch.cat(jitter).to(like.device) if jitter else None), (torch.cat(u).to(like.device) if u else None)
+
+
 def _render_chunk(field, rays_o, rays_d, light_dir, ambient, settings: RaySettings, occupancy, generator,
                   textureless):
-    """Draw the chunk's random numbers, then do its work. They are drawn per CHUNK_RAYS rays in the order the
-    passes use them (jitter, then importance quantiles), so a chunk of any size draws the same numbers per ray."""
-    where = generator.device if generator is not None else rays_o.device
-    jitter, u = [], []
-    for s in range(0, rays_o.shape[0], CHUNK_RAYS):
-        rays = min(CHUNK_RAYS, rays_o.shape[0] - s)
-        if settings.perturb:
-            jitter.append(torch.rand(rays, settings.num_samples, generator=generator, dtype=rays_o.dtype, device=where))
-        if settings.perturb and settings.num_importance > 0:
-            u.append(torch.rand(rays, settings.num_importance, generator=generator, dtype=rays_o.dtype, device=where))
-    jitter = torch.cat(jitter).to(rays_o.device) if jitter else None
-    u = torch.cat(u).to(rays_o.device) if u else None
+    """Draw the chunk's random numbers (`_draw`), then do its work."""
+    jitter, u = _draw(rays_o.shape[0], settings, generator, rays_o)
     return _chunk_work(field, rays_o, rays_d, light_dir, ambient, settings, occupancy, textureless, jitter, u)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from c123.errors import DatasetError
+from c123.metrics import GsoTruth
 from c123.preprocess import ReconstructionInput, load_input, prepare_input
 
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
@@ -36,6 +37,11 @@ class Case:
     recenter: bool = False
     """True for raw photos; False for inputs already recentred (the authors' `_rgba.png`, synthetic renders)."""
     scene: str | None = None
+    ref_elevation: float | None = None
+    """Elevation (degrees) of the input view when the dataset gives it (GSO: 30); the flow passes it to the
+    reconstruction as camera.ref_polar = 90 - elevation. None: the config's reference camera."""
+    gso: GsoTruth | None = None
+    """A GSO case's ground truth (mesh, 16 renders with depth, rotation) for SyncDreamer's protocol."""
 
     def load(self, cfg=None, size: int | None = None) -> ReconstructionInput:
         """The preprocessed reference view (resized to `size` when given). With the run's config, what the

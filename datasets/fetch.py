@@ -1,9 +1,15 @@
-"""`c123 fetch NAME --root DIR`: download RealFusion15 or C10 from their upstream repositories into DIR/NAME.
+"""`c123 fetch NAME --root DIR`: download RealFusion15, C10 or GSO from their upstream repositories into DIR/NAME.
 
 Images come from Consistent123 (`data/realfusion15/`, `data/C10/` at commit 6df4059e) and, for RealFusion15's
 original photos and masks, from RealFusion (`examples/natural-images/` at commit 3ec69d05). Neither repository
 publishes a prompt table, so prompts.tsv is written from the copy below (the authors' RealFusion15 prompts;
 C10 prompts written for this project). The result has the layout `load_dataset` reads.
+
+GSO (SyncDreamer's evaluation set): the one object SyncDreamer publishes in its repository (`eval_examples/`
+at commit cc373c8e: the chicken's mesh and 16 renders with depth) in the `gso` layout (datasets/layouts.py
+read_gso). The 30-object set is on SyncDreamer's OneDrive (README "Evaluation", GSO_ONEDRIVE), which no script
+can read: lay it out as BASE/gso/<case>/model.obj + gt/NNN.png + gt/NNN-depth.png on a mirror and pass
+`--base-url BASE --cases NAME ...` (rotations from c123.metrics.SD_ROTATIONS, elevation 30).
 """
 
 from __future__ import annotations
@@ -54,6 +60,38 @@ avatar	statue	a bust of a blue-skinned alien with pointed ears
 yellow_shoe	costume	a yellow high-top sneaker with red laces
 """,
 }
+SYNCDREAMER = "https://raw.githubusercontent.com/liuyuan-pal/SyncDreamer/cc373c8ed0ef134149c5019e2384d2264649d0a6"
+GSO_ONEDRIVE = ("https://connecthkuhk-my.sharepoint.com/:f:/g/personal/yuanly_connect_hku_hk/"
+                "EjYHbCBnV-VPjBqNHdNulIABq9sYAEpSz4NPLDI72a85vw")
+GSO_ELEVATION = 30.0
+"""Elevation (degrees) of SyncDreamer's GSO input views (camera-16's view 000)."""
+
+
+def gso_table(cases: list[str]) -> str:
+    """gso_cases.tsv for these GSO object names (SyncDreamer's rotations; elevation 30)."""
+    from c123.metrics import SD_ROTATIONS
+
+    rows = [f"{c}\t{GSO_ELEVATION:g}\t{SD_ROTATIONS.get(c, 0.0):g}\ta {c.replace('_', ' ')}" for c in cases]
+    return "case\televation\trotation\tprompt\n" + "".join(r + "\n" for r in rows)
+
+
+def gso_files(cases: list[str], base_url: str | None) -> list[tuple[str, str]]:
+    """(path inside DIR/gso, URL) of each case's mesh and 16 renders with depth."""
+    out = []
+    for case in cases:
+        if base_url:
+            src = f"{base_url.rstrip('/')}/gso/{case}"
+            mesh, gt = f"{src}/model.obj", f"{src}/gt"
+        elif case == "chicken":
+            mesh, gt = f"{SYNCDREAMER}/eval_examples/chicken-mesh/meshes/model.obj", f"{SYNCDREAMER}/eval_examples/chicken-gt"
+        else:
+            raise DatasetError(f"GSO object '{case}' is only on SyncDreamer's OneDrive ({GSO_ONEDRIVE}): mirror it "
+                               "as BASE/gso/<case>/model.obj + gt/NNN.png + gt/NNN-depth.png and pass --base-url BASE")
+        out.append((f"{case}/model.obj", mesh))
+        out += [(f"{case}/gt/{k:03}{s}.png", f"{gt}/{k:03}{s}.png") for k in range(16) for s in ("", "-depth")]
+    return out
+
+
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
 
 
@@ -78,11 +116,19 @@ def files(name: str, base_url: str | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def fetch(name: str, root: str | Path, base_url: str | None = None, timeout: float = 60.0) -> Path:
+def fetch(name: str, root: str | Path, base_url: str | None = None, timeout: float = 60.0,
+          gso_cases: list[str] | None = None) -> Path:
     """Download dataset `name` into root/name (files already there are kept); returns that folder."""
-    if name not in PROMPTS:
-        raise DatasetError(f"cannot fetch '{name}': use one of {', '.join(PROMPTS)}")
+    if name not in PROMPTS and name != "gso":
+        raise DatasetError(f"cannot fetch '{name}': use one of {', '.join([*PROMPTS, 'gso'])}")
     dest = Path(root).expanduser() / name
+    if name == "gso":
+        cases = list(gso_cases or ["chicken"])
+        for rel, url in gso_files(cases, base_url):
+            if not (dest / rel).is_file():
+                write_atomic(dest / rel, _download(url, timeout))
+        write_atomic(dest / "gso_cases.tsv", gso_table(cases))
+        return dest
     for rel, url in files(name, base_url):
         if not (dest / rel).is_file():
             write_atomic(dest / rel, _download(url, timeout))  # an interrupted fetch never leaves half a file
@@ -110,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     from c123_pipeline.datasets.registry import load_dataset
 
     parser = OneLineParser(prog="c123 fetch", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=sorted(PROMPTS))
+    parser.add_argument("name", choices=sorted([*PROMPTS, "gso"]))
     parser.add_argument("--root", default="~/.cache/c123/data", help="data root (use it as C123_DATA)")
     parser.add_argument("--base-url", help="mirror laid out as BASE/NAME/<files>")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per file")
+    parser.add_argument("--cases", nargs="+", metavar="NAME", help="gso: the objects (default: chicken, the one "
+                        "SyncDreamer's repository holds; the others need --base-url)")
     args = parser.parse_args(argv)
-    dest = fetch(args.name, args.root, args.base_url, args.timeout)
+    dest = fetch(args.name, args.root, args.base_url, args.timeout, args.cases)
     print(f"{args.name}: {len(load_dataset(dest).cases)} cases in {dest}")
     return 0

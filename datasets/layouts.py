@@ -10,6 +10,7 @@
 Images without alpha or mask, rows without a prompt and cases without depth are fine: the reconstruction
 estimates what is missing (c123.preprocess.prepare_input: cut-out, caption, depth), once per input.
 - synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
+- gso:       SyncDreamer's GSO evaluation set (read_gso): gso_cases.tsv, <case>/model.obj, <case>/gt/ renders
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
 UTF-8 byte-order mark is dropped), every row must have the header's number of fields, and each case id is
@@ -62,18 +63,7 @@ SYNTHETIC_PROMPTS = {
 
 def read_table(path: Path) -> list[Row]:
     """Data rows of a .tsv (plain tab-separated) or .csv file with a header line; blank lines are skipped."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} cannot be read ({type(err).__name__}): re-download the dataset") from err
-    if path.suffix == ".tsv":
-        lines = [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1)]
-    else:
-        try:
-            lines = list(enumerate(csv.reader(text.splitlines(), strict=True), 1))
-        except csv.Error as err:
-            raise DatasetError(f"{path} is not valid CSV ({err}): fix the file") from err
-    lines = [(n, [f.strip() for f in fields]) for n, fields in lines if any(f.strip() for f in fields)]
+    lines = _table_lines(path)
     if not lines:
         return []
     (_, header), rows = lines[0], []
@@ -86,8 +76,37 @@ def read_table(path: Path) -> list[Row]:
     return rows
 
 
-def columns(rows: list[Row]) -> set[str]:
-    return set(rows[0].fields) if rows else set()
+def table_columns(path: Path) -> set[str]:
+    """The column names of a table's header line (empty for an empty file), whether or not rows follow."""
+    lines = _table_lines(path)
+    return set(lines[0][1]) if lines else set()
+
+
+def check_has_rows(path: Path, rows: list[Row], needed: str) -> None:
+    """DatasetError when a table that must list the cases lists none (an empty file, or only its header)."""
+    if not rows:
+        what = "has only its header line" if table_columns(path) else "is empty"
+        raise DatasetError(f"{path} {what} and so lists no case: add one line per image ({needed}), separated by "
+                           f"{'tabs' if path.suffix == '.tsv' else 'commas'}, under a header line naming them")
+
+
+def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped fields) of each non-blank line of a .tsv or .csv file."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}): "
+                           "save it as UTF-8 (a dataset c123 fetched can be fetched again)") from None
+    except OSError as err:
+        raise DatasetError(f"{path} cannot be read ({err.strerror or type(err).__name__}): check the file") from None
+    if path.suffix == ".tsv":
+        lines = [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), 1)]
+    else:
+        try:
+            lines = list(enumerate(csv.reader(text.splitlines(), strict=True), 1))
+        except csv.Error as err:
+            raise DatasetError(f"{path} is not valid CSV ({err}): fix the file") from err
+    return [(n, [f.strip() for f in fields]) for n, fields in lines if any(f.strip() for f in fields)]
 
 
 def unique_ids(located: list[tuple[Case, str]]) -> list[Case]:
@@ -106,12 +125,13 @@ def read_flat(root: Path) -> list[Case]:
     a row and every row an image."""
     table = root / "prompts.tsv"
     rows = read_table(table)
-    header = columns(rows)
+    header = table_columns(table)
     id_col = "consistent123_name" if "consistent123_name" in header else "case"
     prompt_col = "consistent123_prompt" if "consistent123_prompt" in header else "prompt"
     if {id_col, prompt_col} - header:
         raise DatasetError(f"{table} lacks columns {id_col} and {prompt_col} (has {', '.join(sorted(header))}): "
                            "re-download the dataset with `c123 fetch NAME --root DIR`")
+    check_has_rows(table, rows, f"{id_col}, {prompt_col}")
     located = []
     for row in rows:
         case_id = check_case_id(row[id_col], row.where)
@@ -150,9 +170,10 @@ def read_original(root: Path) -> list[Case]:
 def read_images(root: Path, table: Path) -> list[Case]:
     """Images listed in a prompts table (file; optional prompt, category, mask, depth), recentred on load."""
     rows = read_table(table)
-    header = columns(rows)
+    header = table_columns(table)
     if "file" not in header:
         raise DatasetError(f"{table} needs a column file (has {', '.join(sorted(header)) or 'none'})")
+    check_has_rows(table, rows, "file, and optionally prompt, category, mask, depth")
     located = []
     for row in rows:
         paths = {k: _inside(root, row[k], row.where) for k in ("file", "mask", "depth") if row.get(k)}
@@ -192,21 +213,31 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]
     import c123.synthetic
 
     # renders depend on the scene, camera and render code: a change there must not reuse stale ground truth
-    source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, _render_reference)) + str(size)
+    source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, render_reference)) + str(size)
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     base = Path(cache_dir).expanduser() if cache_dir else cache_root()
     folder = base / "synthetic" / key
     cases = []
     for name in c123.synthetic.SCENES:
         rgba, depth = folder / f"{name}_rgba.png", folder / f"{name}_depth.png"
-        if not (rgba.is_file() and depth.is_file()):
-            _render_reference(name, size, rgba, depth)
+        if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
+            render_reference(name, size, rgba, depth)
         cases.append(Case(name, rgba, depth, None, SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object"),
                           "synthetic", scene=name))
     return cases
 
 
-def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
+def _readable(path: Path) -> bool:
+    """Whether a cached PNG is there and decodes whole."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
     """Render one scene at the default reference camera; depth normalised to 1..65535 where covered, else 0."""
     from c123.cameras import reference_camera
     from c123.config import CameraConfig
@@ -223,10 +254,52 @@ def _render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -
             img.save(tmp, format="PNG")
 
 
+GSO_TABLE = "gso_cases.tsv"
+"""The table of a GSO-layout folder: case, elevation (degrees of the input view), rotation (degrees about z that
+face the mesh to the renders: SyncDreamer's get_gt_rotate_angle), prompt."""
+GSO_VIEWS = 16
+
+
+def read_gso(root: Path) -> list[Case]:
+    """SyncDreamer's GSO evaluation layout: per case `<case>/model.obj` (the scanned mesh as published) and
+    `<case>/gt/NNN.png` + `NNN-depth.png` (its 16 renders at camera-16's cameras, NNN = 000..015); the input is
+    view 000 (azimuth 0, elevation 30), already centred; the table gives each case's elevation and rotation."""
+    from c123.metrics import GsoTruth
+
+    table = root / GSO_TABLE
+    rows = read_table(table)
+    check_has_rows(table, rows, "case, elevation, rotation, prompt")
+    missing_cols = {"case", "elevation", "rotation"} - table_columns(table)
+    if missing_cols:
+        raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: re-download the dataset "
+                           "with `c123 fetch gso --root DIR`")
+    located = []
+    for row in rows:
+        case_id = check_case_id(row["case"], row.where)
+        folder = root / case_id
+        try:
+            elevation, rotation = float(row["elevation"]), float(row["rotation"])
+        except ValueError:
+            raise DatasetError(f"{row.where}: elevation and rotation must be numbers (degrees), got "
+                               f"{row['elevation']!r} and {row['rotation']!r}: fix that line") from None
+        needed = [folder / "model.obj"] + [folder / "gt" / f"{k:03}{s}.png" for k in range(GSO_VIEWS)
+                                           for s in ("", "-depth")]
+        absent = [str(p.relative_to(root)) for p in needed if not p.is_file()]
+        if absent:
+            raise DatasetError(f"{row.where}: {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''} not in "
+                               f"{root}: re-download the dataset with `c123 fetch gso --root DIR`")
+        located.append((Case(case_id, folder / "gt" / "000.png", prompt=row.get("prompt"), category="gso",
+                             ref_elevation=elevation,
+                             gso=GsoTruth(str(folder / "model.obj"), str(folder / "gt"), rotation)), row.where))
+    return unique_ids(located)
+
+
 def detect(root: Path) -> list[Case]:
     """The cases of a folder in whichever layout it has; DatasetError naming the layouts when none fits."""
+    if (root / GSO_TABLE).is_file():
+        return read_gso(root)
     table = next((t for t in (root / "prompts.tsv", root / "prompts.csv") if t.is_file()), None)
-    header = columns(read_table(table)) if table else set()
+    header = table_columns(table) if table else set()
     if "file" in header:
         return read_images(root, table)
     flat = table is not None and table.suffix == ".tsv" and bool(header & {"consistent123_name", "case"})
@@ -238,6 +311,8 @@ def detect(root: Path) -> list[Case]:
         return read_flat(root)  # names the missing files
     if table is None and root.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
         return read_photos(root)
+    if table is not None and not header:  # the layout's table is there but says nothing
+        check_has_rows(table, [], "file, prompt")
     raise DatasetError(
         f"{root} matches no dataset layout: expected <case>_rgba.png + prompts.tsv (case, prompt), "
         "<folder>/image.png + mask.png, images + prompts.tsv/csv (file, prompt), or a folder of photos; "

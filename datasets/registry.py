@@ -12,11 +12,12 @@ from c123_pipeline.datasets import layouts
 from c123_pipeline.datasets.case import Case
 
 DATA_ENV = "C123_DATA"
-NAMED = {"realfusion15": "realfusion15", "c10": "c10", "realfusion15-original": "realfusion15/original"}
+NAMED = {"realfusion15": "realfusion15", "c10": "c10", "realfusion15-original": "realfusion15/original", "gso": "gso"}
 """Named datasets and their folder under the data root."""
 EXPECTED = {"realfusion15": "<case>_rgba.png, <case>_depth.png and prompts.tsv",
             "c10": "<case>_rgba.png, <case>_depth.png and prompts.tsv",
-            "realfusion15-original": "<folder>/image.png and mask.png"}
+            "realfusion15-original": "<folder>/image.png and mask.png",
+            "gso": "gso_cases.tsv (case, elevation, rotation, prompt), <case>/model.obj, <case>/gt/NNN.png and NNN-depth.png"}
 
 
 @dataclass

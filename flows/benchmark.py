@@ -133,7 +133,8 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
                                       "lpips_net")},
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
-            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id))
+            case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id,
+            peak_memory_gb=entry.outcome.peak_memory_gb))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 
@@ -181,7 +182,8 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         plan_.timings["metrics_end"] = time.perf_counter() - t_start
         written = write_results_task(str(plan_.run_dir), case_rows, view_rows)
         plan_.timings["parquet_end"] = time.perf_counter() - t_start
-        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds)
+        report = report_task(str(plan_.run_dir), str(plan_.baseline) if plan_.baseline else None, spec.thresholds,
+                             drift_window=spec.drift_window, golden=spec.golden)
         plan_.timings["report_end"] = time.perf_counter() - t_start
         if stats.stopper is not None and not stats.started_ahead:  # a start made ahead is awaited by its maker
             stats.stopper.join()

@@ -55,9 +55,13 @@ class RunCluster:
 
     def pool(self, first: ReconstructConfig, jobs: int, log) -> ActorPool:
         """The actor pool for `jobs` cases (a pool started ahead is trimmed to them); call `cluster` first."""
-        from c123_pipeline.tasks.actors import ActorPool, pool_shape  # imports Ray: only when a case is computed
+        # imports Ray: only when a case is computed
+        from c123_pipeline.tasks.actors import ActorPool, pool_shape, resolve_cases_per_gpu
 
-        actors, resources = pool_shape(self.info.num_cpus, self.info.num_gpus, jobs, self.spec.num_actors)
+        per_gpu = 1
+        if self.warm is None:  # (a pool started ahead was shaped by the same rule)
+            per_gpu = resolve_cases_per_gpu(self.spec.cases_per_gpu, first.to_dict(), self.info.num_gpus, log)
+        actors, resources = pool_shape(self.info.num_cpus, self.info.num_gpus, jobs, self.spec.num_actors, per_gpu)
         if self.warm is None:
             pool = ActorPool(actors, resources=resources, work_fn=self.spec.work_fn, max_retries=self.spec.max_retries,
                              warm_config=warm_config(self.spec, first))

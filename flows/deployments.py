@@ -4,7 +4,8 @@
   flow's; `prefect deployment run benchmark/evaluate-c10 --param preset=tiny --param cases='["07"]'`).
 - `benchmark/nightly-regression`: cron (default "0 2 * * *", UTC), at most one run at a time (a run due
   while one is going is cancelled, not queued); judged against the newest earlier nightly run
-  (baseline='latest'); a regression fails the flow run and publishes the verdict as a markdown artifact.
+  (baseline='latest') and against the median of the last DRIFT_WINDOW good earlier runs (drift_window: a slow
+  decline, reports/drift.py); a regression fails the flow run and publishes the verdict as a markdown artifact.
 - `benchmark/nightly-verify`: the CPU nightly (default "0 3 * * *"): the synthetic scenes with the oracle
   prior (preset `verify`), judged like nightly-regression under the thresholds of
   reports/verify.py, which a broken camera convention, an untrained DMTet stage or a halved learning rate
@@ -25,6 +26,9 @@ import os
 # Prefect (and the flow, which imports it) is imported inside the functions: flows/serve.py and main() set
 # PREFECT_HOME / PREFECT_API_URL first, which Prefect reads as it is imported.
 NIGHTLY_CRON = "0 2 * * *"
+DRIFT_WINDOW = 5
+"""The nightlies also judge each run against the median of the last DRIFT_WINDOW good earlier runs
+(reports/drift.py): a decline of 0.3 dB a night passes the night-to-night verdict but not this one."""
 VERIFY_CRON = "0 3 * * *"
 
 
@@ -48,15 +52,19 @@ def build_deployments(nightly_cron: str = NIGHTLY_CRON, nightly_dataset: str = "
         benchmark.to_deployment(
             name="nightly-regression", cron=nightly_cron, concurrency_limit=one_at_a_time,
             parameters={"dataset": nightly_dataset, "preset": nightly_preset, "baseline": "latest",
-                        "fail_on_regression": True, "overrides": list(nightly_overrides or [])},
-            description="Nightly benchmark judged against the previous nightly run; fails on a regression",
+                        "drift_window": DRIFT_WINDOW, "fail_on_regression": True,
+                        "overrides": list(nightly_overrides or [])},
+            description="Nightly benchmark judged against the previous nightly run and the median of the last "
+                        f"{DRIFT_WINDOW} good ones (slow drift); fails on a regression",
             **{**common, "tags": ["c123", "benchmark", "nightly"]}),
         benchmark.to_deployment(
             name="nightly-verify", cron=verify_cron, concurrency_limit=one_at_a_time,
-            parameters={"dataset": "synthetic", "preset": "verify", "baseline": "latest",
-                        "fail_on_regression": True, "thresholds": dict(VERIFY_THRESHOLDS)},
+            parameters={"dataset": "synthetic", "preset": "verify", "baseline": "latest", "protocol": "syncdreamer",
+                        "drift_window": DRIFT_WINDOW, "fail_on_regression": True,
+                        "thresholds": dict(VERIFY_THRESHOLDS)},
             description="CPU nightly: the synthetic scenes with the oracle prior (numbers with a right answer), "
-                        "judged against the previous run; fails on a regression",
+                        f"judged against the previous run and the median of the last {DRIFT_WINDOW} good ones; "
+                        "fails on a regression",
             **{**common, "tags": ["c123", "benchmark", "nightly", "cpu"]}),
     ]
 
@@ -83,7 +91,7 @@ def serve_deployments(args: argparse.Namespace) -> None:
 
     from c123_pipeline.tasks import storage
 
-    os.environ["C123_RUNS"] = str(storage.location(args.runs))  # a folder or a URL (s3://bucket/runs)
+    os.environ["C123_RUNS"] = str(storage.output_location(args.runs))  # a folder or a URL (s3://bucket/runs)
     offline_defaults()
     deployments = build_deployments(args.nightly_cron, args.nightly_dataset, args.nightly_preset, args.nightly_set,
                                     args.preset, args.verify_cron)

@@ -25,6 +25,13 @@ from c123_pipeline.tasks import lifeline, warm_start
 # settings from the environment as it is imported, and `_prepare_env` sets them first.
 
 
+def cases_per_gpu_arg(text: str) -> int | str:
+    """--cases-per-gpu: an integer >= 1 or 'auto'."""
+    from c123.cli import count
+
+    return "auto" if text == "auto" else count(1)(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
@@ -44,13 +51,20 @@ def parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. train.nerf_iters=100")
     p.add_argument("--actors", dest="num_actors", type=count(1), metavar="N",
                    help="number of Ray actors (default: one per GPU, else per CPU)")
+    p.add_argument("--cases-per-gpu", metavar="N|auto", type=cases_per_gpu_arg,
+                   help="cases sharing each GPU (Ray fractional GPUs; default 1); auto: as many as the measured "
+                        "memory budget of a case fits in a GPU's free memory; a number that cannot fit is refused")
     p.add_argument("--baseline", metavar="RUN_DIR", help="judge this run against a finished run of the same "
                    "dataset ('latest': the newest earlier run of the same dataset and preset beside --out)")
+    p.add_argument("--drift-window", type=count(1), metavar="N", help="also judge this run against the median "
+                   "of the last N good earlier runs of the dataset and preset beside it (a slow decline)")
+    p.add_argument("--golden", metavar="RUN_ID", help="judge drift against this pinned earlier run beside it instead")
     p.add_argument("--threshold", dest="thresholds", action="extend", nargs="+", metavar="METRIC=VALUE",
                    help="allowed worsening against --baseline, e.g. psnr=0.5 lpips=0.01")
     p.add_argument("--data-root", metavar="DIR", help="folder holding the named datasets (default $C123_DATA)")
-    p.add_argument("--protocol", default="c123", help="metric protocol: c123 (default) or magic123 (CLIP "
-                   "ViT-bigG-14 over 100 views, 224 px, PSNR at 800 px)")
+    p.add_argument("--protocol", default="c123", help="metric protocol: c123 (default), magic123 (CLIP "
+                   "ViT-bigG-14 over 100 views, 224 px, PSNR at 800 px) or syncdreamer (GSO: Chamfer, volume IoU, "
+                   "PSNR/SSIM/LPIPS-VGG over 16 views at the input's elevation; synthetic and gso datasets)")
     p.add_argument("--clip-model", metavar="ID", help="CLIP of the CLIP-similarity metric (default: the protocol's, "
                    "else the preset's)")
     p.add_argument("--retries", dest="max_retries", type=count(0), default=2,
@@ -159,7 +173,8 @@ def started_ahead(spec, checked):
 
     first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
     warm = warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
-                                len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first)).begin()
+                                len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first),
+                                spec.cases_per_gpu).begin()
     try:
         yield
     finally:

@@ -49,13 +49,14 @@ class MetricStep:
         if entry.outcome.status != "ok":
             return
         folder = storage.join(self.plan.run_dir, entry.case_dir)
-        key = metrics_key(entry.key, self.plan.protocol, entry.case.scene)
+        key = metrics_key(entry.key, self.plan.protocol, entry.case.scene, entry.case.gso)
         found = cached_metrics(folder, key)
         if found is not None:
             self.values[entry.index] = found
         else:
             self.pending[entry.index] = case_metrics_task.submit(str(folder), entry.outcome.result,
-                                                                 self.models().result(), key, entry.case.scene)
+                                                                 self.models().result(), key, entry.case.scene,
+                                                                 entry.case.gso)
 
     def result(self, entry: Entry) -> dict:
         """The metric columns of an entry (NaN with the reason for a failed case)."""

@@ -27,7 +27,7 @@ from c123.provenance import offline_defaults
 from c123_pipeline.datasets.registry import case_patterns, filter_cases, load_dataset
 from c123_pipeline.tasks import storage
 from c123_pipeline.tasks.metrics import protocol_overrides, resolve_protocol
-from c123_pipeline.tasks.report import check_baseline
+from c123_pipeline.tasks.report import check_baseline, check_golden
 from c123_pipeline.tasks.run_folder import RunLock, check_run_json
 
 if TYPE_CHECKING:
@@ -59,6 +59,10 @@ class BenchmarkSpec:
     """Config overrides, 'section.field=value'."""
     num_actors: int | None = None
     """Ray actors (default: one per GPU, else one per CPU)."""
+    cases_per_gpu: int | str | None = None
+    """Cases sharing each GPU (Ray fractional GPUs): a number, or 'auto' (as many as the measured memory budget
+    of a case, c123.memory.case_budget, fits in a GPU's free memory); default 1. A number that cannot fit is
+    refused."""
     baseline: str | None = None
     """A finished run folder of the same dataset to judge this run against, or 'latest' (the newest earlier
     run of the same dataset and preset beside `out`)."""
@@ -73,9 +77,14 @@ class BenchmarkSpec:
     clip_model: str | None = None
     """CLIP of the CLIP-similarity metric, replacing the protocol's (default: the protocol's, else the preset's)."""
     protocol: str = "c123"
-    """Metric protocol: c123 (default) or magic123 (c123.metrics.PROTOCOLS)."""
+    """Metric protocol: c123 (default), magic123 or syncdreamer (c123.metrics.PROTOCOLS)."""
     thresholds: dict[str, float] | None = None
     """Allowed worsening per metric against the baseline, e.g. {"psnr": 0.5}."""
+    drift_window: int | None = None
+    """Also judge the run against the median of the last N good earlier runs of its dataset and preset in its
+    runs folder (reports/drift.py: a slow decline); None: only against the baseline."""
+    golden: str | None = None
+    """Run id of a pinned golden run in the runs folder to judge drift against instead of the window."""
     work_fn: str | None = None
     """'module:function' replacing the reconstruction in the actors (instrumentation, fault tests)."""
 
@@ -83,10 +92,14 @@ class BenchmarkSpec:
         """Parameters that cannot work, as one C123Error line naming the parameter (before anything runs)."""
         from c123_pipeline.reports.regression import parse_thresholds  # pandas: only once a flow runs
 
-        for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0)):
+        for name, low in (("num_actors", 1), ("max_retries", 0), ("allow_failures", 0), ("drift_window", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise C123Error(f"parameter {name}={value!r} must be an integer >= {low}")
+        per_gpu = self.cases_per_gpu
+        if per_gpu is not None and per_gpu != "auto" and (isinstance(per_gpu, bool) or not str(per_gpu).isdigit()
+                                                           or int(per_gpu) < 1):
+            raise C123Error(f"parameter cases_per_gpu={per_gpu!r} must be an integer >= 1 or 'auto'")
         if self.variants is not None and not self.variants:
             raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
         if self.seeds is not None and not self.seeds:
@@ -112,14 +125,19 @@ def flow_parameters(fn: Callable[..., dict]) -> Callable[..., dict]:
 # ---- configs -------------------------------------------------------------------------------------
 def case_config(cfg: ReconstructConfig, case: Case) -> ReconstructConfig:
     """The config one case runs with: an oracle that follows the case (prior.oracle_scene 'case', the verify
-    preset) answers with the case's own synthetic scene."""
-    if cfg.prior.oracle_scene != ORACLE_FROM_CASE:
+    preset) answers with the case's own synthetic scene; a case that gives its input view's elevation (GSO:
+    `elevation` column) puts the reference camera there (camera.ref_polar = 90 - elevation)."""
+    follows_case = cfg.prior.oracle_scene == ORACLE_FROM_CASE
+    if not follows_case and case.ref_elevation is None:
         return cfg
-    if not case.scene:
+    if follows_case and not case.scene:
         raise C123Error(f"case {case.id} has no ground-truth scene, but preset '{cfg.preset}' answers Zero-1-to-3's "
                         "question with the true view of the case's synthetic scene: use the dataset synthetic")
     resolved = copy.deepcopy(cfg)
-    resolved.prior.oracle_scene = case.scene
+    if follows_case:
+        resolved.prior.oracle_scene = case.scene
+    if case.ref_elevation is not None:
+        resolved.camera.ref_polar = 90.0 - float(case.ref_elevation)
     return resolved
 
 
@@ -179,7 +197,7 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     (present on this machine)."""
     offline_defaults()
     ds, variants, seeds, configs = resolve_inputs(spec)
-    run_dir = storage.location(spec.out or default_run_dir(ds.name, spec.preset))
+    run_dir = storage.output_location(spec.out or default_run_dir(ds.name, spec.preset))
     storage.check_reachable(run_dir)
     check_run_json(run_dir, ds.name, spec.preset)
     # a run going on there now: refused before anything starts (plan() locks it for real; a URL has no lock)
@@ -192,4 +210,5 @@ def check_spec(spec: BenchmarkSpec, log) -> Checked:
     protocol = resolve_protocol(requested, first.prior.clip_model, first.train.eval_views,
                                 spec.preset in TINY_MODEL_PRESETS)
     baseline = check_baseline(spec.baseline, run_dir, ds.name, spec.preset, [c.id for c in ds.cases], log)
+    check_golden(spec.golden, run_dir, ds.name, spec.preset)
     return Checked(ds, variants, seeds, configs, protocol, baseline, run_dir)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from c123.viewer import TURNTABLE_SCRIPT, href, turntable_html
 from c123_pipeline.reports import published as pub
+from c123_pipeline.reports.plots import code_changes
 from c123_pipeline.reports.regression import Verdict
 from c123_pipeline.reports.runs import TRUTH_DIR, Run, all_cases
 from c123_pipeline.reports.verify import GROUND_TRUTH_LABELS
@@ -148,19 +149,35 @@ def verdict_html(verdict: Verdict) -> str:
     cls, head = ("failed", "REGRESSED") if verdict.regressed else ("ok", "no regression")
     rows = "".join(
         f"<tr><td>{escape(f.kind)}</td><td>{escape(f.dataset)}</td><td>{escape(f.variant)} · {escape(f.weight_shape)}"
-        f"</td><td>{escape(f.case)}{'' if f.seed is None else f' s{f.seed}'}</td><td>{escape(f.metric)}</td>"
+        f"</td><td>{escape(f.detail) if f.kind == 'drift' else escape(f.case)}{'' if f.seed is None else f' s{f.seed}'}"
+        f"</td><td>{escape(f.metric)}</td>"
         f'<td class="num">{"–" if pd.isna(f.baseline) else f"{f.baseline:.4f}"}</td>'
         f'<td class="num">{"–" if pd.isna(f.current) else f"{f.current:.4f}"}</td>'
         f'<td class="{"failed" if f.regressed else "ok"}">{"regressed" if f.regressed else "ok"}</td></tr>'
         for f in verdict.findings)
-    return (f'<p class="{cls}"><strong>{head}</strong>: run {escape(verdict.run_id)} against baseline '
-            f"{escape(verdict.baseline_run_id)}</p><table><thead><tr><th>kind</th><th>dataset</th><th>method</th>"
-            f"<th>case</th><th>metric</th><th>baseline</th><th>current</th><th>verdict</th></tr></thead>"
+    against = [f"baseline {escape(verdict.baseline_run_id)}"] if verdict.baseline_run_id else []
+    against += [f"the {escape(verdict.reference)} (drift)"] if verdict.reference else []
+    return (f'<p class="{cls}"><strong>{head}</strong>: run {escape(verdict.run_id)} against '
+            f"{' and '.join(against)}</p><table><thead><tr><th>kind</th><th>dataset</th><th>method</th>"
+            f"<th>case / reference</th><th>metric</th><th>baseline</th><th>current</th><th>verdict</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 
+def history_html(history: pd.DataFrame | None) -> str:
+    """What the nightly trend covers: how many runs, from when to when, and where the code version changed."""
+    if history is None or history["run_id"].nunique() < 2:
+        return ""
+    per_run = history.sort_values("run_time", kind="stable").drop_duplicates("run_id")
+    changes = "".join(f"<li>{escape(pd.Timestamp(w).strftime('%Y-%m-%d %H:%M'))}: code {escape(v)}</li>"
+                      for w, v in code_changes(history))
+    return (f'<p class="foot" id="history">Nightly trend over {len(per_run)} runs, '
+            f"{escape(pd.Timestamp(per_run['run_time'].iloc[0]).strftime('%Y-%m-%d'))} to "
+            f"{escape(pd.Timestamp(per_run['run_time'].iloc[-1]).strftime('%Y-%m-%d'))}"
+            + (f"; code version changed at:</p><ul class=\"foot\">{changes}</ul>" if changes else ".</p>"))
+
+
 def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], out_dir: Path,
-                verdict: Verdict | None = None) -> str:
+                verdict: Verdict | None = None, history: pd.DataFrame | None = None) -> str:
     """The whole page as a string; every link is relative to out_dir."""
     out_dir = Path(out_dir).resolve()
     summary = "".join(
@@ -175,7 +192,7 @@ def render_page(runs: list[Run], tables: list[Table], plots: dict[str, Path], ou
     if verdict is not None:
         body.append(f'<section id="verdict"><h2>Regression</h2>{verdict_html(verdict)}</section>')
     body += ['<section id="tables"><h2>Tables</h2>' + "".join(table_html(t) for t in tables) + "</section>",
-             f'<section id="plots"><h2>Plots</h2>{figures}</section>', truth_html(runs, out_dir),
+             f'<section id="plots"><h2>Plots</h2>{history_html(history)}{figures}</section>', truth_html(runs, out_dir),
              f'<section id="cases"><h2>Cases</h2>{grid_html(runs, out_dir)}</section>']
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

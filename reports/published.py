@@ -11,7 +11,20 @@ GROUND_TRUTH_METRICS = tuple(m for m in HIGHER_IS_BETTER if m not in METRICS)
 """Metrics against known ground truth (the synthetic dataset's true views and surface): every metric of
 c123.metrics beyond Table 1's, so one added there gets its column here."""
 
-_GROUND_TRUTH_NAMES = {"novel_psnr": "novel PSNR", "novel_lpips": "novel LPIPS", "chamfer": "Chamfer"}
+_GROUND_TRUTH_NAMES = {"novel_psnr": "novel PSNR", "novel_lpips": "novel LPIPS", "chamfer_sq": "Chamfer²",
+                       "sd_chamfer": "Chamfer (SyncDreamer)", "sd_volume_iou": "Volume IoU", "sd_psnr": "PSNR (16 views)",
+                       "sd_ssim": "SSIM (16 views)", "sd_lpips": "LPIPS-VGG (16 views)"}
+
+
+GSO_SOURCES = {"SyncDreamer": "arXiv 2309.03453, GSO tables (30 objects)",
+               "Wonder3D": "arXiv 2310.15008, GSO tables (repeats SyncDreamer's rows, adds its own)"}
+GSO_REPORTED: dict[str, dict[str, float]] = {}
+"""Published GSO rows under SyncDreamer's protocol: GSO_REPORTED[method] = {sd_chamfer, sd_volume_iou, sd_psnr,
+sd_ssim, sd_lpips}. Only numbers read from the papers' own text go in; none could be read yet (GSO_REPORTED_NOTE)."""
+GSO_REPORTED_NOTE = ("Reported GSO rows (SyncDreamer arXiv 2309.03453; Wonder3D arXiv 2310.15008: Chamfer, volume "
+                     "IoU, PSNR/SSIM/LPIPS for RealFusion, Magic123, One-2-3-45, Point-E, Shap-E, Zero-1-to-3, "
+                     "SyncDreamer, Wonder3D) are left out: their tables could not be read from the papers' text "
+                     "here, and no number goes in unread (reports/published.py GSO_REPORTED).")
 
 
 def metric_label(metric: str) -> str:

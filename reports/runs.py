@@ -96,7 +96,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not per_case_path.is_file():
         raise C123Error(f"no per_case.parquet in {path}: pass a finished benchmark run folder")
     info = _read_info(path / "run.json")
-    per_case = _read_parquet(per_case_path, REQUIRED)
+    per_case = renamed_columns(_read_parquet(per_case_path, REQUIRED))
     per_case["dataset"] = per_case["dataset"].astype(str).str.lower()  # 'C10' and 'c10' are one dataset
     per_view_path = path / "per_view.parquet"
     per_view = _read_parquet(per_view_path) if per_view_path.is_file() else pd.DataFrame()
@@ -110,6 +110,15 @@ def load_run(run_dir: str | Path) -> Run:
     if created_at.tzinfo is None:
         created_at = created_at.tz_localize("UTC")
     return Run(path=path, run_id=run_id, info=info, per_case=per_case, per_view=per_view, created_at=created_at)
+
+
+def renamed_columns(per_case: pd.DataFrame) -> pd.DataFrame:
+    """per_case rows of a run written before a column was renamed (c123.metrics.RENAMED_COLUMNS: the squared
+    Chamfer was `chamfer`) under today's names; a frame holding both names keeps both (nothing is overwritten)."""
+    from c123.metrics import RENAMED_COLUMNS
+
+    return per_case.rename(columns={old: new for old, new in RENAMED_COLUMNS.items()
+                                    if old in per_case and new not in per_case})
 
 
 def load_runs(run_dirs) -> list[Run]:
@@ -135,3 +144,22 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
     return label
 
 
+
+
+def run_datasets(run: Run) -> set[str]:
+    """The datasets (lower case) a run's rows and run.json name."""
+    named = {str(run.info["dataset"]).lower()} if run.info.get("dataset") else set()
+    return {str(d).lower() for d in run.per_case["dataset"].unique()} | named
+
+
+def check_comparable(base: Run, where, datasets: set[str], case_ids) -> None:
+    """C123Error unless the baseline run `base` (at `where`) is of the same dataset(s) and shares a case with the
+    run it judges (else the verdict would compare nothing and say "OK")."""
+    theirs, ours = run_datasets(base), {d.lower() for d in datasets}
+    if theirs != ours:
+        raise C123Error(f"baseline {where} is a run of {', '.join(sorted(theirs)) or 'no dataset'}, not "
+                        f"{', '.join(sorted(ours)) or 'no dataset'}: pass a run folder of the same dataset")
+    case_ids = [str(c) for c in case_ids]
+    if not set(base.per_case["case"].astype(str)) & set(case_ids):
+        raise C123Error(f"baseline {where} shares no case with this run ({', '.join(case_ids[:5])}"
+                        f"{', ...' if len(case_ids) > 5 else ''}): pass a run of the same cases")

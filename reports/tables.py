@@ -21,8 +21,9 @@ RANKING_NOTE = ("Bold: the best reported row and, separately, the best of two or
 RANDOM_MARK = "†"
 RANDOM_NOTE = ("random weights: plumbing check only (the tiny preset's random priors or a random LPIPS backbone); "
                "these numbers say nothing about the method and are never ranked.")
-GROUND_TRUTH_NOTE = ("Synthetic scenes with known geometry: novel-view PSNR and LPIPS against the true renders of the "
-                     "orbit views, Chamfer distance between the exported mesh and the true surface.")
+GROUND_TRUTH_NOTE = ("Synthetic scenes with known geometry (and GSO objects): novel-view PSNR and LPIPS against the "
+                     "true renders of the orbit views, squared Chamfer distance between the exported mesh and the "
+                     "true surface; the SyncDreamer columns under --protocol syncdreamer (c123.metrics).")
 
 
 @dataclass
@@ -210,9 +211,21 @@ def ground_truth_table(cases: pd.DataFrame) -> Table | None:
     measured = _measured_rows(subset, datasets, metrics, notes=None)
     _bold_ranked([(row, vals) for row, vals, random in measured if not random], datasets, metrics, at_least=2)
     footnotes = [(RANDOM_MARK, RANDOM_NOTE)] if any(random for _, _, random in measured) else []
+    reported = [_reported_gso_row(columns, datasets, metrics, method, values)
+                for method, values in pub.GSO_REPORTED.items()] if "gso" in datasets else []
+    notes = [GROUND_TRUTH_NOTE, *([pub.GSO_REPORTED_NOTE] if "gso" in datasets else [])]
     return Table("Ground truth: reconstructions against the true views and surface, mean ± std over succeeded "
-                 "cases", ("Method", "Source"), columns, [row for row, _, _ in measured], footnotes,
-                 [GROUND_TRUTH_NOTE])
+                 "cases", ("Method", "Source"), columns, [*reported, *(row for row, _, _ in measured)], footnotes,
+                 notes)
+
+
+def _reported_gso_row(columns: list[Column], datasets: list[str], metrics: list[str], method: str,
+                      values: dict) -> Row:
+    """A published GSO row (reports.published.GSO_REPORTED) laid out as the measured rows; ranked apart."""
+    cells = []
+    for d in datasets:
+        cells += [Cell(fmt(values.get(m, math.nan)) if d == "gso" else DASH) for m in metrics] + [Cell(DASH)]
+    return Row(method, "reported", cells)
 
 
 def table2(cases: pd.DataFrame) -> list[Table]:
@@ -325,8 +338,43 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_spread(cases: pd.DataFrame, metrics) -> pd.DataFrame:
+    """Per (method label, dataset, case): for each metric the mean and the standard deviation across seeds of the
+    succeeded rows (`<metric>_mean`, `<metric>_seed_std`, NaN with one seed) and the number of seeds `seeds`."""
+    ok = cases[cases["status"] == "ok"]
+    keys = ["label", "dataset", "case"]
+    grouped = ok.groupby(keys, sort=False)
+    out = grouped.size().rename("seeds").to_frame()
+    for m in metrics:
+        values = grouped[m].agg(["mean", lambda s: s.std(ddof=1)])
+        out[f"{m}_mean"], out[f"{m}_seed_std"] = values.iloc[:, 0], values.iloc[:, 1]
+    return out.reset_index()
+
+
+def seed_table(cases: pd.DataFrame) -> Table | None:
+    """Per case, mean ± std across seeds of every metric that has values, for runs with two or more seeds of a
+    case (None otherwise): how far a reseed moves each number."""
+    metrics = [m for m in pub.HIGHER_IS_BETTER if m in cases and cases[m].notna().any()]
+    spread = seed_spread(cases, metrics)
+    spread = spread[spread["seeds"] >= 2]
+    if spread.empty or not metrics:
+        return None
+    columns = [Column("across seeds", pub.metric_label(m)) for m in metrics] + [Column("", "seeds")]
+    rows = [Row(f"{r.label} · {r.dataset}/{r.case}", "reproduced",
+                [Cell(fmt(getattr(r, f"{m}_mean"), getattr(r, f"{m}_seed_std"))) for m in metrics]
+                + [Cell(str(int(r.seeds)))]) for r in spread.itertuples()]
+    return Table("Seeds: per case, mean ± std across seeds (succeeded runs)", ("Method · case", "Source"),
+                 columns, rows, [], [SEED_NOTE])
+
+
+SEED_NOTE = ("A case's spread across seeds is the noise floor of any comparison of its numbers: the nightly "
+             "verdict (reports.regression.seed_tolerance) flags a change only beyond it.")
+
+
 def build_tables(cases: pd.DataFrame) -> list[Table]:
-    """Table 1, the ground-truth table (when some dataset has ground truth), then one Table 2 per run and preset
-    that has C10 consistent123 rows."""
+    """Table 1, the ground-truth table (when some dataset has ground truth), the seed table (when a case has
+    several seeds), then one Table 2 per run and preset that has C10 consistent123 rows."""
     truth = ground_truth_table(cases)
-    return [table1(cases), *([truth] if truth is not None else []), *table2(cases)]
+    seeds = seed_table(cases)
+    return [table1(cases), *([truth] if truth is not None else []), *([seeds] if seeds is not None else []),
+            *table2(cases)]

@@ -1,7 +1,8 @@
 """Ray actors that run complete reconstructions, and the pool that feeds them and survives their deaths.
 
 `ReconstructionActor` loads the priors once per distinct prior config (Zero-1-to-3, Stable Diffusion,
-CLIP) and keeps them for every case it is given. One actor per GPU (`num_gpus=1`) when the cluster has
+CLIP) and keeps them for every case it is given. One actor per GPU (`num_gpus=1`; `cases_per_gpu` N: N actors
+share each GPU with `num_gpus=1/N`, Ray's fractional GPUs) when the cluster has
 GPUs, else CPU actors (1 CPU each by default).
 
 `ActorPool.run(jobs)` yields `(job, outcome)` as cases finish. A case whose actor dies (process crash,
@@ -34,7 +35,7 @@ quiet_env()
 import ray  # noqa: E402  (after the environment Ray reads at import)
 
 from c123.atomic import is_url  # noqa: E402
-from c123.errors import C123Error  # noqa: E402
+from c123.errors import C123Error, WeightsMissingError  # noqa: E402
 from c123.progress import Event, Notice, ProgressFn  # noqa: E402
 from c123_pipeline.tasks import cache, storage  # noqa: E402
 
@@ -91,6 +92,10 @@ class Outcome:
     """Where an unexpected error came from (for the logs, not the tables)."""
     node_id: str | None = None
     """Ray node of the actor that ran the last attempt."""
+    stops_run: bool = False
+    """The failure will be every case's (model weights missing or damaged): the pool hands out no more cases."""
+    peak_memory_gb: float = float("nan")
+    """torch.cuda.max_memory_allocated of the last attempt in GB (NaN without CUDA)."""
 
 
 WorkFn = Callable[[Job, "PriorsCache", ProgressFn], dict]
@@ -263,11 +268,12 @@ class ReconstructionActor:
 
         outcome = Outcome(pid=os.getpid(), node_id=ray.get_runtime_context().get_node_id())
         try:
-            with local_case_folder(job) as local_job:
+            with local_case_folder(job) as local_job, device_peak(outcome):
                 outcome.result = self.work(local_job, self.priors, progress)
             cache.mark_done(job.out_dir, job.key)
         except C123Error as err:
             outcome.status, outcome.error = "failed", error_line(err)
+            outcome.stops_run = isinstance(err, WeightsMissingError)
         except Exception as err:  # noqa: BLE001 - recorded; the pool retries only transient ones
             outcome.status, outcome.error, outcome.retryable = "failed", error_line(err), is_transient(err)
             outcome.traceback = traceback.format_exc(limit=20)
@@ -351,28 +357,66 @@ class DeferredSignals:
 
 
 
-def actor_resources(num_gpus_available: float, num_cpus_per_actor: float = 1.0) -> dict:
-    """Ray options of one actor: a whole GPU when the cluster has GPUs, else `num_cpus_per_actor` CPUs."""
+@contextlib.contextmanager
+def device_peak(outcome: Outcome):
+    """Record in `outcome` the peak CUDA memory of the tensors of what runs inside (the actor's process is its
+    own CUDA context, so with fractional GPUs too the figure is this case's alone); nothing without CUDA."""
+    import torch
+
+    on_cuda = torch.cuda.is_available()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    finally:
+        if on_cuda:
+            outcome.peak_memory_gb = torch.cuda.max_memory_allocated() / 1e9
+
+
+def actor_resources(num_gpus_available: float, num_cpus_per_actor: float = 1.0, cases_per_gpu: int = 1) -> dict:
+    """Ray options of one actor: 1/cases_per_gpu of a GPU (Ray's fractional GPUs: that many actors share each
+    card) when the cluster has GPUs, else `num_cpus_per_actor` CPUs."""
     if num_gpus_available >= 1:
-        return {"num_gpus": 1, "num_cpus": 1}
+        return {"num_gpus": 1 / cases_per_gpu if cases_per_gpu > 1 else 1, "num_cpus": 1}
     return {"num_gpus": 0, "num_cpus": num_cpus_per_actor}
 
 
-def default_num_actors(num_cpus: float, num_gpus: float, num_cpus_per_actor: float = 1.0) -> int:
-    """One actor per GPU, else one per `num_cpus_per_actor` CPUs (at least one)."""
+def default_num_actors(num_cpus: float, num_gpus: float, num_cpus_per_actor: float = 1.0,
+                       cases_per_gpu: int = 1) -> int:
+    """`cases_per_gpu` actors per GPU, else one per `num_cpus_per_actor` CPUs (at least one)."""
     if num_gpus >= 1:
-        return int(num_gpus)
+        return int(num_gpus) * cases_per_gpu
     return max(1, int(num_cpus // max(num_cpus_per_actor, 1e-9)))
 
 
-def pool_shape(num_cpus: float, num_gpus: float, jobs: int, num_actors: int | None) -> tuple[int, dict]:
-    """(actors, Ray options of each) for `jobs` cases: `num_actors` (default one per GPU, else per CPU), no more
-    than there are cases; CPU actors share the CPUs when there are more actors than CPUs."""
-    n = max(1, min(jobs, num_actors or default_num_actors(num_cpus, num_gpus)))
-    resources = actor_resources(num_gpus)
+def pool_shape(num_cpus: float, num_gpus: float, jobs: int, num_actors: int | None,
+               cases_per_gpu: int = 1) -> tuple[int, dict]:
+    """(actors, Ray options of each) for `jobs` cases: `num_actors` (default `cases_per_gpu` per GPU, else one per
+    CPU), no more than there are cases; CPU actors share the CPUs when there are more actors than CPUs."""
+    n = max(1, min(jobs, num_actors or default_num_actors(num_cpus, num_gpus, cases_per_gpu=cases_per_gpu)))
+    resources = actor_resources(num_gpus, cases_per_gpu=cases_per_gpu)
     if not resources["num_gpus"]:
         resources["num_cpus"] = min(1.0, num_cpus / n) if num_cpus else 1.0
     return n, resources
+
+
+def resolve_cases_per_gpu(requested: int | str | None, config: dict, num_gpus: float, log=None) -> int:
+    """Cases per GPU for a run of `config` on a cluster with `num_gpus` GPUs: 1 unless asked; 'auto' as many as
+    the measured budget (c123.memory.case_budget) fits in a GPU's free memory; a number is refused (C123Error
+    with the figures) when they cannot fit. CPU clusters: 1."""
+    if requested in (None, 1, "1") or num_gpus < 1:
+        return 1
+    from c123 import memory
+    from c123.config import from_dict
+    from c123_pipeline.tasks.ray_cluster import gpu_memory_bytes
+
+    budget = memory.case_budget(from_dict(config))
+    gpu_bytes = gpu_memory_bytes()
+    n = memory.cases_per_gpu(budget, requested, gpu_bytes)
+    if log is not None:
+        known = f"{gpu_bytes / 1e9:.1f} GB free per GPU" if gpu_bytes else "GPU memory unknown (not checked)"
+        log.info(f"{n} case(s) per GPU: a case needs {budget.total / 1e9:.1f} GB, {known}")
+    return n
 
 
 def tail_threads(base: int, running: int, idle: int) -> int:
@@ -517,6 +561,11 @@ class ActorPool:
                 done += 1
                 failed += outcome.status != "ok"
                 yield job, outcome
+                if outcome.stops_run and queue:  # the next cases would fail the same way, one by one
+                    self._info(f"not starting the {len(queue)} remaining case(s): {outcome.error}")
+                    while queue:
+                        done, failed = done + 1, failed + 1
+                        yield queue.popleft(), Outcome("failed", f"not run: {outcome.error}", attempts=0)
             if time.time() - last_emit >= self.poll_seconds or ready:
                 last_emit = time.time()
                 emit_progress({"total": total, "done": done, "failed": failed, "replaced": self.replaced,

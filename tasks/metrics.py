@@ -6,8 +6,10 @@
 - Synthetic cases (a ground-truth scene): novel-view PSNR/LPIPS of the orbit views against the true
   views rendered by c123.synthetic at the same cameras (saved to `truth/` in the case folder), the PSNR
   of the views at least 90 degrees from the reference (`unseen_psnr`), the silhouette IoU of the views, and
-  the Chamfer distance and F-score between points sampled on the exported mesh and on the true surface.
-  Per view: CLIP-similarity, and for synthetic cases novel-view PSNR and silhouette IoU.
+  the squared Chamfer distance (`chamfer_sq`) and F-score between points sampled on the exported mesh and on
+  the true surface. Per view: CLIP-similarity, and for synthetic cases novel-view PSNR and silhouette IoU.
+- Under the `syncdreamer` protocol, for synthetic and GSO cases: SyncDreamer's Chamfer and volume IoU of the
+  exported mesh and PSNR/SSIM/LPIPS-VGG of the 16 orbit views (the `sd_*` columns; `syncdreamer_metrics`).
 
 How images are read (background, sizes, CLIP normalisation) is the protocol's (c123.metrics.PROTOCOLS); the
 resolved protocol is recorded in run.json and with every row. A metric that cannot be computed is NaN
@@ -28,7 +30,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from c123.errors import C123Error
-from c123.metrics import METRICS, MetricProtocol
+from c123.metrics import METRICS, SYNCDREAMER_METRICS, GsoTruth, MetricProtocol
 from c123_pipeline.tasks import cache, storage
 
 NAN = math.nan
@@ -47,18 +49,23 @@ def resolve_protocol(protocol: MetricProtocol, preset_clip: str, eval_views: int
     clip_model = protocol.clip_model or preset_clip
     if not (tiny and clip_model == preset_clip):
         resolve(clip_model, f"CLIP-similarity metric (protocol {protocol.name})")
-    lpips_net = protocol.lpips_net
-    if not lpips_backbone_cached(lpips_net):
+    def backbone(net: str) -> str:
+        if lpips_backbone_cached(net):
+            return net
         if not tiny:
-            LpipsMetric(lpips_net)  # raises the WeightsMissingError with the download command
-        lpips_net = f"{lpips_net}-random"
+            LpipsMetric(net)  # raises the WeightsMissingError with the download command
+        return f"{net}-random"
     return dataclasses.replace(protocol, clip_model=clip_model, num_views=protocol.num_views or eval_views,
-                               lpips_net=lpips_net)
+                               lpips_net=backbone(protocol.lpips_net),
+                               sd_lpips_net=backbone(protocol.sd_lpips_net) if protocol.syncdreamer else
+                               protocol.sd_lpips_net)
 
 
 def protocol_overrides(protocol: MetricProtocol, overrides: list[str]) -> list[str]:
     """The config override a protocol needs (its number of orbit views) added to `overrides`; a conflicting
     train.eval_views is a C123Error."""
+    if protocol.views_at_reference_elevation:
+        overrides = [*overrides, "train.eval_at_ref_polar=true"]
     if protocol.num_views is None:
         return list(overrides)
     for item in overrides:
@@ -79,6 +86,8 @@ class MetricModels:
     device: str = "cpu"
     clip: object | None = None
     lpips: object | None = None
+    sd_lpips: object | None = None
+    """LPIPS with the protocol's sd_lpips_net (SyncDreamer's protocol only)."""
     errors: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,6 +106,12 @@ def load_metric_models(protocol: MetricProtocol, device: str = "cpu") -> MetricM
         models.lpips = LpipsMetric(net, device, random_backbone=random == "random")
     except Exception as err:  # noqa: BLE001
         models.errors["lpips"] = models.errors["novel_lpips"] = _reason(err)
+    if protocol.syncdreamer:
+        net, _, random = protocol.sd_lpips_net.partition("-")
+        try:
+            models.sd_lpips = LpipsMetric(net, device, random_backbone=random == "random")
+        except Exception as err:  # noqa: BLE001
+            models.errors["sd_lpips"] = _reason(err)
     return models
 
 
@@ -107,7 +122,7 @@ def protocol_columns(protocol: MetricProtocol, num_views: int, resolution: int) 
 
 
 def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModels,
-                         scene: str | None = None) -> dict:
+                         scene: str | None = None, gso: GsoTruth | None = None) -> dict:
     """Metrics of one finished case folder: scalar metrics, metric_status and per-view values."""
     from c123.metrics import psnr
 
@@ -173,6 +188,11 @@ def compute_case_metrics(case_dir: str | Path, result: dict, models: MetricModel
 
     if scene:
         ground_truth_metrics(out, scene, result, views_meta, views, models, values, per_view, attempt, status)
+    if proto.syncdreamer:
+        if scene or gso:
+            syncdreamer_metrics(out, result, views_meta, views, models, values, attempt, scene=scene, gso=gso)
+        else:
+            status += [f"{m}: no ground truth (synthetic and GSO cases have one)" for m in SYNCDREAMER_METRICS]
 
     values["metric_status"] = "ok" if not status else "; ".join(status)
     resolution = int(views.shape[1]) if views is not None else int(
@@ -186,7 +206,7 @@ def ground_truth_metrics(out: Path, scene: str, result: dict, views_meta: list[d
                          models: MetricModels, values: dict, per_view: list[dict], attempt, status: list[str]) -> None:
     """The metrics against a synthetic case's known object, into `values` and `per_view` (`attempt` records
     a metric's failure as NaN with its reason); the true views are saved to the case's truth/ folder."""
-    from c123.metrics import UNSEEN_ANGLE, chamfer_distance, fscore, psnr, silhouette_iou
+    from c123.metrics import UNSEEN_ANGLE, chamfer_squared, fscore, psnr, silhouette_iou
 
     proto = models.protocol
     truth = None
@@ -229,8 +249,128 @@ def ground_truth_metrics(out: Path, scene: str, result: dict, views_meta: list[d
 
     mesh_path = out / result.get("outputs", {}).get("mesh_obj", "mesh/mesh.obj")
     mesh_points = functools.cache(lambda: _mesh_points(mesh_path))
-    attempt("chamfer", lambda: values.__setitem__("chamfer", chamfer_distance(mesh_points(), _scene_points(scene))))
+    attempt("chamfer_sq", lambda: values.__setitem__("chamfer_sq", chamfer_squared(mesh_points(), _scene_points(scene))))
     attempt("fscore", lambda: values.__setitem__("fscore", fscore(mesh_points(), _scene_points(scene))))
+
+
+def syncdreamer_metrics(out: Path, result: dict, views_meta: list[dict], views: np.ndarray | None,
+                        models: MetricModels, values: dict, attempt, scene: str | None = None,
+                        gso: GsoTruth | None = None) -> None:
+    """The `sd_*` columns (c123.metrics, SyncDreamer's protocol) into `values`. The exported mesh goes into
+    SyncDreamer's frame: for GSO by c123_to_syncdreamer (the reference camera becomes its input camera), for a
+    synthetic scene by the transform that normalises the true surface (both live in the scene's frame). The true
+    points come from GSO's depth renders, or from the scene's mesh rasterised like the prediction; the true views
+    are GSO's renders, or the scene rendered at the orbit views' cameras (saved in truth/)."""
+    from c123 import metrics as M
+
+    cam = result.get("config", {}).get("camera", {})
+    fovy, radius = float(cam.get("fovy", 20.0)), float(cam.get("ref_radius", 3.2))
+    truth = functools.cache(lambda: _gso_truth(gso) if gso else _scene_truth(scene))
+    mesh_path = out / result.get("outputs", {}).get("mesh_obj", "mesh/mesh.obj")
+
+    @functools.cache
+    def predicted():
+        import trimesh
+
+        mesh = trimesh.load(mesh_path, force="mesh", process=False)
+        if len(mesh.faces) == 0:
+            raise ValueError(f"{mesh_path.name} has no faces")
+        v = M.c123_to_syncdreamer(mesh.vertices, fovy, radius) if gso else truth()["to_frame"](mesh.vertices)
+        return v, np.asarray(mesh.faces)
+
+    attempt("sd_chamfer", lambda: values.__setitem__("sd_chamfer", M.syncdreamer_chamfer(
+        M.syncdreamer_points(*M.syncdreamer_depth_maps(*predicted())), truth()["points"])))
+    attempt("sd_volume_iou", lambda: values.__setitem__("sd_volume_iou", M.volume_iou(
+        M.mesh_inside_grid(*predicted()), truth()["inside"])))
+
+    @functools.cache
+    def pairs():
+        if views is None:
+            raise ValueError("no orbit views")
+        true_views = _gso_views(gso, len(views)) if gso else _read_truth_views(out, views_meta)
+        return [(M.syncdreamer_image(v), M.syncdreamer_image(t)) for v, t in zip(views, true_views, strict=True)]
+
+    attempt("sd_psnr", lambda: values.__setitem__("sd_psnr", float(np.mean([M.syncdreamer_psnr(p, t)
+                                                                          for p, t in pairs()]))))
+    attempt("sd_ssim", lambda: values.__setitem__("sd_ssim", float(np.mean([M.ssim(p, t) for p, t in pairs()]))))
+
+    def lp():
+        with models.lock:
+            values["sd_lpips"] = float(np.mean([models.sd_lpips(t, p) for p, t in pairs()]))
+    attempt("sd_lpips", lp)
+
+
+def _gso_truth(gso: GsoTruth) -> dict:
+    """GSO ground truth in SyncDreamer's frame: its depth renders' points and the normalised mesh's volume."""
+    import trimesh
+
+    from c123 import metrics as M
+
+    key = ("gso", gso)
+    if key not in _TRUTH:
+        mesh = trimesh.load(gso.mesh, force="mesh", process=False)
+        v = M.normalize_ground_truth(mesh.vertices, gso.rotation)
+        depth = [M.read_syncdreamer_depth(Path(gso.views) / f"{k:03}-depth.png") for k in range(M.SD_VIEWS)]
+        _TRUTH[key] = {"points": M.syncdreamer_points(np.stack([d for d, _ in depth]), np.stack([m for _, m in depth])),
+                       "inside": M.mesh_inside_grid(v, mesh.faces)}
+    return _TRUTH[key]
+
+
+def _scene_truth(scene: str) -> dict:
+    """A synthetic scene's surface (marching cubes of its SDF) in SyncDreamer's frame, normalised as GSO meshes are:
+    its points from the 16 depth maps, its volume, and the map of the scene's frame into it."""
+    from c123 import metrics as M
+
+    key = ("scene", scene)
+    if key not in _TRUTH:
+        v, f = _scene_mesh(scene)
+        v_sd = v[:, [2, 0, 1]]  # c123 (y up, azimuth 0 on +z) -> z up, azimuth 0 on +x
+        to_frame = functools.partial(_normalised_like, v_sd)
+        norm = to_frame(v)
+        _TRUTH[key] = {"points": M.syncdreamer_points(*M.syncdreamer_depth_maps(norm, f)),
+                       "inside": M.mesh_inside_grid(norm, f), "to_frame": to_frame}
+    return _TRUTH[key]
+
+
+def _normalised_like(truth_sd: np.ndarray, points) -> np.ndarray:
+    from c123 import metrics as M
+
+    return M.normalize_ground_truth(truth_sd, 0.0, apply_to=np.asarray(points, dtype=np.float64)[:, [2, 0, 1]])
+
+
+SCENE_MESH_RESOLUTION = 64
+"""Marching-cubes grid over the synthetic scenes' [-0.5, 0.5]^3 box for their true mesh (SyncDreamer protocol)."""
+
+
+def _scene_mesh(scene: str) -> tuple[np.ndarray, np.ndarray]:
+    import mcubes
+    import torch
+
+    from c123.synthetic import get_scene
+
+    n = SCENE_MESH_RESOLUTION
+    c = torch.linspace(-0.55, 0.55, n)
+    grid = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+    sdf = torch.cat([get_scene(scene).sdf(grid[i:i + 65536]) for i in range(0, len(grid), 65536)])
+    v, f = mcubes.marching_cubes(sdf.reshape(n, n, n).numpy(), 0.0)
+    return v * (1.1 / (n - 1)) - 0.55, f.astype(np.int64)
+
+
+_TRUTH: dict = {}
+
+
+def _gso_views(gso: GsoTruth, n: int) -> list[np.ndarray]:
+    from c123.metrics import SD_VIEWS
+
+    if n != SD_VIEWS:
+        raise ValueError(f"{n} orbit views, but SyncDreamer's protocol scores {SD_VIEWS}")
+    return [_read_rgba(Path(gso.views) / f"{k:03}.png") for k in range(n)]
+
+
+def _read_truth_views(out: Path, views_meta: list[dict]) -> list[np.ndarray]:
+    from c123_pipeline.reports.runs import TRUTH_DIR
+
+    return [_read_rgba(out / TRUTH_DIR / Path(meta["file"]).name) for meta in views_meta]
 
 
 def failed_case_metrics(protocol: MetricProtocol, num_views: int, resolution: int) -> dict:
@@ -242,9 +382,11 @@ def failed_case_metrics(protocol: MetricProtocol, num_views: int, resolution: in
     return row
 
 
-def metrics_key(case_key: str, protocol: MetricProtocol, scene: str | None) -> str:
-    """Key of a case's cached metrics: its result key, the resolved protocol and the ground-truth scene."""
-    return cache.metrics_key(case_key, {**dataclasses.asdict(protocol), "scene": scene})
+def metrics_key(case_key: str, protocol: MetricProtocol, scene: str | None, gso: GsoTruth | None = None) -> str:
+    """Key of a case's cached metrics: its result key, the resolved protocol and the ground truth (synthetic scene
+    or GSO files)."""
+    extra = {"gso": dataclasses.asdict(gso)} if gso else {}
+    return cache.metrics_key(case_key, {**dataclasses.asdict(protocol), "scene": scene, **extra})
 
 
 def cached_metrics(case_dir: str | Path, key: str) -> dict | None:
@@ -258,11 +400,11 @@ def cached_metrics(case_dir: str | Path, key: str) -> dict | None:
 
 @task(name="case-metrics", cache_policy=NO_CACHE, retries=0)
 def case_metrics_task(case_dir: str, result: dict, models: MetricModels, key: str,
-                      scene: str | None = None) -> dict:
+                      scene: str | None = None, gso: GsoTruth | None = None) -> dict:
     """Metrics of one case; cached in the case folder's metrics.json (not when a metric model failed to
     load, so that a rerun with the weights in place computes them)."""
     with storage.local_copy(case_dir, skip=("checkpoints", "video")) as folder:  # a copy when on object storage
-        values = compute_case_metrics(folder, result, models, scene)
+        values = compute_case_metrics(folder, result, models, scene, gso)
     if not models.errors:
         cache.save_metrics(case_dir, key, values)
     return values

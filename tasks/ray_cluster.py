@@ -230,3 +230,28 @@ def shutdown_ray() -> None:
 def started_here() -> bool:
     """Whether this process started the cluster it is connected to (and so owns its shutdown)."""
     return _STARTED_HERE
+
+
+GPU_MEMORY_ENV = "C123_GPU_MEMORY_GB"
+"""Memory of each GPU in GB, for clusters whose GPUs cannot be probed from the driver (and the tests)."""
+
+
+def gpu_memory_bytes(timeout: float = 60.0) -> float | None:
+    """Free memory of one of the cluster's GPUs in bytes: $C123_GPU_MEMORY_GB when set, else what
+    torch.cuda.mem_get_info reports in a one-GPU task; None when that GPU has no CUDA (fake GPU resources) or
+    no GPU becomes free in `timeout` seconds."""
+    if os.environ.get(GPU_MEMORY_ENV):
+        return float(os.environ[GPU_MEMORY_ENV]) * 1e9
+    import ray
+
+    def free_memory():
+        import torch
+
+        return float(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+
+    ref = ray.remote(num_gpus=1, num_cpus=0)(free_memory).remote()
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return None

@@ -24,16 +24,15 @@ TABLES_ONLY = ("cases", "report")
 
 def find_latest_baseline(run_dir: storage.Location, dataset: str, preset: str) -> storage.Location | None:
     """The newest other run folder beside `run_dir` with a per_case.parquet and the same dataset and preset."""
+    from c123_pipeline.reports.history import run_folders
+
     run = storage.location(run_dir)
     best, best_time = None, ""
-    for other in storage.subfolders(storage.parent(run)):
-        if storage.location(other) == run or not storage.is_file(storage.join(other, "per_case.parquet")):
+    # an unreadable run.json is no candidate (the history's reader reports it; here it is only skipped)
+    for other, info in run_folders(storage.parent(run), dataset, preset, on_unreadable=lambda _: None):
+        if storage.location(other) == run or info.get("dataset") != dataset or info.get("preset") != preset:
             continue
-        try:
-            info = storage.read_json_object(storage.join(other, "run.json"))
-        except (OSError, ValueError):
-            continue
-        if info.get("dataset") == dataset and info.get("preset") == preset and str(info.get("created_at", "")) > best_time:
+        if str(info.get("created_at", "")) > best_time:
             best, best_time = other, str(info.get("created_at", ""))
     return best
 
@@ -43,7 +42,7 @@ def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str
     """The baseline run folder to judge against, checked before any compute: readable, of the same dataset,
     sharing at least one case with this run (else the verdict would compare nothing and say "OK").
     'latest' is the newest earlier run of the dataset and preset beside `run_dir` (None when there is none)."""
-    from c123_pipeline.reports.runs import load_run
+    from c123_pipeline.reports.runs import check_comparable, load_run
 
     if baseline is None:
         return None
@@ -59,28 +58,40 @@ def check_baseline(baseline: str | None, run_dir: storage.Location, dataset: str
         raise C123Error(f"baseline {path} is this run's own folder: pass an earlier run folder")
     with storage.local_copy(path, skip=TABLES_ONLY) as local:
         base = load_run(local)
-    theirs = {str(d).lower() for d in base.per_case["dataset"].unique()} | (
-        {str(base.info["dataset"]).lower()} if base.info.get("dataset") else set())
-    if theirs != {dataset.lower()}:
-        raise C123Error(f"baseline {path} is a run of {', '.join(sorted(theirs)) or 'no dataset'}, not {dataset}: "
-                        "pass a run folder of the same dataset")
-    if not set(base.per_case["case"].astype(str)) & set(case_ids):
-        raise C123Error(f"baseline {path} shares no case with this run ({', '.join(case_ids[:5])}"
-                        f"{', ...' if len(case_ids) > 5 else ''}): pass a run of the same cases")
+    check_comparable(base, path, {dataset}, case_ids)
     return path
+
+
+def check_golden(golden: str | None, run_dir: storage.Location, dataset: str, preset: str) -> None:
+    """A pinned golden run must be a finished run of the dataset and preset beside `run_dir` (before compute)."""
+    from c123_pipeline.reports.history import run_folders
+
+    if golden is None:
+        return
+    runs = storage.parent(storage.location(run_dir))
+    ids = [str(info.get("run_id") or str(folder).rstrip("/").rsplit("/", 1)[-1])
+           for folder, info in run_folders(runs, dataset, preset)]
+    if golden not in ids:
+        raise C123Error(f"golden run {golden} is not a finished {dataset} {preset} run in {runs}: pass one of "
+                        f"{', '.join(ids[-5:]) or '(none yet)'} (c123 history {runs} --dataset {dataset} lists them)")
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(run_dir: str, baseline: str | None = None, thresholds: dict | list | None = None,
-                publish_artifact: bool = True) -> dict:
-    """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report."""
+                publish_artifact: bool = True, drift_window: int | None = None, golden: str | None = None) -> dict:
+    """Tables, plots, HTML (and with a baseline: verdict.json/.md) under RUN/report. The nightly trend covers
+    the earlier runs of the same dataset and preset beside the run; with `drift_window` or `golden` the run is
+    also judged against them (reports/drift.py)."""
     from c123_pipeline.reports.build import build_report
+    from c123_pipeline.reports.drift import Reference
 
     # a run folder on object storage: built from a local copy, then RUN/report uploaded
     with storage.local_copy(run_dir, skip=REPORT_READS_NOT) as local, \
             storage.local_copy(baseline, skip=TABLES_ONLY) if baseline else contextlib.nullcontext() as base:
+        reference = Reference(drift_window or 5, golden) if drift_window or golden else None
         paths = build_report([str(local)], local / "report", baseline=str(base) if base else None,
-                             thresholds=thresholds)
+                             thresholds=thresholds, history=storage.parent(storage.location(run_dir)),
+                             reference=reference)
         storage.upload_folder(local / "report", storage.join(run_dir, "report"))
 
     def where(path) -> str:

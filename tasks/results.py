@@ -45,13 +45,26 @@ class CaseRow:
     """'ok', or '; '-joined 'metric: reason'; 'not computed: case failed'."""
     novel_psnr: float
     novel_lpips: float
-    chamfer: float
+    chamfer_sq: float
+    """Sum of the two squared mean nearest distances between 10^4 samples of the exported mesh and of the true
+    surface, scene units (synthetic only); called `chamfer` before (reports.runs reads old runs)."""
     unseen_psnr: float
     """Novel-view PSNR over the orbit views at least 90 degrees from the reference (synthetic only)."""
     fscore: float
     """F-score at 0.01 of the exported mesh against the true surface (synthetic only)."""
     silhouette_iou: float
     """Mean IoU of the orbit views' silhouettes (alpha > 0.5) with the true ones (synthetic only)."""
+    sd_chamfer: float
+    """SyncDreamer's Chamfer (protocol syncdreamer; synthetic and GSO): mean unsquared nearest distance between
+    the 16-depth-map point clouds both ways, halved, for a truth of largest extent 1."""
+    sd_volume_iou: float
+    """SyncDreamer's volume IoU on mesh2sdf's 64^3 grid (protocol syncdreamer)."""
+    sd_psnr: float
+    """PSNR of the 16 orbit views at the reference elevation against the true ones, on white (syncdreamer)."""
+    sd_ssim: float
+    """SSIM of those views (torchmetrics' 2023 SSIM: 11 px Gaussian, border cropped)."""
+    sd_lpips: float
+    """LPIPS-VGG of those views."""
     protocol: str
     """Name of the metric protocol (c123.metrics.PROTOCOLS); the next five columns are its resolved values."""
     clip_model: str
@@ -67,6 +80,9 @@ class CaseRow:
     cache_key: str
     node_id: str | None = None
     """Ray node that computed the case in this run (None when it was reused from the cache)."""
+    peak_memory_gb: float = float("nan")
+    """Peak GPU memory of the case's tensors, torch.cuda.max_memory_allocated in GB (1e9 bytes) of the actor
+    that computed it; NaN on CPU (no such counter) and for a case reused from the cache."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from c123.atomic import is_url
 from c123.errors import C123Error
+from c123.outputs import check_output_folder
 from c123_pipeline.tasks import storage
 
 LOCK_FILE = ".lock"
@@ -35,6 +36,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self.remote:
             return self
+        check_output_folder(self.path.parent)  # an existing file, a path under one, a read-only disk: one line
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -89,7 +91,9 @@ def read_run_json(run_dir: storage.Location, warn=None) -> dict:
 
 
 def check_run_json(run_dir: storage.Location, dataset: str, preset: str) -> None:
-    """A run folder holds runs of one dataset and preset: another is refused (before anything is written)."""
+    """A run folder holds runs of one dataset and preset: another is refused (before anything is written), as is
+    a local path that cannot become a folder (an existing file, a path under one, a read-only disk)."""
+    check_output_folder(run_dir)
     old = read_run_json(run_dir)
     for key, value in (("dataset", dataset), ("preset", preset)):
         if old.get(key) not in (None, value):

@@ -66,6 +66,7 @@ class WarmStart:
     """Cases the run may compute (its actors are at most this many)."""
     config: dict | None = None
     """ReconstructConfig.to_dict() of the first case: the priors the actors load ahead."""
+    cases_per_gpu: int | str | None = None
     keeper: ClusterKeeper | None = field(default=None, repr=False)
 
     def begin(self) -> "WarmStart":
@@ -80,14 +81,16 @@ class WarmStart:
         return self
 
     def _build_pool(self, cluster):
-        from c123_pipeline.tasks.actors import ActorPool, pool_shape
+        from c123_pipeline.tasks.actors import ActorPool, pool_shape, resolve_cases_per_gpu
 
-        n, resources = pool_shape(cluster.num_cpus, cluster.num_gpus, self.jobs, self.num_actors)
+        per_gpu = resolve_cases_per_gpu(self.cases_per_gpu, self.config, cluster.num_gpus)
+        n, resources = pool_shape(cluster.num_cpus, cluster.num_gpus, self.jobs, self.num_actors, per_gpu)
         return ActorPool(n, resources=resources, work_fn=self.work_fn, max_retries=self.max_retries,
                          warm_config=self.config).start()
 
     def matches(self, spec) -> bool:
-        return (self.num_actors, self.work_fn, self.max_retries) == (spec.num_actors, spec.work_fn, spec.max_retries)
+        return ((self.num_actors, self.work_fn, self.max_retries, self.cases_per_gpu)
+                == (spec.num_actors, spec.work_fn, spec.max_retries, spec.cases_per_gpu))
 
     def ready(self, timeout: float | None = None):
         """(ClusterInfo, ActorPool) once started; the start's error is raised here."""

@@ -23,6 +23,7 @@ PROBE = """() => {
   const viewers = [...document.querySelectorAll('model-viewer')];
   return {
     title: document.title,
+    text: document.body.innerText,
     tables: document.querySelectorAll('table').length,
     captions: [...document.querySelectorAll('table caption')].map(c => c.textContent),
     bold: document.querySelectorAll('td strong').length,

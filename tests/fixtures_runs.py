@@ -27,8 +27,9 @@ def case_row(run_id, case, category, *, variant="consistent123", shape="exp", se
         "seconds_nerf": nan if failed else 10.0, "seconds_dmtet": nan if failed else 5.0,
         "seconds_export": nan if failed else 1.0, "seconds_total": nan if failed else 16.0,
         "clip_similarity": nan if failed else clip, "psnr": nan if failed else psnr, "lpips": nan if failed else lpips,
-        "metric_status": "failed" if failed else "ok", "novel_psnr": nan, "novel_lpips": nan, "chamfer": nan,
-        "unseen_psnr": nan, "fscore": nan, "silhouette_iou": nan,
+        "metric_status": "failed" if failed else "ok", "novel_psnr": nan, "novel_lpips": nan, "chamfer_sq": nan,
+        "unseen_psnr": nan, "fscore": nan, "silhouette_iou": nan, "sd_chamfer": nan, "sd_volume_iou": nan,
+        "sd_psnr": nan, "sd_ssim": nan, "sd_lpips": nan,
         "protocol": protocol, "clip_model": "openai/clip-vit-base-patch16", "num_views": 8, "resolution": 64, "background": "white",
         "lpips_net": "alex", "config_hash": "0123456789abcdef", "code_version": "0.1.0", "device": "cpu",
         # ARCHITECTURE's cases/<variant>/<case>/seed<N> has no room for the shape; non-exp shapes get their own.
@@ -95,8 +96,10 @@ def write_case(folder: Path, *, case: str, seed: int, switch: int, views: int = 
 
 def make_run(root: Path, run_id: str = "nightly-1", *, created_at: str = "2026-11-20T02:00:00Z",
              cases: dict[str, str] = C10, shapes=("exp",), seeds=(0,), shift: float = 0.0,
-             failed: set[str] = frozenset(), media: bool = True) -> Path:
-    """A run folder under root/run_id; `shift` worsens every metric, `failed` names cases that failed."""
+             failed: set[str] = frozenset(), media: bool = True, code_version: str = "0.1.0",
+             drop: tuple[str, ...] = ()) -> Path:
+    """A run folder under root/run_id; `shift` worsens every metric, `failed` names cases that failed; `drop`
+    leaves per_case columns out (a run of an older schema version)."""
     run = Path(root) / run_id
     run.mkdir(parents=True)
     rows, views = [], []
@@ -113,10 +116,12 @@ def make_run(root: Path, run_id: str = "nightly-1", *, created_at: str = "2026-1
                 views += [{"run_id": run_id, "dataset": "c10", "case": case, "variant": "consistent123",
                            "seed": seed, "view_index": v, "azimuth": 45.0 * v, "elevation": 0.0,
                            "clip_similarity": row["clip_similarity"]} for v in range(8)]
-    write_per_case(run / "per_case.parquet", rows)
+    write_per_case(run / "per_case.parquet", [{**r, "code_version": code_version} for r in rows])
+    if drop:
+        pd.read_parquet(run / "per_case.parquet").drop(columns=list(drop)).to_parquet(run / "per_case.parquet")
     pd.DataFrame(views).astype({"seed": "int64", "view_index": "int64"}).to_parquet(run / "per_view.parquet")
     (run / "run.json").write_text(json.dumps({
         "run_id": run_id, "dataset": "c10", "preset": "tiny", "variants": ["consistent123"],
-        "seeds": list(seeds), "code_version": "0.1.0", "created_at": created_at,
+        "seeds": list(seeds), "code_version": code_version, "created_at": created_at,
         "protocol": {"clip_model": "openai/clip-vit-base-patch16", "num_views": 8, "resolution": 64}}))
     return run

@@ -44,6 +44,16 @@ def refuse_input(job, priors, progress):
     raise InputError(f"{job.case_id}: refused by the test's work function")
 
 
+def weights_damaged(job, priors, progress):
+    """Every case meets damaged model weights (as loading the priors reports them); leaves a mark that it ran."""
+    from c123.errors import WeightsMissingError
+
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(job.out_dir) / "tried").touch()
+    raise WeightsMissingError("zero123: the model files in /models/zero123/unet cannot be loaded (SafetensorError: "
+                              "invalid header length), so they are damaged or incomplete; copy them again")
+
+
 def raise_runtime_error(job, priors, progress):
     """An unexpected (retryable) exception on every case."""
     raise RuntimeError("boom in the work function")
@@ -58,13 +68,15 @@ class ProbeCase:
 
 def threads_seen(job, priors, progress):
     """Report the torch thread count a case runs with; the case 'long' keeps stepping (calling `progress`, as
-    a reconstruction does every iteration) until it is given more than one thread, or 60 s pass."""
+    a reconstruction does every iteration) until it is given more than one thread, or 300 s pass (the thread
+    comes when 'short' has finished on the other actor, whose start on a busy machine took over a minute: the
+    old 60 s made the test fail for no change)."""
     import time
 
     import torch
 
     if job.case_id == "long":
-        deadline = time.time() + 60
+        deadline = time.time() + 300
         while torch.get_num_threads() == 1 and time.time() < deadline:
             progress(Step("nerf", 0, 1, 1.0, 0.0, None, None, None, None))
             time.sleep(0.05)
@@ -74,3 +86,15 @@ def threads_seen(job, priors, progress):
 def priors_held(job, priors, progress):
     """Report how many prior sets the actor held when the case started (loaded ahead by `ActorPool`'s warm-up)."""
     return {"priors_held": len(priors), "pid": os.getpid()}
+
+
+def gpu_ids_seen(job, priors, progress):
+    """Report the GPU ids Ray gave the actor (and its pid), holding the actor a moment so that every actor of
+    the pool gets a case."""
+    import os
+    import time
+
+    import ray
+
+    time.sleep(2.0)
+    return {"gpus": [str(g) for g in ray.get_gpu_ids()], "pid": os.getpid()}

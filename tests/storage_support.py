@@ -27,10 +27,11 @@ def s3_server(log_dir: Path, bucket: str = "c123-runs") -> Iterator[dict[str, st
     """moto_server on a free loopback port with `bucket` created; yields the environment (endpoint and
     credentials) a client needs. Stopped afterwards."""
     port = _free_port()
-    moto = Path(sys.executable).with_name("moto_server")
     log = open(log_dir / "moto.log", "wb")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # moto.server run as a module: found wherever the package is (a venv that reuses another's packages has
+    # no moto_server script of its own)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     try:
         deadline = time.time() + 60

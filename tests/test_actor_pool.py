@@ -6,7 +6,7 @@ import pytest
 
 from pipeline_support import ray_cluster
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # threads_seen waits up to 300 s for the thread
 
 
 def test_tail_threads_share_the_idle_actors_cpus_among_the_busy_ones():

@@ -17,16 +17,12 @@ from c123.config import preset
 from c123.config_files import ConfigFileError, field_docs, read_config_file, resolve_config, to_yaml
 from c123.errors import C123Error
 from c123.outputs import case_name, new_run_dir, plain_case_id
-from c123_pipeline.datasets.registry import default_data_root
-
-CACTUS = default_data_root() / "realfusion15" / "cactus_rgba.png"
-CACTUS_DEPTH = CACTUS.with_name("cactus_depth.png")
 HEADER = re.compile(r"^c123 \S+: (\S+), preset (\w+), variant (\S+), seed (\d+), config ([0-9a-f]{16}) -> (.+)$")
 
 
 @pytest.fixture()
-def image():
-    return CACTUS
+def image(toy_input):
+    return toy_input.rgba
 
 
 def _reconstruct_header(capsys, *args) -> tuple[int, re.Match | None, str]:
@@ -53,7 +49,7 @@ def test_a_shown_preset_reads_back_to_the_same_config(tmp_path, name, capsys):
     assert len(re.findall(r"^\s*[a-z_0-9]+: \S", text, re.M)) == len(docs)
 
 
-def test_reconstruct_with_the_shown_paper_config_resolves_to_the_paper_hash(tmp_path):
+def test_reconstruct_with_the_shown_paper_config_resolves_to_the_paper_hash(tmp_path, toy_input):
     """`c123 config show paper > p.yaml; c123 reconstruct --config p.yaml ...` is `--preset paper`: the
     same config hash in the header both print before stopping at the (absent) paper weights."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
@@ -62,8 +58,8 @@ def test_reconstruct_with_the_shown_paper_config_resolves_to_the_paper_hash(tmp_
     (tmp_path / "p.yaml").write_text(shown.stdout)
     headers = []
     for choice in (["--config", tmp_path / "p.yaml"], ["--preset", "paper"]):
-        run = subprocess.run([*c123, "reconstruct", CACTUS, "--prompt", "a cactus", "--depth", CACTUS_DEPTH, *choice,
-                              "--out", tmp_path / "o"],
+        run = subprocess.run([*c123, "reconstruct", toy_input.rgba, "--prompt", "a toy", "--depth", toy_input.depth,
+                              *choice, "--out", tmp_path / "o"],
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
         assert "bennyguo/zero123-xl-diffusers" in run.stderr  # it got as far as loading the priors
@@ -151,7 +147,7 @@ def test_set_before_or_after_the_image_both_work(tmp_path, image, capsys, order)
     code, header, err = _reconstruct_header(capsys, *args)
     expected = resolve_config("paper", overrides=overrides).hash()
     assert code == 2 and header is not None and header.group(5) == expected, (header, err)
-    assert header.group(1) == "cactus" and "/nonexistent/zero123" in err and err.count("\n") == 0
+    assert header.group(1) == "toy" and "/nonexistent/zero123" in err and err.count("\n") == 0
 
 
 def test_a_bad_override_next_to_the_image_is_one_line(tmp_path, image, capsys):

@@ -11,10 +11,10 @@ from PIL import Image
 
 from c123.errors import DatasetError
 from c123_pipeline.datasets.fetch import fetch, files, main as fetch_main
-from c123_pipeline.datasets.registry import default_data_root, filter_cases, load_dataset
+from c123_pipeline.datasets.registry import filter_cases, load_dataset
+from data_support import DATA as SHARED, needs_dataset
 
-SHARED = default_data_root()
-needs_data = pytest.mark.skipif(not (SHARED / "c10").is_dir(), reason="shared datasets not available")
+needs_data = needs_dataset("c10")
 C10_CATEGORIES = {"ball", "biont", "furniture", "cartoon", "fruit", "statue", "food", "vehicle", "costume",
                   "scene"}
 

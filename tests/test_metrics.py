@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from c123.errors import WeightsMissingError
-from c123.metrics import (PROTOCOLS, ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_distance, composite_white,
+from c123.metrics import (PROTOCOLS, ClipSimilarity, LpipsMetric, MetricProtocol, chamfer_squared, composite_white,
                           fscore, psnr, silhouette_iou)
 
 
@@ -91,13 +91,13 @@ def test_clip_similarity_missing_model_is_a_weights_error(tmp_path):
 
 def test_chamfer_identical_and_shifted_sets():
     grid = np.stack(np.meshgrid(*[np.arange(5.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    assert chamfer_distance(grid, grid) == 0
+    assert chamfer_squared(grid, grid) == 0
     # a shift of 0.1 (< half the spacing) keeps every nearest neighbour: 0.1^2 each way
-    assert chamfer_distance(grid, grid + [0.1, 0, 0]) == pytest.approx(0.02)
-    assert chamfer_distance(torch.tensor(grid), torch.tensor(grid[:1])) == pytest.approx(
+    assert chamfer_squared(grid, grid + [0.1, 0, 0]) == pytest.approx(0.02)
+    assert chamfer_squared(torch.tensor(grid), torch.tensor(grid[:1])) == pytest.approx(
         np.mean((grid ** 2).sum(1)))            # one point at the origin: its own 0 + mean |x|^2
     with pytest.raises(ValueError, match="non-empty"):
-        chamfer_distance(grid, np.zeros((0, 3)))
+        chamfer_squared(grid, np.zeros((0, 3)))
 
 
 def test_fscore_counts_points_within_the_distance_both_ways():

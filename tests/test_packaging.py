@@ -118,7 +118,8 @@ def test_the_console_script_offers_every_command_and_the_method_cli_only_its_own
     with pytest.raises(SystemExit):
         main(["--help"])
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("reconstruct", "config", "view", "models", "evaluate", "report", "fetch"))
+    assert all(name in listed for name in ("reconstruct", "config", "view", "models", "evaluate", "report", "history",
+                                           "fetch"))
     assert "evaluate" not in build_parser().format_help()
 
 

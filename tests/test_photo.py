@@ -21,11 +21,11 @@ from c123.config import tiny
 from c123.errors import InputError
 from c123.preprocess import load_input, prepare_input
 from c123.priors.tiny import write_tiny_models
-from c123_pipeline.datasets.registry import default_data_root
+from data_support import DATA, needs_dataset
 
-C10 = default_data_root() / "c10"
+C10 = DATA / "c10"
 PHOTO = C10 / "12.jpg"  # 1024 x 577, the smallest JPEG of C10
-needs_c10 = pytest.mark.skipif(not PHOTO.is_file(), reason="C10 not available (c123 fetch c10)")
+needs_c10 = needs_dataset("c10", files=("c10/12.jpg",))
 SHORT = ["train.nerf_iters=8", "train.dmtet_iters=4", "schedule.check_start=2", "schedule.check_end=6",
          "schedule.check_interval=2", "train.checkpoint_every=4", "train.eval_views=4", "train.video_frames=4",
          "train.eval_size=32", "train.texture_size=64"]

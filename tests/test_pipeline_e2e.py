@@ -9,7 +9,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from browser import assert_report_renders, needs_chromium
 from pipeline_support import DATA, FAST, needs_data, ray_cluster
@@ -63,7 +65,7 @@ def test_flow_writes_case_folders_parquet_and_report(runs, dataset):
     assert (per_case["status"] == "ok").all() and per_case["error"].isna().all()
     for col in ("clip_similarity", "psnr", "lpips", "seconds_total"):
         assert per_case[col].notna().all() and (per_case[col] != 0).all(), col
-    assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].isna().all().all()  # not a synthetic dataset
+    assert per_case[["novel_psnr", "novel_lpips", "chamfer_sq"]].isna().all().all()  # not a synthetic dataset
     assert (per_case["metric_status"] == "ok").all()
     assert (per_case["num_views"] == 4).all() and (per_case["resolution"] == 32).all()
     assert (per_case["lpips_net"] == "alex-random").all()  # no AlexNet weights offline: the tiny fallback
@@ -123,7 +125,7 @@ def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     protocol = resolve_protocol(PROTOCOLS["c123"], result["config"]["prior"]["clip_model"], 4, tiny=True)
     models = load_metric_models(protocol, "cpu")
     values = compute_case_metrics(case_dir, result, models, scene="toy")
-    for key in ("novel_psnr", "novel_lpips", "chamfer", "psnr", "lpips", "clip_similarity"):
+    for key in ("novel_psnr", "novel_lpips", "chamfer_sq", "psnr", "lpips", "clip_similarity"):
         assert math.isfinite(values[key]) and values[key] != 0, key
     assert values["metric_status"] == "ok"
 
@@ -131,8 +133,8 @@ def test_synthetic_metrics_on_a_finished_case(runs, tmp_path):
     (tmp_path / "views").mkdir()
     values = compute_case_metrics(tmp_path, {"views": [{"file": "views/view_000.png", "azimuth": 0, "polar": 90}]},
                                   models, scene="toy")
-    assert all(math.isnan(values[k]) for k in ("clip_similarity", "psnr", "lpips", "chamfer"))
-    assert "chamfer:" in values["metric_status"] and "reference:" in values["metric_status"]
+    assert all(math.isnan(values[k]) for k in ("clip_similarity", "psnr", "lpips", "chamfer_sq"))
+    assert "chamfer_sq:" in values["metric_status"] and "reference:" in values["metric_status"]
 
 
 @pytest.mark.slow
@@ -149,7 +151,7 @@ def test_whole_dataset_tiny(dataset, tmp_path):
     assert summary["failed"] == 0, summary["errors"]
     assert per_case[["clip_similarity", "psnr", "lpips"]].notna().all().all()
     if dataset == "synthetic":
-        assert per_case[["novel_psnr", "novel_lpips", "chamfer"]].notna().all().all()
+        assert per_case[["novel_psnr", "novel_lpips", "chamfer_sq"]].notna().all().all()
 
 
 def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verdict(runs, tmp_path):
@@ -182,6 +184,39 @@ def test_regression_against_a_baseline_fails_the_flow_run_and_publishes_the_verd
     summary = benchmark(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(run), overrides=FAST,
                         data_root=str(DATA), baseline=str(base))
     assert summary["regressed"] is True and summary["computed"] == 0
+
+
+def test_the_nightly_drift_window_fails_a_flow_run_the_latest_baseline_passes(runs, tmp_path):
+    """The nightly deployments' drift_window through the flow: five earlier nights in the runs folder, PSNR
+    0.3 dB a night better than this run from the third on; against 'latest' alone the run passes, with
+    drift_window=5 the flow run is Failed and the verdict names the night the decline began."""
+    import shutil
+
+    import pandas as pd
+
+    from c123_pipeline.flows.benchmark import benchmark
+    from c123_pipeline.tasks.results import PER_CASE_SCHEMA, write_parquet
+
+    run, *_ = runs["c10"]
+    now = shutil.copytree(run, tmp_path / "runs" / "now", ignore=shutil.ignore_patterns("report", ".lock*"))
+    per_case = pd.read_parquet(run / "per_case.parquet")
+    for n, better in enumerate((1.2, 1.2, 0.9, 0.6, 0.3)):
+        night = tmp_path / "runs" / f"night{n}"
+        night.mkdir()
+        write_parquet(per_case.assign(psnr=per_case["psnr"] + better, run_id=f"night{n}"),
+                      night / "per_case.parquet", PER_CASE_SCHEMA)
+        (night / "run.json").write_text(json.dumps({"run_id": f"night{n}", "dataset": "c10", "preset": "tiny",
+                                                    "created_at": f"2026-01-0{n + 1}T02:00:00+00:00"}))
+    common = dict(dataset="c10", preset="tiny", cases=SUBSETS["c10"], out=str(now), overrides=FAST,
+                  data_root=str(DATA), baseline="latest", fail_on_regression=True)
+    passed = benchmark(**common)
+    assert passed["regressed"] is False and passed["baseline"].endswith("night4") and passed["computed"] == 0
+    state = benchmark(**common, drift_window=5, return_state=True)
+    assert state.is_failed()
+    verdict = json.loads((now / "report" / "verdict.json").read_text())
+    (psnr,) = [f for f in verdict["findings"] if f["kind"] == "drift" and f["metric"] == "psnr"]
+    assert psnr["regressed"] and psnr["since"] == "night2" and psnr["delta"] == pytest.approx(-1.2)
+    assert "Nightly trend over 6 runs" in (now / "report" / "index.html").read_text()
 
 
 def latest_flow_run(out: Path):
@@ -290,6 +325,12 @@ def test_magic123_protocol_requests_its_views_and_is_recorded_alike_in_rows_and_
 @needs_chromium
 def test_html_report_of_the_tiny_c10_run_renders_in_chromium(runs, tmp_path):
     run = runs["c10"][0]
-    dom = assert_report_renders(run / "report" / "index.html", tmp_path / "c10-report.png")
-    assert (tmp_path / "c10-report.png").stat().st_size > 0
-    print(f"c10 report screenshot: {tmp_path / 'c10-report.png'}; page: {dom}")
+    shot = tmp_path / "c10-report.png"
+    dom = assert_report_renders(run / "report" / "index.html", shot)
+    # what a reader sees: a video per finished case, every case of the run named, the per-case table shown
+    assert dom["videos"] >= len(SUBSETS["c10"]), dom["video_sources"]  # later tests may add seeds to this run
+    assert all(case in dom["text"] for case in SUBSETS["c10"]), dom["text"][:2000]
+    assert "per-case metrics" in dom["text"].lower(), dom["text"][:2000]
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) one flat colour"
+    print(f"c10 report screenshot: {shot}; captions: {dom['captions']}")

@@ -99,7 +99,7 @@ def test_quotes_are_plain_characters_and_a_byte_order_mark_is_dropped(sandbox):
     assert [(c.id, c.category, c.prompt) for c in cases] == [("apple", "fruit", 'a "big apple'),
                                                              ("pear", "fruit", "a 'pear\"")]
     utf16 = flat(sandbox / "utf16", f"{HEADER}apple\tfruit\tan apple\n", ids=["apple"], encoding="utf-16")
-    with pytest.raises(DatasetError, match=r"prompts.tsv cannot be read \(UnicodeDecodeError\)"):
+    with pytest.raises(DatasetError, match=r"prompts.tsv is not UTF-8 text \(byte 0 is b'\\xff'\): save it as UTF-8"):
         load_dataset(utf16)
 
 

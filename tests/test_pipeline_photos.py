@@ -10,10 +10,10 @@ import shutil
 import pytest
 from PIL import Image
 
+from data_support import needs_dataset
 from pipeline_support import DATA, FAST, ray_cluster
 
-pytestmark = [pytest.mark.skipif(not (DATA / "c10" / "12.jpg").is_file(), reason="C10 not available"),
-              pytest.mark.timeout(900)]
+pytestmark = [needs_dataset("c10", files=("c10/12.jpg",)), pytest.mark.timeout(900)]
 
 
 def test_a_folder_of_photos_is_preprocessed_once_and_a_rerun_runs_no_model(tmp_path):

@@ -71,6 +71,8 @@ def test_benchmark_writes_its_run_folder_to_s3_and_a_rerun_is_served_from_it(s3e
     ("xyz://bucket/run", "error: run folder xyz://bucket/run: unknown storage scheme 'xyz'"),
     ("s3://c123-runs/run", "error: run folder s3://c123-runs/run: no credentials for it: set AWS_ACCESS_KEY_ID"),
     ("s3://no-such-bucket/run", "error: run folder s3://no-such-bucket/run: its bucket does not exist"),
+    ("memory://c123-runs/run", "error: run folder memory://c123-runs/run: memory:// lives in this process's memory "
+                               "and would vanish when the command exits"),
 ])
 def test_a_run_folder_url_that_cannot_be_used_is_one_line(s3env, tmp_path, capsys, monkeypatch, out, expected):
     import s3fs

@@ -41,6 +41,7 @@ def test_prefect_yaml_holds_the_served_deployments():
         assert [s["cron"] for s in spec.get("schedules", [])] == [s.schedule.cron for s in dep.schedules or []]
         assert spec["work_pool"]["name"] == POOL
     for name in ("nightly-regression", "nightly-verify"):
+        assert served[name].parameters["drift_window"] >= 1  # judged against the history too (slow drift)
         limit, nightly = in_yaml[name]["concurrency_limit"], served[name]
         assert (limit["limit"], limit["collision_strategy"]) == (nightly.concurrency_limit,
                                                                  nightly.concurrency_options.collision_strategy.value)

@@ -1,6 +1,7 @@
 """Input preprocessing: cut-out, recentring against the authors' RealFusion15 inputs, depth alignment, errors."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ from c123.errors import InputError
 from c123.images import on_white
 from c123.preprocess import load_input
 from c123.priors.depth import estimate_depth
-from c123_pipeline.datasets.registry import default_data_root
+from data_support import DATA, needs_dataset
 
-REALFUSION = default_data_root() / "realfusion15"
-needs_data = pytest.mark.skipif(not REALFUSION.is_dir(), reason="RealFusion15 not available (c123 fetch)")
+REALFUSION = DATA / "realfusion15"
+needs_data = needs_dataset("realfusion15")
 
 
 def iou(a, b):
@@ -194,8 +195,8 @@ def test_exif_orientation_is_applied_to_image_and_mask(tmp_path):
 def test_large_inputs_are_worked_on_at_a_bounded_size(tmp_path):
     from c123.preprocess import MAX_SIDE
 
-    strip = np.zeros((1, 4000, 4), np.uint8)
-    strip[0, 100:3900] = (20, 200, 30, 255)
+    strip = np.zeros((40, 4000, 4), np.uint8)
+    strip[10:30, 100:3900] = (20, 200, 30, 255)
     Image.fromarray(strip).save(tmp_path / "strip.png")
     assert load_input(tmp_path / "strip.png").rgba.shape == (MAX_SIDE, MAX_SIDE, 4)  # not 4000 x 4000
 
@@ -216,18 +217,19 @@ def test_decompression_bomb_is_one_line(tmp_path, monkeypatch, capsys):
 
     Image.new("RGBA", (100, 100)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's guard, scaled down: 100 x 100 > 2 x 1000
-    with pytest.raises(InputError, match=r"bomb.png is too large to decode safely .*: pass an image of at most "
-                                         r"1,000 pixels"):
+    with pytest.raises(InputError, match=r"bomb.png is too large to decode safely \(more than 2,000 pixels, PIL's "
+                                         r"decompression-bomb limit\): downscale it"):
         load_input(tmp_path / "bomb.png")
     code = main(["reconstruct", str(tmp_path / "bomb.png"), "--prompt", "x", "--preset", "tiny",
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "bomb.png is too large to decode safely" in err
+    assert err.count("pixels") == 1  # one limit, the one PIL applied (it refuses above twice MAX_IMAGE_PIXELS)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("values,problem", [("nan", "has NaN or infinite values inside the mask"),
-                                            ("inf", "has NaN or infinite values inside the mask"),
+@pytest.mark.parametrize("values,problem", [("nan", "has NaN or infinite values at "),
+                                            ("inf", "has NaN or infinite values at "),
                                             ("flat", "does not vary inside the mask")])
 def test_unusable_depth_is_dropped_with_a_warning(tmp_path, values, problem):
     _rgb_and_mask(tmp_path)
@@ -238,8 +240,12 @@ def test_unusable_depth_is_dropped_with_a_warning(tmp_path, values, problem):
         depth[20, 25] = float(values)
     Image.fromarray(depth, "F").save(tmp_path / "depth.tiff")
     inp = load_input(tmp_path / "photo.png", mask=tmp_path / "mask.png", depth=tmp_path / "depth.tiff")
-    assert inp.depth is None
-    assert inp.warnings == [f"depth map {tmp_path / 'depth.tiff'} {problem}: the depth loss is off"]
+    assert inp.depth is None and len(inp.warnings) == 1
+    assert inp.warnings[0].startswith(f"depth map {tmp_path / 'depth.tiff'} {problem}")
+    assert inp.warnings[0].endswith(": the depth loss is off")
+    if values != "flat":  # a partly invalid map: how much of it, and why it cannot be used in part
+        assert re.search(r"at \d+ of the 1,\d{3} pixels inside the mask \(the depth loss compares every pixel of the "
+                         r"object and cannot skip them", inp.warnings[0]), inp.warnings[0]
     good = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
     Image.fromarray(good, "F").save(tmp_path / "good.tiff")
     inp = load_input(tmp_path / "photo.png", mask=tmp_path / "mask.png", depth=tmp_path / "good.tiff")

@@ -66,12 +66,36 @@ def test_checker_catches_console_errors_and_broken_images(tmp_path):
 
 def test_trend_plot_needs_two_runs(tmp_path):
     """The nightly trend appears once a run has an earlier point (its baseline), not for a lone run."""
+    from c123_pipeline.reports.history import from_runs
     from c123_pipeline.reports.plots import make_plots
     from c123_pipeline.reports.runs import load_run
 
     first = make_run(tmp_path, "nightly-1", created_at="2026-11-19T02:00:00Z")
     second = make_run(tmp_path, "nightly-2", created_at="2026-11-20T02:00:00Z")
     alone = make_plots([load_run(first)], tmp_path / "alone")
-    both = make_plots([load_run(second)], tmp_path / "both", trend_runs=[load_run(first), load_run(second)])
+    both = make_plots([load_run(second)], tmp_path / "both", history=from_runs([load_run(first), load_run(second)]))
     assert "trend" not in alone and "per-case metrics" in alone
     assert both["trend"].is_file()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_report_with_a_month_of_nights_shows_the_whole_trend_in_chromium(tmp_path):
+    """30 nightly runs beside the judged one (a code version change at night 15, a slow decline from night 22):
+    the page shows the trend over all of them, the code change listed, and the drift verdict."""
+    from c123_pipeline.reports.drift import Reference
+
+    root = tmp_path / "runs"
+    nights = [make_run(root, f"c10-tiny-n{n:02d}", created_at=f"2026-11-{n + 1:02d}T02:00:00Z", media=n == 29,
+                       seeds=(0, 1), code_version="0.1.0" if n < 15 else "0.2.0",
+                       shift=0.3 * max(0, n - 21) + (0.15 if n % 3 == 0 else 0.0)) for n in range(30)]
+    paths = build_report([nights[-1]], tmp_path / "report", baseline=nights[-2], history=root,
+                         reference=Reference(window=5))
+    assert paths.verdict.regressed and any(f.kind == "drift" and f.regressed for f in paths.verdict.findings)
+    shot = tmp_path / "month.png"
+    dom = assert_report_renders(paths.index_html, shot)
+    assert dom["videos"] == 4
+    page = paths.index_html.read_text()
+    assert "Nightly trend over 30 runs, 2026-11-01 to 2026-11-30" in page and "code 0.2.0" in page
+    assert 'alt="trend"' in page and "(drift)" in page
+    print(f"screenshot: {shot}")

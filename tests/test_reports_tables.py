@@ -131,15 +131,15 @@ def test_ground_truth_metrics_get_their_own_table(tmp_path):
     """The synthetic dataset's novel-view PSNR/LPIPS and Chamfer, per method; other datasets have no column."""
     truth = {"toy": (24.0, 0.10, 0.020), "blocks": (22.0, 0.14, 0.030)}
     rows = [case_row("r1", c, "synthetic", dataset="synthetic", preset="paper") | dict(zip(
-        ("novel_psnr", "novel_lpips", "chamfer"), v)) for c, v in truth.items()]
+        ("novel_psnr", "novel_lpips", "chamfer_sq"), v)) for c, v in truth.items()]
     rows += [case_row("r1", c, "synthetic", dataset="synthetic", preset="paper", variant="3d-only")
-             | {"novel_psnr": 20.0, "novel_lpips": 0.2, "chamfer": 0.05} for c in truth]
+             | {"novel_psnr": 20.0, "novel_lpips": 0.2, "chamfer_sq": 0.05} for c in truth]
     rows.append(case_row("r1", "07", "fruit", preset="paper"))  # c10: no ground truth
     write_per_case(tmp_path / "per_case.parquet", rows)
     cases = all_cases(load_runs([tmp_path]))
     table = tables.ground_truth_table(cases)
     md = tables.to_markdown(table)
-    assert ("| Method | Source | synthetic novel PSNR ↑ | synthetic novel LPIPS ↓ | synthetic Chamfer ↓ | "
+    assert ("| Method | Source | synthetic novel PSNR ↑ | synthetic novel LPIPS ↓ | synthetic Chamfer² ↓ | "
             "synthetic ok / cases |") in md
     assert ("| consistent123 · exp · paper | reproduced | **23.000 ± 1.414** | **0.120 ± 0.028** | "
             "**0.025 ± 0.007** | 2 / 2 |") in md

@@ -23,9 +23,6 @@ from PIL import Image
 from browser import assert_viewer_renders, needs_chromium
 from c123.config_files import resolve_config
 from c123.viewer import build_view
-from c123_pipeline.datasets.registry import default_data_root
-
-CACTUS = default_data_root() / "realfusion15" / "cactus_rgba.png"
 MICRO = """\
 # 9 NeRF + 3 DMTet steps of the tiny preset; the detector scores at 3, 6, 9 and is forced at 9
 preset: tiny
@@ -41,17 +38,18 @@ def c123(*args, cwd, timeout=900) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """(logged run folder, its stdout, quiet run folder): the same micro run with and without the log."""
+def runs(tmp_path_factory, toy_input):
+    """(logged run folder, its stdout, quiet run folder): the same micro run with and without the log, on a
+    rendered input (the toy scene)."""
     root = tmp_path_factory.mktemp("micro")
     (root / "micro.yaml").write_text(MICRO)
-    logged = c123("reconstruct", "--config", "micro.yaml", "--set", "log.strip_every=3", CACTUS,
-                  "--prompt", "a green cactus in a brown pot", cwd=root)
+    logged = c123("reconstruct", "--config", "micro.yaml", "--set", "log.strip_every=3", toy_input.rgba,
+                  "--prompt", toy_input.prompt, cwd=root)
     assert logged.returncode == 0, logged.stdout + logged.stderr
-    quiet = c123("reconstruct", CACTUS, "--prompt", "a green cactus in a brown pot", "--config", "micro.yaml",
+    quiet = c123("reconstruct", toy_input.rgba, "--prompt", toy_input.prompt, "--config", "micro.yaml",
                  "--log", "none", "--set", "log.strip_every=3", "--out", root / "quiet", cwd=root)
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
-    (folder,) = (root / "outputs" / "cactus").iterdir()
+    (folder,) = (root / "outputs" / "toy").iterdir()
     return folder, logged.stdout, root / "quiet"
 
 
@@ -69,8 +67,8 @@ def _events(folder: Path):
 
 def test_the_default_output_folder_is_a_new_stamp_under_the_case_id(runs):
     folder, stdout, _ = runs
-    assert folder.parent.name == "cactus" and len(folder.name) == len("20261129-215402")
-    assert _result(folder)["case"] == "cactus"
+    assert folder.parent.name == "toy" and len(folder.name) == len("20261129-215402")
+    assert _result(folder)["case"] == "toy"
     assert f"c123 view {folder.relative_to(folder.parents[2])}" in stdout
 
 
@@ -188,9 +186,11 @@ def test_a_served_run_folder_shows_one_entry_per_case(runs, tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "c123.cli", "view", run, "--serve", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines = [server.stdout.readline(), server.stdout.readline()]
-        url = lines[1].split()[1]
-        assert lines[0].startswith("viewer: ") and url.startswith("http://127.0.0.1:"), lines
+        lines = [server.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("serving "):  # past e.g. matplotlib's font-cache notice
+            lines.append(server.stdout.readline())
+        url = lines[-1].split()[1]
+        assert lines[-2].startswith("viewer: ") and url.startswith("http://127.0.0.1:"), lines
         dom = assert_viewer_renders(url, tmp_path / "served.png")
     finally:
         server.send_signal(signal.SIGINT)

@@ -56,7 +56,7 @@ def tiny_run(tmp_path_factory):
     cfg = C.tiny(str(tmp_path_factory.mktemp("models")))
     write_tiny_models(cfg.prior.zero123_model.rsplit("/", 1)[0])
     cfg.schedule.variant = "fixed-switch"  # both priors, no detector
-    cfg.nerf.occupancy_mode = "mask"  # what 'auto' picks on CUDA
+    cfg.nerf.occupancy_mode = "mask"  # what 'auto' picks on CUDA with checkpointed chunks (paper, fast)
     yy, xx = np.mgrid[:64, :64] / 63 * 2 - 1
     rgba = torch.zeros(1, 4, 64, 64)
     rgba[0, 0], rgba[0, 3] = 0.8, torch.from_numpy((xx ** 2 + yy ** 2 < 0.5).astype(np.float32))

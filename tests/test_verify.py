@@ -19,7 +19,7 @@ from pipeline_support import ray_cluster
 
 pytestmark = pytest.mark.timeout(1800)
 
-GROUND_TRUTH = ["novel_psnr", "novel_lpips", "unseen_psnr", "chamfer", "fscore", "silhouette_iou"]
+GROUND_TRUTH = ["novel_psnr", "novel_lpips", "unseen_psnr", "chamfer_sq", "fscore", "silhouette_iou"]
 CUT_DOWN = ["train.nerf_iters=12", "train.dmtet_iters=4", "train.checkpoint_every=4", "train.eval_views=4",
             "train.eval_size=48", "train.video_frames=4", "train.texture_size=64", "train.nerf_size=32",
             "dmtet.tet_resolution=32", "dmtet.render_size=48"]
@@ -122,12 +122,12 @@ def test_nightly_thresholds_pass_equal_numbers_and_flag_each_kind_of_drop():
     from c123_pipeline.reports.regression import compare
     from c123_pipeline.reports.verify import VERIFY_THRESHOLDS
 
-    good = {"toy": dict(novel_psnr=27.0, unseen_psnr=26.0, chamfer=4e-4, fscore=0.55, silhouette_iou=0.95),
-            "chair": dict(novel_psnr=24.0, unseen_psnr=23.5, chamfer=6e-4, fscore=0.45, silhouette_iou=0.85)}
+    good = {"toy": dict(novel_psnr=27.0, unseen_psnr=26.0, chamfer_sq=4e-4, fscore=0.55, silhouette_iou=0.95),
+            "chair": dict(novel_psnr=24.0, unseen_psnr=23.5, chamfer_sq=6e-4, fscore=0.45, silhouette_iou=0.85)}
     base = _rows("base", good)
     assert not compare(_rows("same", good), base, VERIFY_THRESHOLDS).regressed
     for metric, worse in (("unseen_psnr", -0.6), ("novel_psnr", -0.6), ("fscore", -0.03),
-                          ("silhouette_iou", -0.015), ("chamfer", +1.5e-4)):
+                          ("silhouette_iou", -0.015), ("chamfer_sq", +1.5e-4)):
         current = {case: {**m, metric: m[metric] + worse} for case, m in good.items()}
         verdict = compare(_rows("cur", current), base, VERIFY_THRESHOLDS)
         assert verdict.regressed, metric

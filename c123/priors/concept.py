@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,21 +111,25 @@ def learn_or_load(sd, rgba: np.ndarray, cfg: ConceptConfig, sd_model: str, size:
                   announce=None) -> Concept:
     """The concept of this reference view: from the cache, else learned on `sd` (a StableDiffusionPrior)
     and cached. Either way the token is added to sd's tokenizer and text encoder."""
-    from c123.cache import cached_folder, digest
+    from safetensors.torch import load_file
+
+    from c123.cache import cached_read, digest
 
     say = announce or (lambda line: None)
     code = inspect.getsource(sys.modules[__name__])
     key = digest(np.ascontiguousarray(rgba).tobytes(), str(rgba.shape), sd_model, json.dumps(asdict(cfg)),
                  str(size), code)
-    folder, cached = cached_folder("concepts", key, lambda tmp: _learn_into(tmp, sd, rgba, cfg, size, device, say))
-    if cached:
-        say(f"concept {cfg.token}: reusing the embedding learned before ({folder})")
-    from safetensors.torch import load_file
 
-    vector = load_file(str(folder / FILE))[cfg.token][0].float()
-    add_token(sd.tokenizer, sd.text_encoder, cfg.token, vector)
-    record = json.loads((folder / "concept.json").read_text())
-    return Concept(cfg.token, vector, str(folder), cached, record)
+    def read(folder: Path, cached: bool) -> Concept:  # a damaged cached concept is set aside and learned again
+        vector = load_file(str(folder / FILE))[cfg.token][0].float()
+        record = json.loads((folder / "concept.json").read_text())
+        if cached:
+            say(f"concept {cfg.token}: reusing the embedding learned before ({folder})")
+        return Concept(cfg.token, vector, str(folder), cached, record)
+
+    concept = cached_read("concepts", key, lambda tmp: _learn_into(tmp, sd, rgba, cfg, size, device, say), read, say)
+    add_token(sd.tokenizer, sd.text_encoder, cfg.token, concept.vector)
+    return concept
 
 
 def _learn_into(out, sd, rgba, cfg: ConceptConfig, size: int, device, say) -> None:

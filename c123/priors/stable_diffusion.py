@@ -69,6 +69,8 @@ class StableDiffusionPrior:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.view_embeds = self.negative_embeds = None
         self.prompt = ""
+        self.prompt_cut: str | None = None
+        """Why the prompt does not fit the text encoder (a warning), None when it does."""
         self.ref_azimuth = 0.0
         self.last_t = self.last_grad = self.last_grad_norm = None
 
@@ -99,7 +101,12 @@ class StableDiffusionPrior:
         if not text or not text.strip():
             raise InputError("empty prompt: Stable Diffusion needs a text prompt; pass --prompt")
         self.prompt = text.strip()
-        self.view_embeds = self.encode_text([f"{self.prompt}, {view} view" for view in VIEWS])
+        texts = [f"{self.prompt}, {view} view" for view in VIEWS]
+        tokens, limit = max(len(ids) for ids in self.tokenizer(texts, verbose=False).input_ids), self.tokenizer.model_max_length
+        self.prompt_cut = None if tokens <= limit else (
+            f"the prompt is {tokens} tokens with its view word (', back view'); Stable Diffusion reads {limit}, so the "
+            "rest, view word included, is cut and every view gets the same prompt: shorten the prompt")
+        self.view_embeds = self.encode_text(texts)
         self.negative_embeds = self.encode_text([""])
         self.ref_azimuth = float(ref_azimuth)
 

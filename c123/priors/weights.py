@@ -167,9 +167,41 @@ def load_frozen(model_cls, path: str, subfolder: str, dtype, device,
     folder = Path(path) / subfolder
     variant = pick_variant(folder, variants, f"{Path(path).name}/{subfolder}".rstrip("/."))
     kwargs = {"subfolder": subfolder} if subfolder not in ("", ".") else {}
-    model = model_cls.from_pretrained(path, variant=variant, dtype=dtype, **kwargs)
+    try:
+        model = model_cls.from_pretrained(path, variant=variant, dtype=dtype, **kwargs)
+    except Exception as err:  # noqa: BLE001 - only a damaged file is turned into the one line; the rest re-raised
+        if not _damaged_file(err):
+            raise
+        raise WeightsMissingError(f"{Path(path).name}/{subfolder}".rstrip("/.") + f": the model files in {folder} "
+                                  f"cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())[:160]}), "
+                                  f"so they are damaged or incomplete; {_refetch(Path(path))}") from err
     fast_kernels(model, device)
     return model.to(device).eval().requires_grad_(False), variant_label(variant)
+
+
+def _damaged_file(err: BaseException) -> bool:
+    """Whether a from_pretrained failure is a damaged or truncated file (not a bug): an unreadable file, a
+    safetensors header or a pickle cut short, a config that is not JSON, tensors of the wrong shape."""
+    import pickle
+
+    if isinstance(err, (OSError, EOFError, pickle.UnpicklingError, ValueError)):
+        return True
+    if type(err).__name__ == "SafetensorError":  # safetensors' Rust error, not importable as a Python class
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in (
+        "PytorchStreamReader", "Error(s) in loading state_dict", "unexpected EOF", "deserializ"))
+
+
+def _refetch(path: Path) -> str:
+    """How to get a model folder's files whole again: the Hub download of a snapshot in the HF cache, tiny
+    models rewritten, else a fresh copy."""
+    for part in path.parts:
+        if part.startswith("models--"):
+            repo = part[len("models--"):].replace("--", "/", 1)
+            return f"re-download it with `hf download {repo} --force-download`"
+    if (path / "c123-tiny.json").is_file():
+        return f"remove {path} and rewrite the tiny models with `c123 models tiny {path.parent}`"
+    return f"copy or download the model into {path} again"
 
 
 def fast_kernels(model, device) -> bool:

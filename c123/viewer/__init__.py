@@ -261,18 +261,44 @@ def _curves(i: int, r: dict, page_dir: Path, title: str) -> dict[str, Path]:
 
 
 # ---- serving -----------------------------------------------------------------------------------------
-class _QuietHandler(SimpleHTTPRequestHandler):
-    """Serves files without a log line per request."""
+PAGE_PARTS = ("static", "plots", "glb")
+"""What build_view writes beside index.html: with the page itself, all that is served of the page's folder
+(`--out` may name a folder that holds other things, e.g. the user's home)."""
+
+
+class _RunFolderHandler(SimpleHTTPRequestHandler):
+    """Serves the page and the run folder, nothing else, without a log line per request.
+
+    URLs map onto the common parent of the two (the page links the run with relative paths such as
+    ../run/x.png), which may be `/`: so every request is resolved (symlinks followed, `..` and `%2e%2e`
+    already dropped by translate_path) and answered 404 unless it lands in `allowed`."""
+
+    allowed: tuple[Path, ...] = ()
+
+    def send_head(self):
+        real = Path(os.path.realpath(self.translate_path(self.path)))
+        if not any(real == root or root in real.parents for root in self.allowed):
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         pass
 
 
+def served_paths(page: Path, folder: str | Path) -> tuple[Path, ...]:
+    """The real paths `serve` answers for: the run folder, the page and the viewer's own folders beside it."""
+    page = Path(os.path.realpath(page))
+    return (Path(os.path.realpath(folder)), page, *(page.parent / part for part in PAGE_PARTS))
+
+
 def serve(page: Path, folder: str | Path, port: int = 8123) -> None:
-    """Serve the folder holding both the page and the reconstructions on http://127.0.0.1:PORT until Ctrl-C
-    (port 0: any free one)."""
-    root = Path(os.path.commonpath([Path(page).resolve(), Path(folder).resolve()]))
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    """Serve the page and the reconstructions (only those: see _RunFolderHandler) on http://127.0.0.1:PORT until
+    Ctrl-C (port 0: any free one)."""
+    allowed = served_paths(page, folder)
+    root = Path(os.path.commonpath([allowed[0], allowed[1]]))
+    handler_class = type("RunFolderHandler", (_RunFolderHandler,), {"allowed": allowed})
+    handler = functools.partial(handler_class, directory=str(root))
     try:
         httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as err:
@@ -280,7 +306,7 @@ def serve(page: Path, folder: str | Path, port: int = 8123) -> None:
             raise
         raise C123Error(f"port {port} on 127.0.0.1 is in use: pass another with --port N") from None
     with httpd:
-        url = f"http://127.0.0.1:{httpd.server_port}/{quote(Path(page).resolve().relative_to(root).as_posix())}"
+        url = f"http://127.0.0.1:{httpd.server_port}/{quote(allowed[1].relative_to(root).as_posix())}"
         print(f"serving {url} (Ctrl-C stops)", flush=True)
         try:
             httpd.serve_forever()
