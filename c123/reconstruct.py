@@ -33,7 +33,7 @@ from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
 from c123.preprocess import DEPTH_OFF, ReconstructionInput, check_prompt_length
 from c123.priors.concept import Concept, learn_or_load
-from c123.priors.loading import Priors, load_priors
+from c123.priors.loading import Priors, licence_notices, load_priors
 from c123.progress import Done, Notice, ProgressFn, Resumed
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
@@ -68,6 +68,8 @@ class Run:
     runlog: RunLog | None
     loop: Loop
     warnings: list[str]
+    notices: list[str] = dataclasses.field(default_factory=list)
+    """Lines announced at the start (the licence of weights that carry one), before the resume's notices."""
 
     def stage_payload(self, name: str) -> dict | None:
         """The checkpointed state of stage `name` to resume from, or None (a fresh stage)."""
@@ -167,6 +169,9 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     warnings: list[str] = list(inp.warnings)  # what preprocessing noticed (a dropped depth map, ...)
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
+    notices = licence_notices(priors)  # e.g. Stable Zero123's non-commercial licence: once per run, recorded
+    for line in notices:
+        report(Notice(line))
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
     if depth_np is None and cfg.loss.depth > 0 and not any(w.endswith(DEPTH_OFF) for w in warnings):
         warnings.append(f"no depth map and no depth model configured: {DEPTH_OFF}")  # unless one was dropped
@@ -192,7 +197,7 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     runlog = open_runlog(out, cfg, device, resumed_from)  # TensorBoard events in OUT/tb (None: log.tensorboard off)
     loop = Loop(cfg, state, gen, out / "checkpoints", identity, report, runlog)
     return Run(inp, cfg, out, device, gen, priors, rgba, depth, concept, identity, resume, state, resumed_from,
-               runlog, loop, warnings)
+               runlog, loop, warnings, notices)
 
 
 # ---- the stages and the hand-over ------------------------------------------------------------------
@@ -262,7 +267,7 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
         run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, cfg.to_dict(), cfg.hash(),
         code_version(), device_name(run.device), priors.model_ids, run.identity.input_digest, state.switch,
         state.detector, {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"],
-        state.seconds, run.warnings, run.resume.notices,
+        state.seconds, run.warnings, run.notices + run.resume.notices,
         dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
         run.concept.summary() if run.concept else None,
         priors.sd.prompt if priors.sd is not None and uses_sd(cfg) else None,
