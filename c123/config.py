@@ -436,6 +436,17 @@ class LogConfig:
     """Orbit views in the validation strip (elevation 0, evenly spaced in azimuth from the reference's)."""
     strip_size: int = field(default=128, metadata=at_least(8))
     """Pixel size of each view of the validation strip."""
+    prior_views: bool = True
+    """Before training, write OUT/prior_views/az_DDD.png: what the 3D prior imagines at the boundary detector's
+    schedule.num_views azimuths (elevation 0, camera vectors relative to the reference camera, as in training),
+    drawn by its own sampler (`sample`: Zero-1-to-3's DDIM with classifier-free guidance; the oracle's true views)
+    from generators of their own, seeded from the run's seed: the training's random draws stay the same
+    (c123/prior_views.py). False: none are drawn."""
+    prior_view_steps: int = field(default=50, metadata=at_least(1))
+    """DDIM steps of each prior view (Zero-1-to-3's gradio_new.py main_run: 50; the tiny presets: 4)."""
+    prior_view_guidance: float = field(default=3.0, metadata=at_least(0))
+    """Classifier-free guidance scale of the prior views (gradio_new.py main_run: 3.0; SDS uses
+    prior.guidance_scale_3d)."""
 
 
 @dataclass
@@ -536,6 +547,7 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.schedule.render_size = 32
     cfg.schedule.fixed_switch_step = 20
     cfg.log.strip_every, cfg.log.strip_size = 20, 32
+    cfg.log.prior_view_steps = 4  # the tiny priors' views are noise at any step count: only the plumbing
     return cfg
 
 

@@ -32,9 +32,9 @@ class Guidance(Protocol):
     text-conditioned one), then `loss` gives the SDS loss of rendered views.
 
     A view-conditioned 3D prior also draws its own novel views of the reference object:
-    `sample(cams, *, generator, steps=..., guidance_scale=...) -> images [B,3,H,W] in [0,1]` (Zero123Prior and
-    StableZero123Prior: Zero-1-to-3's DDIM sampler with classifier-free guidance; OraclePrior: the true views on
-    white), for uses beyond SDS such as novel views as extra inputs. It is not a member of this protocol, so a
+    `sample(cams, *, generator, steps=..., guidance_scale=..., eta=...) -> images [B,3,H,W] in [0,1]` (Zero123Prior
+    and StableZero123Prior: Zero-1-to-3's DDIM sampler with classifier-free guidance; OraclePrior: the true views on
+    white), for uses beyond SDS: each run's prior_views/ (c123/prior_views.py), novel views as extra inputs. It is not a member of this protocol, so a
     prior that only guides (Stable Diffusion, a registered stub) still is a Guidance. Neither is `licence`
     (str | None): a line a run announces once and records in result.json notices (`licence_notices`)."""
 

@@ -82,7 +82,7 @@ class OraclePrior:
         return self.weight * F.mse_loss(images, target)
 
     def sample(self, cams: Cameras, *, generator: torch.Generator | None = None, steps: int | None = None,
-               guidance_scale: float | None = None) -> torch.Tensor:
+               guidance_scale: float | None = None, eta: float | None = None) -> torch.Tensor:
         """The prior's novel views, perfect: the target at `cams`, [B,3,size,size] in [0,1] on white. The oracle
-        draws nothing, so `generator`, `steps` and `guidance_scale` are accepted for the shared call only."""
+        draws nothing, so `generator`, `steps`, `guidance_scale` and `eta` are accepted for the shared call only."""
         return self.target(cams, self.size, self.size)
