@@ -68,7 +68,7 @@ class RunCluster:
         else:
             pool = self.warm.ready()[1]
             pool.trim(actors)
-        pool.log = log
+        pool.log, pool.share_idle_threads = log, self.spec.share_idle_threads
         return pool
 
     def stop(self) -> threading.Thread | None:

@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                    "else the preset's)")
     p.add_argument("--retries", dest="max_retries", type=count(0), default=2,
                    help="retries of a case whose actor died (default 2)")
+    p.add_argument("--share-idle-threads", action="store_true",
+                   help="CPU only: cases still computing take over idle actors' threads once no case waits (a faster "
+                        "tail; their last digits then depend on timing, so identical runs may differ)")
     p.add_argument("--allow-failures", type=count(0), default=0, metavar="N",
                    help="failed cases that still count as success (default 0)")
     p.add_argument("--verbose", "-v", action="store_true", help="show Prefect's and the actors' logs")

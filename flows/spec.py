@@ -63,6 +63,10 @@ class BenchmarkSpec:
     """Cases sharing each GPU (Ray fractional GPUs): a number, or 'auto' (as many as the measured memory budget
     of a case, c123.memory.case_budget, fits in a GPU's free memory); default 1. A number that cannot fit is
     refused."""
+    share_idle_threads: bool = False
+    """CPU runs only: once no case waits, cases still computing take over the idle actors' threads (a faster
+    tail). Off by default: a case's float rounding then depends on when it got them, so two identical runs may
+    differ in the last digits of their last cases."""
     baseline: str | None = None
     """A finished run folder of the same dataset to judge this run against, or 'latest' (the newest earlier
     run of the same dataset and preset beside `out`)."""

@@ -434,8 +434,13 @@ class ActorPool:
     """A fixed number of ReconstructionActors fed from a job queue; dead actors are replaced."""
 
     def __init__(self, num_actors: int, *, resources: dict | None = None, work_fn: str | None = None,
-                 max_retries: int = 2, poll_seconds: float = 1.0, logger=None, warm_config: dict | None = None):
+                 max_retries: int = 2, poll_seconds: float = 1.0, logger=None, warm_config: dict | None = None,
+                 share_idle_threads: bool = False):
         self.num_actors = max(1, int(num_actors))
+        self.share_idle_threads = share_idle_threads
+        """CPU actors still computing take over the idle actors' threads once no case waits (`_rebalance`): a
+        faster tail, but a case's float rounding then depends on when it got them (thread counts change how
+        CPU kernels split their sums), so two identical runs may differ in the last digits. Off by default."""
         self.warm_config = warm_config
         """Config whose priors every new actor (a replacement too) loads before its first case."""
         self.resources = resources or {"num_cpus": 1, "num_gpus": 0}
@@ -460,7 +465,7 @@ class ActorPool:
     def _rebalance(self, running: dict, idle: list) -> None:
         """Once no case waits, CPU actors still computing take over the idle actors' threads (the tail of a run
         of equal cases is otherwise one actor working while the others wait)."""
-        if not self.base_threads or not running:
+        if not self.share_idle_threads or not self.base_threads or not running:
             return
         n = tail_threads(self.base_threads, len(running), len(idle))
         for slot, _job, _started in running.values():
