@@ -94,6 +94,9 @@ class Result:
     seed: int
     preset: str
     variant: str
+    input_camera: dict
+    """The reference camera the run assumed and, for the oracle, the one its image was really taken from:
+    `input_camera(cfg)`."""
     config: dict
     config_hash: str
     code_version: str
@@ -259,11 +262,11 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
     if run.runlog is not None:
         outputs["events"] = EVENTS_DIR
     result = Result(
-        run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, cfg.to_dict(), cfg.hash(),
-        code_version(), device_name(run.device), priors.model_ids, run.identity.input_digest, state.switch,
-        state.detector, {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"],
-        state.seconds, run.warnings, run.resume.notices,
-        dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
+        run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, input_camera(cfg),
+        cfg.to_dict(), cfg.hash(), code_version(), device_name(run.device), priors.model_ids,
+        run.identity.input_digest, state.switch, state.detector,
+        {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"], state.seconds,
+        run.warnings, run.resume.notices, dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
         run.concept.summary() if run.concept else None,
         priors.sd.prompt if priors.sd is not None and uses_sd(cfg) else None,
         run.resumed_from, run.resume.from_version, views, outputs).to_dict()
@@ -274,6 +277,18 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
     run.loop.progress(Done(run.loop.total, run.loop.total, last.get("w3d"), last.get("w2d"),
                          state.detector["S"][-1] if state.detector.get("S") else None, state.switch))
     return result
+
+
+def input_camera(cfg: ReconstructConfig) -> dict:
+    """result.json's record of the input camera: {elevation, azimuth} the run assumed (elevation = 90 -
+    camera.ref_polar, degrees) and {true_elevation, true_azimuth}, the camera the oracle knows the image was
+    rendered from (prior.oracle_elevation / oracle_azimuth, else the assumed one); null without the oracle,
+    where only the image knows."""
+    c, p = cfg.camera, cfg.prior
+    elevation, oracle = 90.0 - c.ref_polar, bool(p.oracle_scene)
+    return {"elevation": elevation, "azimuth": c.ref_azimuth,
+            "true_elevation": (elevation if p.oracle_elevation is None else p.oracle_elevation) if oracle else None,
+            "true_azimuth": (c.ref_azimuth if p.oracle_azimuth is None else p.oracle_azimuth) if oracle else None}
 
 
 def seed_everything(seed: int, device="cpu") -> torch.Generator:
@@ -321,7 +336,7 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
         rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
         ref = reference_view(rgba, None, s, None, device)
         _save_png(_to_uint8(torch.cat([ref.white, ref.mask], -1)), out / "reference.png")
-        turn = orbit(cfg.train.video_frames, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        turn = turntable_cameras(cfg).to(device)
         write_video([_to_uint8(render(turn[i]).rgb)[0] for i in range(len(turn))],
                     out / "video" / "rgb.mp4", out / "video" / "rgb.gif")
         write_video([_to_uint8(render(turn[i], "normal").rgb)[0] for i in range(len(turn))], out / "video" / "normal.mp4")
@@ -336,6 +351,13 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
             export_textured_mesh(verts.detach(), faces, albedo, out / "mesh", cfg.train.texture_size, name="mesh")
         outputs.update(mesh_obj="mesh/mesh.obj", mesh_glb="mesh/mesh.glb")
     return outputs, views
+
+
+def turntable_cameras(cfg: ReconstructConfig):
+    """The turntable's train.video_frames cameras: azimuth 0 to 360 at the reference camera's polar angle and
+    radius, as the official test loader circles at --default_polar (nerf/provider.py, type 'test')."""
+    c = cfg.camera
+    return orbit(cfg.train.video_frames, polar=c.ref_polar, radius=c.ref_radius, fovy=c.fovy)
 
 
 def _rgba(o) -> np.ndarray:

@@ -236,14 +236,16 @@ class NerfStage:
 
 
 class DetectorScore:
-    """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders at elevation 0, rendered at
-    schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official writes its
-    validation PNGs and reads them back with INTER_AREA)."""
+    """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders circling at the reference
+    camera's polar angle (the official validation loader: nerf/provider.py circle poses at default_polar),
+    rendered at schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official
+    writes its validation PNGs and reads them back with INTER_AREA)."""
 
     def __init__(self, priors: Priors, prompt: str, cfg: ReconstructConfig, device):
         s = cfg.schedule
         self.priors, self.prompt, self.cfg = priors, prompt, cfg
-        self.cams = orbit(s.num_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        self.cams = orbit(s.num_views, polar=cfg.camera.ref_polar, radius=cfg.camera.ref_radius,
+                          fovy=cfg.camera.fovy).to(device)
         self.rays = RaySettings(num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
                                 perturb=False)
         self.text = None

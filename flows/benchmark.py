@@ -134,7 +134,9 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
             case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id,
-            peak_memory_gb=entry.outcome.peak_memory_gb))
+            peak_memory_gb=entry.outcome.peak_memory_gb, elevation=90.0 - cfg.camera.ref_polar,
+            elevation_source=entry.elevation_source,
+            true_elevation=float("nan") if entry.case.true_elevation is None else float(entry.case.true_elevation)))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 

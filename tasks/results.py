@@ -83,6 +83,13 @@ class CaseRow:
     peak_memory_gb: float = float("nan")
     """Peak GPU memory of the case's tensors, torch.cuda.max_memory_allocated in GB (1e9 bytes) of the actor
     that computed it; NaN on CPU (no such counter) and for a case reused from the cache."""
+    elevation: float = float("nan")
+    """Elevation (degrees) of the input camera the reconstruction assumed, 90 - camera.ref_polar."""
+    elevation_source: str | None = None
+    """Where that elevation came from: 'parameter' (the flow's `elevation`), 'table' (the dataset's), 'config'
+    (the preset's 0 or an override); flows.spec.ELEVATION_SOURCES."""
+    true_elevation: float = float("nan")
+    """Elevation the input view was really taken from, where the dataset knows it (synthetic, GSO); else NaN."""
 
 
 @dataclass

@@ -73,7 +73,8 @@ def _load_oracle(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]
         raise C123Error("prior.oracle_scene='case' takes the scene from a synthetic benchmark case: run "
                         "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
                         "e.g. --set prior.oracle_scene=toy")
-    prior = OraclePrior(get_scene(cfg.prior.oracle_scene))
+    prior = OraclePrior(get_scene(cfg.prior.oracle_scene), true_elevation=cfg.prior.oracle_elevation,
+                        true_azimuth=cfg.prior.oracle_azimuth)
     return prior, {"zero123": prior.model_id, "zero123_variant": prior.variant_loaded}
 
 
