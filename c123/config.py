@@ -107,14 +107,14 @@ def elevation_value(value: Any, where: str, fix: str, error: type[C123Error] = C
         return None
     if isinstance(value, str) and value.strip().lower() == ELEVATION_ESTIMATE:
         raise error(f"{where}: elevation '{ELEVATION_ESTIMATE}' is reserved, but estimating the input view's "
-                        f"elevation is not implemented yet: {fix}")
+                    f"elevation is not implemented yet: {fix}")
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number) or abs(number) >= ELEVATION_LIMIT:
         raise error(f"{where}: elevation {shown(value)} is not a number of degrees strictly between "
-                        f"-{ELEVATION_LIMIT:g} and {ELEVATION_LIMIT:g} (polar = 90 - elevation): {fix}")
+                    f"-{ELEVATION_LIMIT:g} and {ELEVATION_LIMIT:g} (polar = 90 - elevation): {fix}")
     return number
 
 

@@ -59,6 +59,17 @@ def test_reconstruct_elevation_and_azimuth_flags_set_the_reference_camera():
     assert (plain.camera.ref_polar, plain.camera.ref_azimuth) == (90.0, 0.0)  # the preset's, elevation 0
 
 
+def test_reconstruct_header_line_names_the_input_camera(tmp_path, capsys, toy_input):
+    from c123.cli import main
+
+    # the header is printed before the priors load: a missing model ends the run right after it
+    code = main(["reconstruct", str(toy_input.rgba), "--prompt", "x", "--preset", "paper", "--out",
+                 str(tmp_path / "o"), "--elevation", "22.5", "--azimuth", "-30", "--set",
+                 "prior.zero123_model=/nonexistent/zero123", "preprocess.depth_model="])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert code == 2 and ", seed 0, input camera elevation 22.5, azimuth -30, config " in header, header
+
+
 def test_paper_preset_keeps_the_official_fixed_elevation_0():
     for name in C.PRESETS:
         cfg = C.preset(name)
@@ -200,7 +211,8 @@ def _flat(root: Path, table: str, ids=("apple", "pear")) -> Path:
 def test_flat_table_elevation_column_is_optional_and_a_blank_cell_is_the_default(tmp_path):
     from c123_pipeline.datasets.layouts import detect
 
-    root = _flat(tmp_path / "d", "case\tcategory\tprompt\televation\napple\tfruit\tan apple\t30\npear\tfruit\ta pear\t\n")
+    root = _flat(tmp_path / "d", "case\tcategory\tprompt\televation\n"
+                                 "apple\tfruit\tan apple\t30\npear\tfruit\ta pear\t\n")
     assert [(c.id, c.ref_elevation, c.true_elevation) for c in detect(root)] == [("apple", 30.0, None),
                                                                                  ("pear", None, None)]
     plain = _flat(tmp_path / "e", "case\tcategory\tprompt\napple\tfruit\tan apple\npear\tfruit\ta pear\n")
@@ -209,7 +221,8 @@ def test_flat_table_elevation_column_is_optional_and_a_blank_cell_is_the_default
 
 @pytest.mark.parametrize("cell,message", [
     ("estimate", "line 2: elevation 'estimate' is reserved, but estimating the input view's elevation is not "
-                 "implemented yet: write the input view's elevation in degrees (e.g. 30), or leave the cell blank for 0"),
+                 "implemented yet: write the input view's elevation in degrees (e.g. 30), or leave the cell "
+                 "blank for 0"),
     ("high", "line 2: elevation \"high\" is not a number of degrees strictly between -90 and 90"),
 ])
 def test_a_bad_elevation_cell_is_one_line_naming_the_file_line_and_fix(tmp_path, cell, message):
@@ -308,6 +321,15 @@ def test_flow_parameter_elevation_is_checked_before_anything_runs():
     BenchmarkSpec(dataset="synthetic", elevation=30.0).check()
     with pytest.raises(C123Error, match=r"^parameter elevation=95\.0: elevation 95\.0 is not a number of degrees "):
         BenchmarkSpec(dataset="synthetic", elevation=95.0).check()
+
+
+def test_deployments_take_elevation_as_a_number_or_null():
+    from prefect.utilities.callables import parameter_schema
+
+    from c123_pipeline.flows.benchmark import benchmark
+
+    schema = parameter_schema(benchmark.fn).properties["elevation"]
+    assert schema["anyOf"] == [{"type": "number"}, {"type": "null"}] and schema["default"] is None
 
 
 def test_evaluate_command_refuses_elevation_estimate_in_one_line(capsys, tmp_path):
