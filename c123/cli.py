@@ -183,7 +183,8 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     if remote:
         upload_out(out, remote)
     shown = remote or out
-    parts = ("result.json", "config.yaml", "mesh", "video", "views")
+    parts = ("result.json", "config.yaml", "mesh", "video", "views") + (
+        ("prior_views",) if "prior_views" in result["outputs"] else ())
     wrote = ", ".join(str(storage.join(shown, part)) for part in parts)
     print(f"switch iteration: {result['switch_iteration']}; wrote {wrote}")
     if "events" in result["outputs"]:

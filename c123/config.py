@@ -79,6 +79,20 @@ def rule(ok: Callable[[Any], bool], text: str) -> dict[str, Any]:
     return {"allowed": Rule(ok, text)}
 
 
+ZERO123_MODELS = {"zero123": "bennyguo/zero123-xl-diffusers", "stable-zero123": "ashawkey/stable-zero123-diffusers"}
+"""The default weights of each prior.zero123_family: Zero-1-to-3 XL as the paper's code loads it, Stable Zero123
+as DreamGaussian loads it (dreamgaussian main.py, `stable_zero123: True`)."""
+
+
+def zero123_model_id(prior: PriorConfig) -> str:
+    """The 3D prior's weights a config loads: prior.zero123_model, except that a zero123_model left at the
+    Zero-1-to-3 default means the default of the chosen family (so `--set prior.zero123_family=stable-zero123`
+    alone loads ashawkey/stable-zero123-diffusers)."""
+    if prior.zero123_model == ZERO123_MODELS["zero123"]:
+        return ZERO123_MODELS[prior.zero123_family]
+    return prior.zero123_model
+
+
 ORACLE_FROM_CASE = "case"
 """prior.oracle_scene of a config that takes the oracle's scene from each synthetic case."""
 
@@ -256,8 +270,13 @@ class LossConfig:
 class PriorConfig:
     """Where the diffusion/CLIP models come from and how SDS uses them."""
 
-    zero123_model: str = "bennyguo/zero123-xl-diffusers"
-    """Zero-1-to-3 in diffusers format: Hub id or local directory."""
+    zero123_model: str = ZERO123_MODELS["zero123"]
+    """The 3D prior's weights in diffusers format (a folder of zero123_family's layout): Hub id or local
+    directory. Left at this default, the model of the family is loaded (ZERO123_MODELS, `zero123_model_id`)."""
+    zero123_family: Literal["zero123", "stable-zero123"] = "zero123"
+    """Which view-conditioned 3D prior guides: 'zero123' (Zero-1-to-3 XL, the paper's; camera vector [d polar,
+    sin d az, cos d az, d radius]) or 'stable-zero123' (Stability AI's Stable Zero123, non-commercial licence;
+    4th entry the input's absolute polar; docs/METHOD.md "Stable Zero123")."""
     sd_model: str = "stabilityai/stable-diffusion-2-1-base"
     """Stable Diffusion 2.1 base: Hub id or local directory."""
     clip_model: str = "openai/clip-vit-base-patch16"
@@ -459,6 +478,17 @@ class LogConfig:
     loader circles at --default_polar; evenly spaced in azimuth from the reference's)."""
     strip_size: int = field(default=128, metadata=at_least(8))
     """Pixel size of each view of the validation strip."""
+    prior_views: bool = True
+    """Before training, write OUT/prior_views/az_DDD.png: what the 3D prior imagines at the boundary detector's
+    schedule.num_views azimuths (elevation 0, camera vectors relative to the reference camera, as in training),
+    drawn by its own sampler (`sample`: Zero-1-to-3's DDIM with classifier-free guidance; the oracle's true views)
+    from generators of their own, seeded from the run's seed: the training's random draws stay the same
+    (c123/prior_views.py). False: none are drawn."""
+    prior_view_steps: int = field(default=50, metadata=at_least(1))
+    """DDIM steps of each prior view (Zero-1-to-3's gradio_new.py main_run: 50; the tiny presets: 4)."""
+    prior_view_guidance: float = field(default=3.0, metadata=at_least(0))
+    """Classifier-free guidance scale of the prior views (gradio_new.py main_run: 3.0; SDS uses
+    prior.guidance_scale_3d)."""
 
 
 @dataclass
@@ -559,6 +589,7 @@ def tiny(models_dir: str | None = None) -> ReconstructConfig:
     cfg.schedule.render_size = 32
     cfg.schedule.fixed_switch_step = 20
     cfg.log.strip_every, cfg.log.strip_size = 20, 32
+    cfg.log.prior_view_steps = 4  # the tiny priors' views are noise at any step count: only the plumbing
     return cfg
 
 

@@ -32,8 +32,9 @@ from c123.errors import InputError
 from c123.export import export_textured_mesh, mesh_from_nerf, write_video
 from c123.nerf import NeRFField
 from c123.preprocess import DEPTH_OFF, ReconstructionInput, check_prompt_length
+from c123.prior_views import PRIOR_VIEWS_DIR, draw_prior_views
 from c123.priors.concept import Concept, learn_or_load
-from c123.priors.loading import Priors, load_priors
+from c123.priors.loading import Priors, licence_notices, load_priors
 from c123.progress import Done, Notice, ProgressFn, Resumed
 from c123.provenance import code_version, device_name, resolve_device
 from c123.rasterizer import get_rasterizer
@@ -68,6 +69,10 @@ class Run:
     runlog: RunLog | None
     loop: Loop
     warnings: list[str]
+    notices: list[str] = dataclasses.field(default_factory=list)
+    """Lines announced at the start (the licence of weights that carry one), before the resume's notices."""
+    prior_views: dict | None = None
+    """result.json `prior_views`: what `draw_prior_views` wrote (or reused, or why it skipped); None: not asked."""
 
     def stage_payload(self, name: str) -> dict | None:
         """The checkpointed state of stage `name` to resume from, or None (a fresh stage)."""
@@ -116,6 +121,7 @@ class Result:
     resumed_from: int | None
     resumed_across_versions: str | None
     views: list[dict]
+    prior_views: dict | None
     outputs: dict[str, str]
 
     def to_dict(self) -> dict:
@@ -170,6 +176,9 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     warnings: list[str] = list(inp.warnings)  # what preprocessing noticed (a dropped depth map, ...)
     check_prompt(inp, cfg)
     priors = load_priors(cfg, device, priors)
+    notices = licence_notices(priors)  # e.g. Stable Zero123's non-commercial licence: once per run, recorded
+    for line in notices:
+        report(Notice(line))
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
     if depth_np is None and cfg.loss.depth > 0 and not any(w.endswith(DEPTH_OFF) for w in warnings):
         warnings.append(f"no depth map and no depth model configured: {DEPTH_OFF}")  # unless one was dropped
@@ -195,7 +204,17 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     runlog = open_runlog(out, cfg, device, resumed_from)  # TensorBoard events in OUT/tb (None: log.tensorboard off)
     loop = Loop(cfg, state, gen, out / "checkpoints", identity, report, runlog)
     return Run(inp, cfg, out, device, gen, priors, rgba, depth, concept, identity, resume, state, resumed_from,
-               runlog, loop, warnings)
+               runlog, loop, warnings, notices)
+
+
+def record_prior_views(run: Run) -> dict:
+    """Before training: the 3D prior's own views at the boundary detector's azimuths in OUT/prior_views/ (reused
+    when a run of the same input and config wrote them), kept in `run.prior_views` for result.json; drawn from
+    generators of their own, so training is the same with or without them (c123/prior_views.py)."""
+    run.prior_views = draw_prior_views(run.priors.zero123, run.cfg, run.out, run.device,
+                                       input_digest=run.identity.input_digest,
+                                       announce=lambda line: run.loop.progress(Notice(line)))
+    return run.prior_views
 
 
 # ---- the stages and the hand-over ------------------------------------------------------------------
@@ -233,6 +252,7 @@ def reconstruct(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     """Run both stages and the export for one input; returns (and writes) OUT/result.json. Both stages resume
     from their checkpoints."""
     run = prepare_run(inp, cfg, out_dir, priors, progress)
+    record_prior_views(run)
     nerf = build_nerf_stage(run.rgba, run.depth, run.priors, inp.prompt, cfg, run.gen, run.device)
     in_dmtet = run.state.stage == "dmtet"
     if (payload := run.stage_payload("nerf")) is not None:
@@ -261,15 +281,18 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
     outputs["config"] = "config.yaml"
     if run.runlog is not None:
         outputs["events"] = EVENTS_DIR
+    if run.prior_views is not None and run.prior_views.get("views"):
+        outputs["prior_views"] = PRIOR_VIEWS_DIR
     result = Result(
         run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, input_camera(cfg),
         cfg.to_dict(), cfg.hash(), code_version(), device_name(run.device), priors.model_ids,
         run.identity.input_digest, state.switch, state.detector,
         {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"], state.seconds,
-        run.warnings, run.resume.notices, dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
+        run.warnings, run.notices + run.resume.notices,
+        dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
         run.concept.summary() if run.concept else None,
         priors.sd.prompt if priors.sd is not None and uses_sd(cfg) else None,
-        run.resumed_from, run.resume.from_version, views, outputs).to_dict()
+        run.resumed_from, run.resume.from_version, views, run.prior_views, outputs).to_dict()
     write_atomic(run.out / "result.json", json.dumps(result, indent=2, default=str))
     if run.runlog is not None:
         run.runlog.close()

@@ -235,6 +235,15 @@ class NerfStage:
                      scaler=make_scaler(self.cfg, self.device), preview=self.preview)
 
 
+def detector_cameras(cfg: ReconstructConfig) -> Cameras:
+    """The boundary detector's orbit: schedule.num_views cameras circling at the reference camera's polar angle
+    (the official validation loader: nerf/provider.py circle poses at default_polar; elevation 0 by default),
+    azimuth 360 i / n, at the reference radius and field of view (also where c123/prior_views.py asks the 3D
+    prior for its views)."""
+    return orbit(cfg.schedule.num_views, polar=cfg.camera.ref_polar, radius=cfg.camera.ref_radius,
+                 fovy=cfg.camera.fovy)
+
+
 class DetectorScore:
     """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders circling at the reference
     camera's polar angle (the official validation loader: nerf/provider.py circle poses at default_polar),
@@ -242,10 +251,8 @@ class DetectorScore:
     writes its validation PNGs and reads them back with INTER_AREA)."""
 
     def __init__(self, priors: Priors, prompt: str, cfg: ReconstructConfig, device):
-        s = cfg.schedule
         self.priors, self.prompt, self.cfg = priors, prompt, cfg
-        self.cams = orbit(s.num_views, polar=cfg.camera.ref_polar, radius=cfg.camera.ref_radius,
-                          fovy=cfg.camera.fovy).to(device)
+        self.cams = detector_cameras(cfg).to(device)
         self.rays = RaySettings(num_samples=cfg.nerf.num_samples, num_importance=cfg.nerf.num_importance,
                                 perturb=False)
         self.text = None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from c123.viewer import TURNTABLE_SCRIPT, href, turntable_html
+from c123.prior_views import read_prior_views
+from c123.viewer import TURNTABLE_SCRIPT, href, prior_views_caption, turntable_html
 from c123_pipeline.reports import published as pub
 from c123_pipeline.reports.plots import code_changes
 from c123_pipeline.reports.regression import Verdict
@@ -26,6 +27,7 @@ figure img{max-width:100%;border:1px solid #ddd}
 .grid img.ref{width:128px;background:#fff}
 .grid video,.grid img.gif{width:160px;display:block}
 .views img{width:48px;margin:1px;background:#fff}
+.views-label{font-size:.75rem;color:#555;margin-top:.2rem}
 .pairs figure{margin:.2rem;text-align:center}
 .pairs img{width:96px;display:block;background:#fff}
 .pairs figcaption{font-size:.75rem;color:#555}
@@ -62,10 +64,35 @@ def table_html(table: Table) -> str:
     return "\n".join(out)
 
 
+def prior_views_html(folder: Path, result: dict | None, out_dir: Path) -> str:
+    """The 3D prior's own views of a case (prior_views/, drawn before training: also there when the case failed
+    later), labelled, each titled with its azimuth; or why they were not drawn; '' when the folder has neither."""
+    prior = read_prior_views(folder, result) if isinstance(folder, Path) else None
+    if not isinstance(prior, dict):
+        return ""
+    if prior.get("skipped"):
+        return (f'<div class="views-label prior-skipped">3D prior\'s views: not drawn '
+                f'({escape(str(prior["skipped"]))})</div>')
+    thumbs = []
+    for v in prior.get("views") or []:
+        if not isinstance(v, dict) or not isinstance(v.get("file"), str) or not (folder / v["file"]).is_file():
+            continue
+        label = f"{float(v['azimuth']):g}°" if isinstance(v.get("azimuth"), (int, float)) else Path(v["file"]).stem
+        thumbs.append(f'<img src="{href(folder / v["file"], out_dir)}" alt="{escape(f"3D prior {label}")}" '
+                      f'title="{escape(f"3D prior at azimuth {label}")}">')
+    if not thumbs:
+        return ""
+    return (f'<div class="views-label" title="{escape(prior_views_caption(prior))}">3D prior, before training '
+            f'(prior_views/)</div><div class="views prior-views">{"".join(thumbs)}</div>')
+
+
 def _case_cell(run: Run, row, out_dir: Path) -> str:
-    """Turntable video (gif fallback) and orbit thumbnails of one case, or why it failed."""
+    """Turntable video (gif fallback), orbit thumbnails and the 3D prior's views of one case, or why it failed
+    (with the prior's views when it drew them before failing)."""
     if row.status != "ok":
-        return f'<td class="failed">failed: {escape("" if pd.isna(row.error) else str(row.error)[:200])}</td>'
+        prior = prior_views_html(run.case_dir(row.case_dir), None, out_dir) if isinstance(row.case_dir, str) else ""
+        return (f'<td class="failed">failed: {escape("" if pd.isna(row.error) else str(row.error)[:200])}'
+                f"{prior}</td>")
     folder = run.case_dir(row.case_dir)
     result = run.result(row.case_dir) or {}
     outputs = result.get("outputs", {})
@@ -75,7 +102,9 @@ def _case_cell(run: Run, row, out_dir: Path) -> str:
     thumbs = "".join(f'<img src="{href(v, out_dir)}" alt="{escape(v.stem)}">'
                      for v in views if v.is_file())
     if thumbs:
-        parts.append(f'<div class="views">{thumbs}</div>')
+        parts.append(f'<div class="views-label">orbit views (views/)</div>'
+                     f'<div class="views recon-views">{thumbs}</div>')
+    parts.append(prior_views_html(folder, result, out_dir))
     metrics = " · ".join(f"{pub.METRIC_LABELS[m].rstrip(' ↑↓')} {getattr(row, m):.3f}" for m in pub.METRICS
                          if not pd.isna(getattr(row, m)))
     events = folder / outputs.get("events", "tb")

@@ -38,6 +38,8 @@ PROBE = """() => {
     external: [...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || e.getAttribute('href'))
       .filter(u => /^(https?:)?\\/\\//.test(u)),
     viewers: viewers.length,
+    prior_views: [...document.querySelectorAll('.prior-views img')]
+      .map(i => ({src: i.getAttribute('src'), alt: i.alt, width: i.naturalWidth})),
     height: document.documentElement.scrollHeight,
   };
 }"""

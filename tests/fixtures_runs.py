@@ -57,8 +57,30 @@ def _image(size: int, hue: float, angle: float = 0.0) -> np.ndarray:
     return (rgba * 255).astype(np.uint8)
 
 
-def write_case(folder: Path, *, case: str, seed: int, switch: int, views: int = 8, size: int = 64) -> None:
-    """A reconstruction output folder: result.json (detector, weights), reference, views, mp4 and gif."""
+def write_prior_views(folder: Path, *, case: str, views: int = 8, size: int = 32,
+                      model_id: str = "tiny/zero123") -> dict:
+    """OUT/prior_views/ as c123/prior_views.py writes it (az_DDD.png and prior_views.json); returns the record."""
+    (folder / "prior_views").mkdir(parents=True, exist_ok=True)
+    hue = (sum(map(ord, case)) % 10) / 10
+    entries = []
+    for i in range(views):
+        azimuth = 360.0 * i / views
+        file = f"prior_views/az_{round(azimuth) % 360:03d}.png"
+        iio.imwrite(folder / file, _image(size, 1 - hue, 2 * math.pi * i / views + 1.0)[..., :3])
+        entries.append({"file": file, "azimuth": azimuth, "polar": 90.0,
+                        "delta_azimuth": (azimuth + 180.0) % 360.0 - 180.0, "delta_polar": 0.0, "seed": 1000 + i})
+    record = {"views": entries, "sampler": {"steps": 4, "guidance_scale": 3.0, "eta": 1.0, "seed": 0},
+              "model_id": model_id, "size": size, "seconds": 0.5, "reused": False}
+    drawn_for = {"input_digest": "0" * 16, "config_hash": "0123456789abcdef", "model_id": model_id,
+                 "sampler": record["sampler"]}
+    (folder / "prior_views" / "prior_views.json").write_text(json.dumps({"drawn_for": drawn_for, "record": record}))
+    return record
+
+
+def write_case(folder: Path, *, case: str, seed: int, switch: int, views: int = 8, size: int = 64,
+               prior_views: bool = True) -> None:
+    """A reconstruction output folder: result.json (detector, weights), reference, views, the 3D prior's views,
+    mp4 and gif."""
     (folder / "views").mkdir(parents=True, exist_ok=True)
     (folder / "video").mkdir(exist_ok=True)
     hue = (sum(map(ord, case)) % 10) / 10
@@ -83,8 +105,11 @@ def write_case(folder: Path, *, case: str, seed: int, switch: int, views: int = 
                      "switch_iteration": switch, "forced": False},
         "weights": {"iterations": w_its, "w3d": [1 - w for w in w2], "w2d": w2},
         "views": view_list,
+        "prior_views": write_prior_views(folder, case=case, views=views) if prior_views else
+        {"skipped": "log.prior_views is off"},
         "outputs": {"reference": "reference.png", "ref_render": "views/ref_render.png", "video_rgb": "video/rgb.mp4",
-                    "gif_rgb": "video/rgb.gif", "events": "tb"},
+                    "gif_rgb": "video/rgb.gif", "events": "tb", **({"prior_views": "prior_views"} if prior_views
+                                                                    else {})},
     }
     (folder / "result.json").write_text(json.dumps(result))
     from torch.utils.tensorboard import SummaryWriter

@@ -74,6 +74,9 @@ def test_a_registered_prior_guides_a_run_and_is_named_in_its_result(stub_registe
     assert [c[1:] for c in stub.calls] == [(1, cfg.prior.t_range_nerf)] * len(novel)
     assert json.loads((tmp_path / "result.json").read_text())["model_ids"] == result["model_ids"] == \
         {"zero123": "stub:grey", "zero123_variant": "none"}
+    # a prior that only guides draws no views of its own: the run says so instead of writing prior_views/
+    assert result["prior_views"] == {"skipped": "the 3D prior stub:grey draws no views of its own (no sample())"}
+    assert not (tmp_path / "prior_views").exists() and "prior_views" not in result["outputs"]
 
 
 def test_which_priors_a_variant_needs_is_a_property_of_the_variant():

@@ -67,6 +67,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_run):
     result = json.loads((out / "result.json").read_text())
     assert "resumed from step" in log
     assert result["resumed_from"] is not None and result["resumed_from"] >= 10
+    # the killed attempt drew the 3D prior's views before its first step: the resumed run keeps them
+    assert result["prior_views"]["reused"] is True and result["outputs"]["prior_views"] == "prior_views"
+    assert all((out / v["file"]).is_file() for v in result["prior_views"]["views"])
     # the TensorBoard curves of both attempts join into one: what the killed attempt logged after its checkpoint
     # is purged, so every step appears once
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -94,6 +97,9 @@ def test_a_rerun_with_another_image_in_the_same_folder_starts_fresh_with_a_notic
     assert result["resumed_from"] is None and result["case"] == "mug"  # case ids drop the _rgba suffix
     assert any("another input" in n for n in result["notices"])
     assert (reused / "views" / "view_002.png").read_bytes() != before
+    assert result["prior_views"]["reused"] is False  # another input: the prior's views are drawn again
+    record = json.loads((reused / "prior_views" / "prior_views.json").read_text())
+    assert record["drawn_for"]["input_digest"] == result["input_digest"] and record["record"] == result["prior_views"]
 
 
 def test_tiny_preset_runs_the_full_two_stage_method(tiny_run):

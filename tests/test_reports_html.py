@@ -47,6 +47,9 @@ def test_report_renders_in_chromium(report, tmp_path):
     shot = tmp_path / "report.png"
     dom = assert_report_renders(report, shot)
     assert dom["videos"] == 7  # 4 cases in nightly-1 + the 3 ok cases (lowest seed) of nightly-2
+    # each case shown with the 3D prior's views below its orbit views, labelled, every image loaded
+    assert len(dom["prior_views"]) == 7 * 8 and all(p["width"] == 32 for p in dom["prior_views"]), dom["prior_views"]
+    assert dom["text"].count("3D prior, before training") == 7 and dom["text"].count("orbit views (views/)") == 7
     # the runs are tiny-preset runs: only the paper's published rows can be bold
     assert set(dom["bold_texts"]) <= {"Consistent123", "Magic123", "Zero-1-to-3", "Make-it-3D", "RealFusion"}
     assert shot.stat().st_size > 10_000

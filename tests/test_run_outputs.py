@@ -1,8 +1,10 @@
 """What a researcher gets around one run, read back from the files: a stamped output folder, config.yaml that
 reruns to the same hash, TensorBoard events (read with tensorboard's own reader) holding every loss term,
 the weights, S^k/R^k, the switch, learning rates, gradient norms and validation strips, a progress line with
-the final weights, and `c123 view` pages that load in Chromium with the GLB shown. Two micro runs of the tiny
-preset (12 steps), one with the log and one with `--log none`: logging changes no number."""
+the final weights, the 3D prior's own views drawn before training (prior_views/, redrawn here from what
+result.json records), and `c123 view` pages that load in Chromium with the GLB and the prior's views shown. Two
+micro runs of the tiny preset (12 steps), one with the log and the prior views and one with `--log none` and
+`log.prior_views=false`: neither changes a number."""
 
 from __future__ import annotations
 
@@ -39,15 +41,16 @@ def c123(*args, cwd, timeout=900) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, toy_input):
-    """(logged run folder, its stdout, quiet run folder): the same micro run with and without the log, on a
-    rendered input (the toy scene)."""
+    """(logged run folder, its stdout, quiet run folder): the same micro run with and without the log and the
+    prior views, on a rendered input (the toy scene)."""
     root = tmp_path_factory.mktemp("micro")
     (root / "micro.yaml").write_text(MICRO)
     logged = c123("reconstruct", "--config", "micro.yaml", "--set", "log.strip_every=3", toy_input.rgba,
                   "--prompt", toy_input.prompt, cwd=root)
     assert logged.returncode == 0, logged.stdout + logged.stderr
     quiet = c123("reconstruct", toy_input.rgba, "--prompt", toy_input.prompt, "--config", "micro.yaml",
-                 "--log", "none", "--set", "log.strip_every=3", "--out", root / "quiet", cwd=root)
+                 "--log", "none", "--set", "log.strip_every=3", "log.prior_views=false", "--out", root / "quiet",
+                 cwd=root)
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
     (folder,) = (root / "outputs" / "toy").iterdir()
     return folder, logged.stdout, root / "quiet"
@@ -130,13 +133,20 @@ def test_tensorboard_events_hold_every_named_scalar_and_the_validation_strips(ru
         assert pixels.std() > 1.0  # a render of the model, not a blank frame
 
 
-def test_logging_changes_no_number(runs):
-    """The same run without the log: no events, and to the bit the same NeRF-stage losses (strips were rendered
-    at 3, 6 and 9, gradient norms read at every step), weights and detector. The DMTet stage is compared to
-    1e-4: on CPU it differs between two identical runs even without the log (a few ulps from step 11 on)."""
+def test_logging_and_prior_views_change_no_number(runs):
+    """The same run without the log and the prior views: no events, no prior_views/, and to the bit the same
+    NeRF-stage losses (strips were rendered at 3, 6 and 9, gradient norms read at every step, the prior's views
+    drawn before step 1), weights and detector. The DMTet stage is compared to 1e-4: on CPU it differs between
+    two identical runs even without the log (a few ulps from step 11 on)."""
     folder, _, quiet = runs
     logged, silent = _result(folder), _result(quiet)
     assert not (quiet / "tb").exists() and "events" not in silent["outputs"] and logged["outputs"]["events"] == "tb"
+    assert not (quiet / "prior_views").exists() and "prior_views" not in silent["outputs"]
+    assert silent["prior_views"] == {"skipped": "log.prior_views is off"} and len(logged["prior_views"]["views"]) == 8
+    assert [v["file"] for v in logged["views"]] == [v["file"] for v in silent["views"]]
+    for v in logged["views"]:  # the trained model's renders: identical with OMP_NUM_THREADS=1; one level allowed
+        a, b = (np.asarray(Image.open(f / v["file"])).astype(int) for f in (folder, quiet))  # for the DMTet wobble
+        assert np.abs(a - b).max() <= 1, v["file"]
     for key in ("config_hash", "weights", "detector", "switch_iteration"):
         assert logged[key] == silent[key], key
     nerf_iters = logged["config"]["train"]["nerf_iters"]
@@ -145,6 +155,40 @@ def test_logging_changes_no_number(runs):
         other = silent["loss"][term]
         assert [p for p in pairs if p[0] <= nerf_iters] == [p for p in other if p[0] <= nerf_iters], term
         assert np.allclose(np.array(pairs, dtype=float), np.array(other, dtype=float), rtol=1e-4), term
+
+
+def test_the_prior_views_are_the_detector_azimuths_and_redraw_from_the_record(runs, toy_input, tmp_path):
+    """prior_views/az_DDD.png at the detector's 8 azimuths, at the 3D prior's input size, drawn with the tiny
+    preset's 4 DDIM steps; the same views again, to the byte, from the run's config.yaml, its input and the
+    seeds result.json names (a fresh process, a fresh folder)."""
+    import torch
+
+    from c123.preprocess import prepare_input
+    from c123.prior_views import draw_prior_views
+    from c123.priors.loading import load_priors
+    from c123.reconstruct import condition_priors
+
+    folder, _, _ = runs
+    result = _result(folder)
+    prior = result["prior_views"]
+    assert result["outputs"]["prior_views"] == "prior_views"
+    assert [v["file"] for v in prior["views"]] == [f"prior_views/az_{a:03d}.png" for a in range(0, 360, 45)]
+    assert [v["azimuth"] for v in prior["views"]] == [45.0 * i for i in range(8)]
+    assert prior["sampler"] == {"steps": 4, "guidance_scale": 3.0, "eta": 1.0, "seed": result["seed"]}
+    assert prior["model_id"] == result["model_ids"]["zero123"] and prior["reused"] is False
+    for v in prior["views"]:
+        pixels = np.asarray(Image.open(folder / v["file"]))
+        assert pixels.shape == (32, 32, 3) and pixels.std() > 1.0
+
+    cfg = resolve_config(config_file=folder / "config.yaml")
+    inp = prepare_input(toy_input.rgba, prompt=result["prompt"], cfg=cfg, case_id=result["case"])  # as the CLI
+    priors = load_priors(cfg, "cpu")
+    rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
+    condition_priors(priors, rgba, inp.prompt, cfg, "cpu")
+    again = draw_prior_views(priors.zero123, cfg, tmp_path, "cpu", input_digest=result["input_digest"])
+    assert [(v["file"], v["seed"]) for v in again["views"]] == [(v["file"], v["seed"]) for v in prior["views"]]
+    for v in prior["views"]:
+        assert (tmp_path / v["file"]).read_bytes() == (folder / v["file"]).read_bytes(), v["file"]
 
 
 def test_the_view_page_shows_the_facts_of_result_json(runs, tmp_path):
@@ -171,7 +215,10 @@ def test_the_view_page_opened_from_disk_shows_the_glb_in_chromium(runs, tmp_path
     (model,) = dom["models"]
     glb = trimesh.load(folder / "mesh" / "mesh.glb", force="mesh")
     assert model["size"] == pytest.approx(list(glb.extents), rel=1e-4)  # the viewer holds this very mesh
-    assert dom["videos"] == 1 and dom["images"] >= 4 + 3 + 1  # views, curves, reference
+    assert dom["videos"] == 1 and dom["images"] >= 4 + 8 + 3 + 1  # views, prior views, curves, reference
+    assert [p["alt"] for p in dom["prior_views"]] == [f"3D prior {a}°" for a in range(0, 360, 45)]
+    assert all(p["width"] == 32 for p in dom["prior_views"]), dom["prior_views"]  # loaded: the prior's input size
+    assert "orbit views and what the 3D prior imagines" in dom["text"] and "3D prior, before training" in dom["text"]
     print(f"viewer screenshot: {shot}")
 
 

@@ -1,4 +1,5 @@
-"""Diffusion priors (Zero-1-to-3, Stable Diffusion), CLIP, the weights resolver and the tiny test models.
+"""Diffusion priors (Zero-1-to-3, Stable Zero123, Stable Diffusion), CLIP, the weights resolver and the tiny test
+models.
 
 Names are imported on first use (PEP 562), so `c123.priors.weights` stays light: a missing model is
 reported without importing diffusers or transformers.
@@ -8,6 +9,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "resolve": "weights", "Zero123Prior": "zero123", "camera_vector": "zero123",
+    "StableZero123Prior": "stable_zero123",
     "StableDiffusionPrior": "stable_diffusion", "ClipModel": "clip", "write_tiny_models": "tiny",
 }
 __all__ = list(_EXPORTS)

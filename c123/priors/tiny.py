@@ -1,5 +1,5 @@
 """Tiny random-weight models in the real repositories' on-disk layouts: the priors (Zero-1-to-3, Stable
-Diffusion, CLIP) and the photo preprocessors (CLIPSeg background remover, DPT depth, BLIP-2 captioner).
+Zero123, Stable Diffusion, CLIP) and the photo preprocessors (CLIPSeg background remover, DPT depth, BLIP-2 captioner).
 
 They load through exactly the `from_pretrained` paths of the real models (offline), so the whole method
 runs on CPU in seconds; their outputs are meaningless. Layouts written:
@@ -7,6 +7,9 @@ runs on CPU in seconds; their outputs are meaningless. Layouts written:
                      clip_camera_projection/ (config.json + diffusion_pytorch_model.safetensors), scheduler/
                      (as bennyguo/zero123-xl-diffusers); each weights folder also holds the fp16_ema variant
                      (*.fp16_ema.safetensors), whose UNet differs from the unsuffixed one as an EMA would
+  stable-zero123/    the same parts as zero123/ with one unsuffixed weights file each (as
+                     ashawkey/stable-zero123-diffusers), its own random weights (seed + 1); the tiny preset keeps
+                     Zero-1-to-3: set prior.zero123_family=stable-zero123 and prior.zero123_model=DIR/stable-zero123
   stable-diffusion/  model_index.json, unet/, vae/, text_encoder/, tokenizer/ (vocab.json, merges.txt),
                      scheduler/ (as stabilityai/stable-diffusion-2-1-base)
   clip/              config.json, model.safetensors, vocab.json, merges.txt, tokenizer_config.json,
@@ -39,8 +42,10 @@ from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Proce
 
 from c123.priors.zero123 import CLIPCameraProjection
 
-NAMES = {"zero123": "zero123", "stable_diffusion": "stable-diffusion", "clip": "clip", "background": "clipseg",
-         "depth": "dpt", "caption": "blip2"}
+NAMES = {"zero123": "zero123", "stable_zero123": "stable-zero123", "stable_diffusion": "stable-diffusion",
+         "clip": "clip", "background": "clipseg", "depth": "dpt", "caption": "blip2"}
+SEED_OFFSETS = {"stable_zero123": 1}
+"""A role written from seed + offset (0 when absent): Stable Zero123's twin is not Zero-1-to-3's."""
 MARKER = "c123-tiny.json"
 """Written last inside each model folder; a folder without it (or of another LAYOUT) is rewritten."""
 LAYOUT = 2
@@ -67,8 +72,9 @@ def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:
     """Write (or reuse) the tiny models under `out_dir`; returns their folders by role."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    writers = {"zero123": _write_zero123, "stable_diffusion": _write_stable_diffusion, "clip": _write_clip,
-               "background": _write_clipseg, "depth": _write_dpt, "caption": _write_blip2}
+    writers = {"zero123": _write_zero123, "stable_zero123": _write_stable_zero123,
+               "stable_diffusion": _write_stable_diffusion, "clip": _write_clip, "background": _write_clipseg,
+               "depth": _write_dpt, "caption": _write_blip2}
     for role, write in writers.items():
         target = out / NAMES[role]
         if _complete(target):
@@ -76,7 +82,7 @@ def write_tiny_models(out_dir, seed: int = 0) -> dict[str, str]:
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{NAMES[role]}-"))
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.manual_seed(seed + SEED_OFFSETS.get(role, 0))
                 write(tmp)
             (tmp / MARKER).write_text(json.dumps({"seed": seed, "diffusers": diffusers.__version__,
                                                   "layout": LAYOUT}))
@@ -175,12 +181,29 @@ def _write_zero123(path: Path) -> None:
     _save_with_ema(CLIPCameraProjection(embedding_dim=DIM, additional_embeddings=4), path / "clip_camera_projection")
     DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1).save_pretrained(
         path / "scheduler")
+    _zero123_index(path)
+
+
+def _zero123_index(path: Path) -> None:
+    """model_index.json of a Zero123Pipeline (zero123-xl-diffusers and stable-zero123-diffusers alike)."""
     _model_index(path, "Zero123Pipeline", {
         "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
         "feature_extractor": ["transformers", "CLIPImageProcessor"],
         "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
         "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"]})
+
+
+def _write_stable_zero123(path: Path) -> None:
+    # ashawkey/stable-zero123-diffusers: the Zero123Pipeline parts, one unsuffixed safetensors per part
+    _unet(in_channels=8).save_pretrained(path / "unet")
+    _vae().save_pretrained(path / "vae")
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**_vision_config())).save_pretrained(path / "image_encoder")
+    _processor().save_pretrained(path / "feature_extractor")
+    CLIPCameraProjection(embedding_dim=DIM, additional_embeddings=4).save_pretrained(path / "clip_camera_projection")
+    DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1).save_pretrained(
+        path / "scheduler")
+    _zero123_index(path)
 
 
 def _write_stable_diffusion(path: Path) -> None:

@@ -1,7 +1,8 @@
 """`c123 view RUN_OR_CASE_DIR`: one static page to look at reconstructions (opens from disk, no network).
 
 Per reconstruction folder (one holding result.json; a folder of them gives one entry each): the reference,
-the turntable (mp4, gif fallback), the orbit views, an interactive 3D view of mesh/mesh.glb (model-viewer,
+the turntable (mp4, gif fallback), the orbit views beside the 3D prior's own views at the detector's azimuths
+(prior_views/, drawn before training), an interactive 3D view of mesh/mesh.glb (model-viewer,
 shipped in c123/viewer/static with its licences), the switch, S^k/R^k and the prior weights, the loss, S^k
 and weight curves, and links to result.json, config.yaml, the mesh and the TensorBoard events.
 
@@ -25,6 +26,7 @@ from urllib.parse import quote
 
 from c123.atomic import write_atomic
 from c123.errors import C123Error
+from c123.prior_views import read_prior_views
 
 STATIC = Path(__file__).parent / "static"
 MODEL_VIEWER = "model-viewer-umd.min.js"
@@ -39,6 +41,9 @@ section.case{border-top:1px solid #ccc;padding-top:.5rem;margin-top:1.5rem}
 .media img.ref,.media video,.media img.gif{width:256px;background:#fff;border:1px solid #ddd;display:block}
 model-viewer{width:360px;height:360px;background:#f4f4f4;border:1px solid #ddd}
 .views img{width:96px;margin:1px;background:#fff;border:1px solid #eee}
+table.orbit th{text-align:left;font-weight:normal;font-size:.85rem;padding-right:.6rem;width:14rem}
+table.orbit figure{display:inline-block;margin:0 1px;text-align:center}
+table.orbit figcaption{font-size:.75rem;color:#555}
 .curves img{max-width:32%;min-width:320px;border:1px solid #ddd;margin:2px}
 table.facts td{padding:.1rem .6rem .1rem 0;vertical-align:top;font-size:.9rem}
 .warn{color:#a60}
@@ -189,15 +194,58 @@ def _entry_html(i: int, entry: Entry, page_dir: Path, embed: bool) -> str:
     if glb.is_file():
         media.append(f"<figure>{_model_viewer(i, glb, page_dir, embed)}<figcaption>mesh.glb (drag to turn)"
                      "</figcaption></figure>")
-    views = [folder / v["file"] for v in r.get("views", []) if isinstance(v, dict) and "file" in v]
-    thumbs = "".join(f'<img src="{href(v, page_dir)}" alt="{escape(v.stem)}" title="{escape(v.stem)}">'
-                     for v in views if v.is_file())
+    orbit = orbit_views_html(r, folder, page_dir)
     curves = "".join(f'<img src="{href(p, page_dir)}" alt="{escape(name)}">'
                      for name, p in _curves(i, r, page_dir, entry.title).items())
     return (head + f"<p>{escape(str(r.get('prompt', '')))}</p>" + _facts_html(r, folder, page_dir)
             + f'<div class="media">{"".join(media)}</div>'
-            + (f'<h3>orbit views</h3><div class="views">{thumbs}</div>' if thumbs else "")
+            + (f"<h3>orbit views and what the 3D prior imagines</h3>{orbit}" if orbit else "")
             + (f'<h3>curves</h3><div class="curves">{curves}</div>' if curves else "") + "</section>")
+
+
+def _figures(views: list, folder: Path, page_dir: Path, what: str) -> str:
+    """One captioned thumbnail per view record ({file, azimuth, ...}) whose file exists."""
+    out = []
+    for v in views:
+        if not isinstance(v, dict) or not isinstance(v.get("file"), str) or not (folder / v["file"]).is_file():
+            continue
+        az = v.get("azimuth")
+        label = f"{float(az):g}°" if isinstance(az, (int, float)) else Path(v["file"]).stem
+        out.append(f'<figure><img src="{href(folder / v["file"], page_dir)}" alt="{escape(f"{what} {label}")}" '
+                   f'title="{escape(v["file"])}"><figcaption>{escape(label)}</figcaption></figure>')
+    return "".join(out)
+
+
+def prior_views_caption(prior: dict) -> str:
+    """How the prior views were drawn, as one line of plain text (escape it to show it)."""
+    sampler = prior.get("sampler") or {}
+    parts = [str(prior.get("model_id", "the 3D prior"))]
+    if "steps" in sampler:
+        parts.append(f"{sampler['steps']} DDIM steps, guidance {sampler.get('guidance_scale', '–')}, "
+                     f"eta {sampler.get('eta', '–')}, run seed {sampler.get('seed', '–')}")
+    return " · ".join(parts)
+
+
+def orbit_views_html(r: dict, folder: Path, page_dir: Path) -> str:
+    """The reconstruction's orbit views (views/) above the 3D prior's own views (prior_views/, drawn before
+    training at the detector's azimuths), each row labelled, each view captioned with its azimuth; a prior row
+    that was skipped says why. '' when there is neither."""
+    rows = []
+    recon = _figures(r.get("views") or [], folder, page_dir, "reconstruction")
+    if recon:
+        rows.append('<tr><th>reconstruction<br><small>views/, after training</small></th>'
+                    f'<td class="views recon-views">{recon}</td></tr>')
+    prior = read_prior_views(folder, r)
+    if isinstance(prior, dict) and prior.get("skipped"):
+        rows.append(f'<tr><th>3D prior</th><td class="prior-skipped">not drawn: {escape(str(prior["skipped"]))}'
+                    "</td></tr>")
+    elif isinstance(prior, dict):
+        figures = _figures(prior.get("views") or [], folder, page_dir, "3D prior")
+        if figures:
+            rows.append(f"<tr><th>3D prior, before training<br><small>prior_views/: "
+                        f"{escape(prior_views_caption(prior))}</small></th>"
+                        f'<td class="views prior-views">{figures}</td></tr>')
+    return f'<table class="orbit">{"".join(rows)}</table>' if rows else ""
 
 
 def _model_viewer(i: int, glb: Path, page_dir: Path, embed: bool) -> str:
