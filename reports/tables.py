@@ -396,20 +396,20 @@ def camera_table(cases: pd.DataFrame) -> Table | None:
     source = cases["elevation_source"] if "elevation_source" in cases else pd.Series(None, index=cases.index)
     frame = cases.assign(_true=true.astype("float64"), _source=source.astype("object").fillna(DASH).astype(str),
                          _assumed=cases["elevation"].astype("float64"))
-    rows = []
-    for (label, dataset, case), group in frame.groupby(["label", "dataset", "case"], sort=True):
+    rows = []  # one case's runs side by side: its elevations' effect reads down the table
+    for (dataset, case, label), group in frame.groupby(["dataset", "case", "label"], sort=True):
         first = group.iloc[0]
         cells = [Cell(elevation_text(first["_assumed"])), Cell(first["_source"]), Cell(elevation_text(first["_true"]))]
         for m in metrics:
             ok = _ok_values(group, m)
             cells.append(Cell(fmt(ok.mean() if len(ok) else math.nan, ok.std(ddof=1) if len(ok) > 1 else math.nan)))
         cells.append(Cell(_ok_count(group)))
-        rows.append(Row(f"{label} · {dataset}/{case}", "", cells, [RANDOM_MARK] if random_weights(group) else []))
+        rows.append(Row(f"{dataset}/{case} · {label}", "", cells, [RANDOM_MARK] if random_weights(group) else []))
     columns = [Column("elevation", "assumed"), Column("elevation", "source"), Column("elevation", "true"),
                *(Column("metrics", pub.metric_label(m)) for m in metrics), Column("", "ok / cases")]
     footnotes = [(RANDOM_MARK, RANDOM_NOTE)] if any(RANDOM_MARK in r.marks for r in rows) else []
     return Table("Input camera: per case, the elevation assumed and the true one, mean ± std over succeeded seeds",
-                 ("Method · case", ""), columns, rows, footnotes, [CAMERA_NOTE])
+                 ("Case · method", ""), columns, rows, footnotes, [CAMERA_NOTE])
 
 
 SEED_NOTE = ("A case's spread across seeds is the noise floor of any comparison of its numbers: the nightly "

@@ -374,8 +374,8 @@ def test_report_tables_show_assumed_and_true_elevation_per_case(tmp_path):
 
     table = tables.camera_table(_camera_rows(tmp_path))
     md = tables.to_markdown(table)
-    assert "| 3d-only · exp · verify · given · synthetic-elevated/toy@30 | 30° | table | 30° | 24.000 |" in md
-    assert "| 3d-only · exp · verify · wrong · synthetic-elevated/toy@30 | 0° | parameter | 30° | 18.000 |" in md
+    assert "| synthetic-elevated/toy@30 · 3d-only · exp · verify · given | 30° | table | 30° | 24.000 |" in md
+    assert "| synthetic-elevated/toy@30 · 3d-only · exp · verify · wrong | 0° | parameter | 30° | 18.000 |" in md
     assert [t.title for t in tables.build_tables(_camera_rows(tmp_path / "again"))].count(table.title) == 1
 
 
