@@ -81,13 +81,16 @@ def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
 def camera_flags(args: argparse.Namespace) -> list[str]:
     """The overrides of `reconstruct --elevation DEG` (camera.ref_polar = 90 - DEG) and `--azimuth DEG`
     (camera.ref_azimuth), applied after --config and --set; giving a field both ways is refused."""
-    from c123.config import elevation_value
+    from c123.config import ELEVATION_ESTIMATE, elevation_value
 
     given = {}
     elevation = elevation_value(getattr(args, "elevation", None), "--elevation",
-                                "pass the input view's elevation in degrees, e.g. --elevation 30")
-    if elevation is not None:
+                                "pass the input view's elevation in degrees, e.g. --elevation 30, or 'estimate'")
+    if elevation == ELEVATION_ESTIMATE:
+        given["camera.estimate_elevation"] = ("--elevation estimate", True)
+    elif elevation is not None:
         given["camera.ref_polar"] = ("--elevation", 90.0 - elevation)
+        given["camera.estimate_elevation"] = ("--elevation", False)  # given: nothing to estimate
     azimuth = getattr(args, "azimuth", None)
     if azimuth is not None:
         given["camera.ref_azimuth"] = ("--azimuth", azimuth)
@@ -96,7 +99,8 @@ def camera_flags(args: argparse.Namespace) -> list[str]:
         if key in given:
             raise C123Error(f"{given[key][0]} and --set {item.strip()} both set {key}: give the input camera once "
                             f"({given[key][0]} is in degrees of elevation/azimuth)")
-    return [f"{key}={value!r}" for key, (_, value) in given.items()]
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}"
+            for key, (_, value) in given.items()]
 
 
 def degrees(text: str) -> float:
@@ -196,8 +200,10 @@ def reconstruct_main(args: argparse.Namespace) -> int:
 
 
 def camera_line(cfg) -> str:
-    """'input camera elevation 30, azimuth 0': the reference camera the run assumes (90 - camera.ref_polar)."""
-    return f"input camera elevation {90.0 - cfg.camera.ref_polar:g}, azimuth {cfg.camera.ref_azimuth:g}"
+    """'input camera elevation 30, azimuth 0': the reference camera the run assumes (90 - camera.ref_polar), or
+    'elevation estimated from the image' (camera.estimate_elevation: the run prints and records the estimate)."""
+    elevation = "estimated from the image" if cfg.camera.estimate_elevation else f"{90.0 - cfg.camera.ref_polar:g}"
+    return f"input camera elevation {elevation}, azimuth {cfg.camera.ref_azimuth:g}"
 
 
 def remote_out(out: str | None) -> str | None:
@@ -358,10 +364,11 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     add_input_arguments(rec)
     rec.add_argument("--variant", help=f"{' | '.join(VARIANTS)}, optionally :SHAPE of the dynamic prior "
                                        f"({' | '.join(SHAPES)}) (default: the config's, consistent123:exp)")
-    rec.add_argument("--elevation", metavar="DEG",
+    rec.add_argument("--elevation", metavar="DEG|estimate",
                      help="elevation of the input view in degrees, strictly between -90 and 90 (camera.ref_polar = "
-                          "90 - DEG; default: the config's, 0 as the official code assumes); positive looks down "
-                          "on the object")
+                          "90 - DEG), or 'estimate' (from the image, with the 3D prior's views: "
+                          "camera.estimate_elevation); default: the preset's, 0 in paper as the official code "
+                          "assumes, the estimate in fast; positive looks down on the object")
     rec.add_argument("--azimuth", type=degrees, metavar="DEG",
                      help="azimuth of the input view around the object in degrees when it is not a front view "
                           "(camera.ref_azimuth; default 0: the input shows the object's front; positive: the "

@@ -110,18 +110,18 @@ ELEVATION_LIMIT = 90.0
 """An input view's elevation must lie strictly between -ELEVATION_LIMIT and +ELEVATION_LIMIT degrees (the
 reference camera's polar angle 90 - elevation strictly between 0 and 180)."""
 ELEVATION_ESTIMATE = "estimate"
-"""The value reserved for estimating an input view's elevation from the image (not implemented yet)."""
+"""The elevation value that asks for the input view's elevation to be estimated from the image with the 3D
+prior's own views (camera.estimate_elevation; c123/elevation.py)."""
 
 
-def elevation_value(value: Any, where: str, fix: str, error: type[C123Error] = C123Error) -> float | None:
-    """An input view's elevation in degrees from a flag, a table cell or a parameter (None for blank): a number
-    strictly between -90 and 90. Anything else is one `error` line naming `where` and ending with `fix`;
-    'estimate' says that estimating the elevation is not implemented yet."""
+def elevation_value(value: Any, where: str, fix: str, error: type[C123Error] = C123Error) -> float | str | None:
+    """An input view's elevation from a flag, a table cell or a parameter: a number of degrees strictly between
+    -90 and 90, ELEVATION_ESTIMATE ('estimate': estimate it), or None for blank. Anything else is one `error`
+    line naming `where` and ending with `fix`."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str) and value.strip().lower() == ELEVATION_ESTIMATE:
-        raise error(f"{where}: elevation '{ELEVATION_ESTIMATE}' is reserved, but estimating the input view's "
-                    f"elevation is not implemented yet: {fix}")
+        return ELEVATION_ESTIMATE
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
@@ -141,6 +141,12 @@ class CameraConfig:
     official default 90 (elevation 0) in every preset; `c123 reconstruct --elevation DEG`, a dataset table's
     `elevation` column or the benchmark's `elevation` parameter set 90 - DEG. The priors' relative cameras,
     the progressive view ranges, the detector's views and the turntable all start from it."""
+    estimate_elevation: bool = False
+    """Estimate the input view's elevation from the image before training (c123/elevation.py: One-2-3-45's
+    method with the 3D prior's own views) and set ref_polar from it; a low-confidence estimate keeps elevation 0
+    with a recorded warning. Off in `paper` (the official fixed elevation 0) and `tiny` (random weights see no
+    geometry); on in `fast` and `verify`. An elevation that is given (`--elevation DEG`, a table's number, the
+    benchmark's parameter) turns it off; `--elevation estimate` or a table's 'estimate' turns it on."""
     ref_azimuth: float = field(default=0.0, metadata=within(-360, 360, unit="degrees"))
     """Azimuth of the reference camera (0: the input shows the object's front, from +z; a positive value
     moves the camera to its own right around the object); --default_azimuth, `c123 reconstruct --azimuth`."""
@@ -553,6 +559,7 @@ def fast() -> ReconstructConfig:
     NeRF sizes, so its checkpointed chunks too)."""
     cfg = ReconstructConfig(preset="fast")
     cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
+    cfg.camera.estimate_elevation = True  # where neither the user nor a table gives the input's elevation
     cfg.train.nerf_iters = 2500
     cfg.train.dmtet_iters = 1500
     cfg.dmtet.tet_resolution = 128
@@ -610,6 +617,7 @@ def verify(models_dir: str | None = None) -> ReconstructConfig:
     cfg.dmtet = DMTetConfig(tet_resolution=64, render_size=128, mean_density_resolution=32)
     cfg.loss.orientation = cfg.loss.normal_smooth_3d = cfg.loss.normal_smooth_2d = 0.0
     cfg.prior.oracle_scene = ORACLE_FROM_CASE
+    cfg.camera.estimate_elevation = True  # synthetic-elevated: the oracle's views give the estimate's answer
     cfg.schedule.variant = "3d-only"
     cfg.train = TrainConfig(nerf_iters=400, dmtet_iters=150, nerf_size=64, ref_scale=1.0, optimizer="adam", lr=1e-2,
                             grid_lr_scale=1.0, lambertian_prob=1.0, ambient_range=(1.0, 1.0),

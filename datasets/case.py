@@ -38,11 +38,12 @@ class Case:
     recenter: bool = False
     """True for raw photos; False for inputs already recentred (the authors' `_rgba.png`, synthetic renders)."""
     scene: str | None = None
-    ref_elevation: float | None = None
+    ref_elevation: float | str | None = None
     """Elevation (degrees) of the input view when the dataset's table gives it (GSO: 30; synthetic: the one it
-    was rendered from; RealFusion15/C10 tables may give one); the flow passes it to the reconstruction as
-    camera.ref_polar = 90 - elevation unless its `elevation` parameter overrides every case's. None: the
-    config's reference camera (elevation 0 in every preset)."""
+    was rendered from; RealFusion15/C10 tables may give one, or 'estimate'); the flow passes it to the
+    reconstruction as camera.ref_polar = 90 - elevation (or camera.estimate_elevation) unless its `elevation`
+    parameter overrides every case's. None: the config's (elevation 0 in `paper`, the estimate in `fast` and
+    `verify`)."""
     true_elevation: float | None = None
     """The elevation the input view was really taken from, where the layout knows it (synthetic renders, GSO):
     the oracle answers relative to it (prior.oracle_elevation) and the report compares it with the assumed

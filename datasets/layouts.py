@@ -16,8 +16,9 @@ estimates what is missing (c123.preprocess.prepare_input: cut-out, caption, dept
 
 The input camera: a table may give each case's `elevation` (degrees of the input view, polar = 90 - elevation).
 In the flat, original and images layouts the column is optional and a blank cell means the default (0, the
-official fixed elevation); synthetic and GSO tables give the true value. 'estimate' is reserved (not
-implemented yet).
+official fixed elevation, or the preset's estimate) and 'estimate' asks for the estimate from the image
+(c123/elevation.py); synthetic and GSO tables give the true value (synthetic-elevated keeps it for the oracle and
+the report: its runs estimate, or assume what the flow's `elevation` says).
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
 UTF-8 byte-order mark is dropped), every row must have the header's number of fields, and each case id is
@@ -254,7 +255,10 @@ def read_synthetic(cache_dir: Path | None = None, size: int = 256,
     text = "\n".join(lines) + "\n"
     if not table.is_file() or table.read_text(encoding="utf-8") != text:
         write_atomic(table, text)
-    return read_synthetic_folder(folder)
+    # synthetic gives each case its (official, true) elevation 0; synthetic-elevated keeps its truth for the
+    # oracle and the report only, so a run assumes what its preset or the flow's `elevation` says (verify: the
+    # estimate; `elevation=true`: the truth; `elevation=0`: the official assumption)
+    return read_synthetic_folder(folder, give_elevation=elevations is None)
 
 
 SYNTHETIC_TABLE = "synthetic_cases.tsv"
@@ -264,9 +268,10 @@ SYNTHETIC_ELEVATIONS = (0.0, 15.0, 30.0)
 """The reference elevations of `synthetic-elevated` (SyncDreamer's GSO renders are at 30)."""
 
 
-def read_synthetic_folder(root: Path) -> list[Case]:
+def read_synthetic_folder(root: Path, give_elevation: bool = True) -> list[Case]:
     """A synthetic folder (`read_synthetic` writes them): SYNTHETIC_TABLE and per case `<case>_rgba.png`,
-    `<case>_depth.png`; each case's ground truth is its scene, its true elevation the table's."""
+    `<case>_depth.png`; each case's ground truth is its scene, its true elevation the table's; give_elevation:
+    the run also assumes it (else the preset's default or the flow's `elevation` decides)."""
     from c123.synthetic import SCENES
 
     table = root / SYNTHETIC_TABLE
@@ -284,15 +289,17 @@ def read_synthetic_folder(root: Path) -> list[Case]:
                                f"{', '.join(SCENES)}")
         fix = "write the degrees its reference was rendered from (the ground truth of a synthetic case)"
         elevation = elevation_value(row["elevation"], row.where, fix, DatasetError)
-        if elevation is None:
-            raise DatasetError(f"{row.where}: the elevation is blank: {fix}")
+        if elevation is None or elevation == ELEVATION_ESTIMATE:
+            raise DatasetError(f"{row.where}: the elevation is {'blank' if elevation is None else 'not a number'}: "
+                               f"{fix}")
         rgba, depth = root / f"{case_id}_rgba.png", root / f"{case_id}_depth.png"
         absent = [p.name for p in (rgba, depth) if not p.is_file()]
         if absent:
             raise DatasetError(f"{row.where} names {', '.join(absent)}, which is not in {root}: render the folder "
                                "again with `c123 evaluate synthetic-elevated` or remove the row")
         located.append((Case(case_id, rgba, depth, None, row.get("prompt"), "synthetic", scene=row["scene"],
-                             ref_elevation=elevation, true_elevation=elevation), row.where))
+                             ref_elevation=elevation if give_elevation else None, true_elevation=elevation),
+                         row.where))
     return unique_ids(located)
 
 
@@ -349,13 +356,13 @@ def read_gso(root: Path) -> list[Case]:
         folder = root / case_id
         fix = "write the degrees of the input view 000 (30 for SyncDreamer's renders)"
         try:
-            elevation, rotation = float(row["elevation"]), float(row["rotation"])
+            rotation = float(row["rotation"])
+            elevation = elevation_value(row["elevation"], row.where, fix, DatasetError)
+            if elevation is None or elevation == ELEVATION_ESTIMATE:  # the renders' truth: a number
+                raise ValueError
         except ValueError:
-            if row["elevation"].strip().lower() == ELEVATION_ESTIMATE:
-                elevation_value(row["elevation"], row.where, fix, DatasetError)  # reserved, not implemented yet
             raise DatasetError(f"{row.where}: elevation and rotation must be numbers (degrees), got "
                                f"{row['elevation']!r} and {row['rotation']!r}: fix that line") from None
-        elevation = elevation_value(elevation, row.where, fix, DatasetError)
         needed = [folder / "model.obj"] + [folder / "gt" / f"{k:03}{s}.png" for k in range(GSO_VIEWS)
                                            for s in ("", "-depth")]
         absent = [str(p.relative_to(root)) for p in needed if not p.is_file()]

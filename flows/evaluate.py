@@ -94,14 +94,16 @@ def _prepare_env(verbose: bool) -> None:
 
 def spec_from(opts: argparse.Namespace):
     """The flow's parameters from the command line (names shared with BenchmarkSpec)."""
-    from c123_pipeline.flows.spec import BenchmarkSpec
+    from c123_pipeline.flows.spec import ELEVATION_TRUE, BenchmarkSpec
 
     from c123.config import elevation_value
 
     given = vars(opts)
     thresholds = given.pop("thresholds")
-    given["elevation"] = elevation_value(given.get("elevation"), "--elevation",
-                                         "pass the degrees of the input views, e.g. --elevation 30, or leave it out")
+    if given.get("elevation") != ELEVATION_TRUE:  # 'true': each case's true elevation (flows.spec)
+        given["elevation"] = elevation_value(given.get("elevation"), "--elevation",
+                                             "pass the degrees of the input views, e.g. --elevation 30, 'estimate', "
+                                             "'true', or leave it out")
     spec = BenchmarkSpec(**{f.name: given[f.name] for f in dataclasses.fields(BenchmarkSpec) if f.name in given})
     if thresholds is not None:
         from c123_pipeline.reports.regression import parse_thresholds  # pandas: only when thresholds are given

@@ -84,7 +84,7 @@ def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
                 inside(run_dir, rel)
                 case_cfg = case_config(cfg, case, spec.elevation)
                 entries.append(Entry(len(entries), case, case_cfg, rel, cache.cache_key(case, case_cfg, version),
-                                     elevation_source(case, spec.elevation)))
+                                     elevation_source(case, spec.elevation, case_cfg)))
     except BaseException:
         lock.release()
         raise

@@ -87,7 +87,9 @@ class CaseRow:
     """Elevation (degrees) of the input camera the reconstruction assumed, 90 - camera.ref_polar."""
     elevation_source: str | None = None
     """Where that elevation came from: 'parameter' (the flow's `elevation`), 'table' (the dataset's), 'config'
-    (the preset's 0 or an override); flows.spec.ELEVATION_SOURCES."""
+    (the preset's 0 or an override), 'estimate' (from the image); flows.spec.ELEVATION_SOURCES."""
+    elevation_confidence: float = float("nan")
+    """Confidence (0 to 1) of an estimated elevation (c123/elevation.py); NaN where it was given."""
     true_elevation: float = float("nan")
     """Elevation the input view was really taken from, where the dataset knows it (synthetic, GSO); else NaN."""
 

@@ -36,10 +36,8 @@ def test_elevation_value_refuses_what_is_not_degrees_strictly_inside_the_hemisph
     assert "strictly between -90 and 90" in text
 
 
-def test_elevation_estimate_is_reserved_and_says_it_is_not_implemented_yet():
-    with pytest.raises(C123Error, match=r"^--elevation: elevation 'estimate' is reserved, but estimating the "
-                                        r"input view's elevation is not implemented yet: pass degrees$"):
-        C.elevation_value("Estimate", "--elevation", "pass degrees")
+def test_elevation_value_reads_estimate_as_the_request_to_estimate():
+    assert C.elevation_value(" Estimate ", "--elevation", "pass degrees") == C.ELEVATION_ESTIMATE == "estimate"
 
 
 # ---- c123 reconstruct --elevation / --azimuth ----------------------------------------------------------------
@@ -70,16 +68,24 @@ def test_reconstruct_header_line_names_the_input_camera(tmp_path, capsys, toy_in
     assert code == 2 and ", seed 0, input camera elevation 22.5, azimuth -30, config " in header, header
 
 
-def test_paper_preset_keeps_the_official_fixed_elevation_0():
+def test_paper_preset_keeps_the_official_fixed_elevation_0_and_fast_and_verify_estimate():
     for name in C.PRESETS:
         cfg = C.preset(name)
         assert (cfg.camera.ref_polar, cfg.camera.ref_azimuth) == (90.0, 0.0), name
         assert cfg.prior.oracle_elevation is None and cfg.prior.oracle_azimuth is None, name
+        assert cfg.camera.estimate_elevation == (name in ("fast", "verify")), name
+
+
+def test_reconstruct_elevation_estimate_asks_for_the_estimate_and_degrees_turn_it_off():
+    assert _reconstruct_config("--elevation", "estimate").camera.estimate_elevation  # verify estimates anyway
+    paper = _reconstruct_config("--preset", "paper", "--elevation", "estimate")
+    assert paper.camera.estimate_elevation and paper.camera.ref_polar == 90.0
+    given = _reconstruct_config("--elevation", "30")
+    assert not given.camera.estimate_elevation and given.camera.ref_polar == 60.0
 
 
 @pytest.mark.parametrize("flags,message", [
-    (("--elevation", "estimate"), "--elevation: elevation 'estimate' is reserved, but estimating the input view's "
-                                  "elevation is not implemented yet"),
+    (("--elevation", "guess"), "--elevation: elevation \"guess\" is not a number of degrees strictly between"),
     (("--elevation", "95"), "--elevation: elevation \"95\" is not a number of degrees strictly between -90 and 90"),
     (("--elevation", "30", "--set", "camera.ref_polar=80"), "--elevation and --set camera.ref_polar=80 both set "
                                                             "camera.ref_polar"),
@@ -191,10 +197,12 @@ def test_result_records_the_assumed_and_the_oracles_true_camera():
 
     cfg = C.paper()
     cfg.camera.ref_polar, cfg.camera.ref_azimuth = 75.0, 10.0
-    assert input_camera(cfg) == {"elevation": 15.0, "azimuth": 10.0, "true_elevation": None, "true_azimuth": None}
+    assert input_camera(cfg) == {"elevation": 15.0, "azimuth": 10.0, "true_elevation": None, "true_azimuth": None,
+                                 "estimate": None}
     cfg = C.verify("unused")
     cfg.prior.oracle_scene, cfg.prior.oracle_elevation = "toy", 30.0
-    assert input_camera(cfg) == {"elevation": 0.0, "azimuth": 0.0, "true_elevation": 30.0, "true_azimuth": 0.0}
+    assert input_camera(cfg) == {"elevation": 0.0, "azimuth": 0.0, "true_elevation": 30.0, "true_azimuth": 0.0,
+                                 "estimate": None}
 
 
 # ---- datasets -----------------------------------------------------------------------------------------------
@@ -219,10 +227,14 @@ def test_flat_table_elevation_column_is_optional_and_a_blank_cell_is_the_default
     assert [c.ref_elevation for c in detect(plain)] == [None, None]
 
 
+def test_a_table_cell_estimate_asks_for_the_estimate(tmp_path):
+    from c123_pipeline.datasets.layouts import detect
+
+    root = _flat(tmp_path / "d", "case\tcategory\tprompt\televation\napple\tfruit\tan apple\testimate\n", ids=["apple"])
+    assert [c.ref_elevation for c in detect(root)] == ["estimate"]
+
+
 @pytest.mark.parametrize("cell,message", [
-    ("estimate", "line 2: elevation 'estimate' is reserved, but estimating the input view's elevation is not "
-                 "implemented yet: write the input view's elevation in degrees (e.g. 30), or leave the cell "
-                 "blank for 0"),
     ("high", "line 2: elevation \"high\" is not a number of degrees strictly between -90 and 90"),
 ])
 def test_a_bad_elevation_cell_is_one_line_naming_the_file_line_and_fix(tmp_path, cell, message):
@@ -248,8 +260,10 @@ def test_synthetic_elevated_renders_each_scene_at_each_elevation_with_its_true_e
     from c123_pipeline.datasets.layouts import SYNTHETIC_TABLE
 
     plain, elevated = small_synthetic
+    # synthetic-elevated keeps its truth for the oracle and the report: a run assumes what its preset or the flow
+    # says (verify: the estimate); synthetic gives its (official and true) 0
     assert [(c.id, c.scene, c.ref_elevation, c.true_elevation) for c in elevated] == [
-        (f"{s}@{e}", s, float(e), float(e)) for s in SCENES for e in (0, 30)]
+        (f"{s}@{e}", s, None, float(e)) for s in SCENES for e in (0, 30)]
     assert [(c.id, c.ref_elevation, c.true_elevation) for c in plain] == [(s, 0.0, 0.0) for s in SCENES]
     table = (elevated[0].rgba_path.parent / SYNTHETIC_TABLE).read_text().splitlines()
     assert table[0] == "case\tscene\televation\tprompt" and table[2].startswith("toy@30\ttoy\t30\t")
@@ -315,6 +329,23 @@ def test_case_config_assumes_the_parameter_then_the_table_and_the_oracle_keeps_t
     assert case_config(paper, _case(20.0, scene=None)).camera.ref_polar == 70.0
 
 
+def test_case_config_estimates_or_assumes_the_truth_when_the_flow_says_so():
+    from c123_pipeline.flows.spec import case_config, elevation_source
+
+    verify, paper = C.verify("unused"), C.paper()
+    elevated = _case(None, 30.0)  # synthetic-elevated: the truth, nothing given
+    assert case_config(verify, elevated).camera.estimate_elevation and elevation_source(
+        elevated, None, case_config(verify, elevated)) == "estimate"
+    truth = case_config(paper, elevated, elevation="true")
+    assert (truth.camera.ref_polar, truth.camera.estimate_elevation, elevation_source(elevated, "true", truth)) == (
+        60.0, False, "parameter")
+    asked = case_config(paper, _case("estimate", scene=None))
+    assert asked.camera.estimate_elevation and asked.camera.ref_polar == 90.0
+    assert not case_config(verify, _case(0.0, 0.0)).camera.estimate_elevation  # given (synthetic): no estimate
+    with pytest.raises(C123Error, match="does not know the elevation its input was taken from"):
+        case_config(paper, _case(scene=None), elevation="true")
+
+
 def test_flow_parameter_elevation_is_checked_before_anything_runs():
     from c123_pipeline.flows.spec import BenchmarkSpec
 
@@ -329,16 +360,16 @@ def test_deployments_take_elevation_as_a_number_or_null():
     from c123_pipeline.flows.benchmark import benchmark
 
     schema = parameter_schema(benchmark.fn).properties["elevation"]
-    assert schema["anyOf"] == [{"type": "number"}, {"type": "null"}] and schema["default"] is None
+    assert schema["anyOf"] == [{"type": "number"}, {"type": "string"}, {"type": "null"}] and schema["default"] is None
 
 
-def test_evaluate_command_refuses_elevation_estimate_in_one_line(capsys, tmp_path):
+def test_evaluate_command_refuses_an_elevation_that_is_no_degrees_estimate_or_true_in_one_line(capsys, tmp_path):
     from c123_pipeline.cli import main
 
-    code = main(["evaluate", "synthetic", "--preset", "verify", "--elevation", "estimate", "--out",
+    code = main(["evaluate", "synthetic", "--preset", "verify", "--elevation", "sideways", "--out",
                  str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "not implemented yet" in err and not (tmp_path / "run").exists()
+    assert code == 2 and err.count("\n") == 1 and "'estimate', 'true'" in err and not (tmp_path / "run").exists()
 
 
 def test_unseen_views_are_those_the_true_camera_never_saw():

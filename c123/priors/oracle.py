@@ -46,6 +46,10 @@ def cameras_from_stable_zero123_vector(vec: torch.Tensor, ref: Cameras, fovy: to
     return orbit_cameras(polar, azimuth, radius, fovy.to(vec))
 
 
+ORACLE_VIEW_SIZE = 256
+"""Pixel size of the views the oracle draws (`sample`): Zero-1-to-3's own output size, also when a tiny preset
+shrinks prior.zero123_size (the SDS input); the elevation estimate needs views this large to match points."""
+
 CONVENTIONS = {
     "zero123": (zero123, cameras_from_zero123_vector),
     "stable-zero123": (stable_zero123, cameras_from_stable_zero123_vector),
