@@ -138,6 +138,7 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
             elevation=float(camera.get("elevation", 90.0 - cfg.camera.ref_polar)),  # an estimate: the run's
             elevation_source=entry.elevation_source,
             elevation_confidence=float((camera.get("estimate") or {}).get("confidence", float("nan"))),
+            prior_3d=cfg.prior.zero123_family,
             true_elevation=float("nan") if entry.case.true_elevation is None else float(entry.case.true_elevation)))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows

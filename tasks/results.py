@@ -90,6 +90,8 @@ class CaseRow:
     (the preset's 0 or an override), 'estimate' (from the image); flows.spec.ELEVATION_SOURCES."""
     elevation_confidence: float = float("nan")
     """Confidence (0 to 1) of an estimated elevation (c123/elevation.py); NaN where it was given."""
+    prior_3d: str = "zero123"
+    """The 3D prior's family (prior.zero123_family: 'zero123' or 'stable-zero123'); the oracle stands in for it."""
     true_elevation: float = float("nan")
     """Elevation the input view was really taken from, where the dataset knows it (synthetic, GSO); else NaN."""
 
