@@ -74,8 +74,44 @@ def resolve_args_config(args: argparse.Namespace, check_device: bool = True):
     flags = [] if log is None else [f"log.tensorboard={'true' if log == 'tensorboard' else 'false'}"]
     if getattr(args, "concept", False):
         flags.append("concept.enabled=true")
-    return resolve_config(args.preset, getattr(args, "variant", None), getattr(args, "seed", None), flags + args.set,
-                          config_file=args.config, check_device=check_device)
+    return resolve_config(args.preset, getattr(args, "variant", None), getattr(args, "seed", None),
+                          flags + args.set + camera_flags(args), config_file=args.config, check_device=check_device)
+
+
+def camera_flags(args: argparse.Namespace) -> list[str]:
+    """The overrides of `reconstruct --elevation DEG` (camera.ref_polar = 90 - DEG) and `--azimuth DEG`
+    (camera.ref_azimuth), applied after --config and --set; giving a field both ways is refused."""
+    from c123.config import ELEVATION_ESTIMATE, elevation_value
+
+    given = {}
+    elevation = elevation_value(getattr(args, "elevation", None), "--elevation",
+                                "pass the input view's elevation in degrees, e.g. --elevation 30, or 'estimate'")
+    if elevation == ELEVATION_ESTIMATE:
+        given["camera.estimate_elevation"] = ("--elevation estimate", True)
+    elif elevation is not None:
+        given["camera.ref_polar"] = ("--elevation", 90.0 - elevation)
+        given["camera.estimate_elevation"] = ("--elevation", False)  # given: nothing to estimate
+    azimuth = getattr(args, "azimuth", None)
+    if azimuth is not None:
+        given["camera.ref_azimuth"] = ("--azimuth", azimuth)
+    for item in args.set:
+        key = item.partition("=")[0].strip()
+        if key in given:
+            raise C123Error(f"{given[key][0]} and --set {item.strip()} both set {key}: give the input camera once "
+                            f"({given[key][0]} is in degrees of elevation/azimuth)")
+    return [f"{key}={str(value).lower() if isinstance(value, bool) else repr(value)}"
+            for key, (_, value) in given.items()]
+
+
+def degrees(text: str) -> float:
+    """An argparse type: a finite number of degrees."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of degrees") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of degrees")
+    return value
 
 
 def take_positional(args: argparse.Namespace, name: str, required: bool) -> None:
@@ -115,7 +151,7 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     warn_input(inp)
     where = args.out or f"outputs/{case}/<new stamp>"
     print(f"c123 {__version__}: {case}, preset {cfg.preset}, variant {cfg.schedule.variant}, seed {cfg.seed}, "
-          f"config {cfg.hash()} -> {where}", flush=True)
+          f"{camera_line(cfg)}, config {cfg.hash()} -> {where}", flush=True)
     priors = load_priors(cfg, resolve_device(cfg.train.device))
     if remote:
         out = storage.scratch_folder(remote)
@@ -161,6 +197,13 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     return 0
+
+
+def camera_line(cfg) -> str:
+    """'input camera elevation 30, azimuth 0': the reference camera the run assumes (90 - camera.ref_polar), or
+    'elevation estimated from the image' (camera.estimate_elevation: the run prints and records the estimate)."""
+    elevation = "estimated from the image" if cfg.camera.estimate_elevation else f"{90.0 - cfg.camera.ref_polar:g}"
+    return f"input camera elevation {elevation}, azimuth {cfg.camera.ref_azimuth:g}"
 
 
 def remote_out(out: str | None) -> str | None:
@@ -321,6 +364,15 @@ def build_parser(add_commands: AddCommands | None = None) -> argparse.ArgumentPa
     add_input_arguments(rec)
     rec.add_argument("--variant", help=f"{' | '.join(VARIANTS)}, optionally :SHAPE of the dynamic prior "
                                        f"({' | '.join(SHAPES)}) (default: the config's, consistent123:exp)")
+    rec.add_argument("--elevation", metavar="DEG|estimate",
+                     help="elevation of the input view in degrees, strictly between -90 and 90 (camera.ref_polar = "
+                          "90 - DEG), or 'estimate' (from the image, with the 3D prior's views: "
+                          "camera.estimate_elevation); default: the preset's, 0 in paper as the official code "
+                          "assumes, the estimate in fast; positive looks down on the object")
+    rec.add_argument("--azimuth", type=degrees, metavar="DEG",
+                     help="azimuth of the input view around the object in degrees when it is not a front view "
+                          "(camera.ref_azimuth; default 0: the input shows the object's front; positive: the "
+                          "camera moved to its own right, i.e. counter-clockwise seen from above)")
     rec.add_argument("--concept", action="store_true", help="learn a token for the object (textual inversion) "
                      "and put it in Stable Diffusion's prompt (paper appendix A.2; cached per image)")
     rec.add_argument("--out", help="output folder, used as given (resumes a run there); default: a new "

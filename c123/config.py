@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal
@@ -105,14 +106,50 @@ def tiny_models_dir() -> str:
 
 
 
+ELEVATION_LIMIT = 90.0
+"""An input view's elevation must lie strictly between -ELEVATION_LIMIT and +ELEVATION_LIMIT degrees (the
+reference camera's polar angle 90 - elevation strictly between 0 and 180)."""
+ELEVATION_ESTIMATE = "estimate"
+"""The elevation value that asks for the input view's elevation to be estimated from the image with the 3D
+prior's own views (camera.estimate_elevation; c123/elevation.py)."""
+
+
+def elevation_value(value: Any, where: str, fix: str, error: type[C123Error] = C123Error) -> float | str | None:
+    """An input view's elevation from a flag, a table cell or a parameter: a number of degrees strictly between
+    -90 and 90, ELEVATION_ESTIMATE ('estimate': estimate it), or None for blank. Anything else is one `error`
+    line naming `where` and ending with `fix`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and value.strip().lower() == ELEVATION_ESTIMATE:
+        return ELEVATION_ESTIMATE
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or abs(number) >= ELEVATION_LIMIT:
+        raise error(f"{where}: elevation {shown(value)} is not a number of degrees strictly between "
+                    f"-{ELEVATION_LIMIT:g} and {ELEVATION_LIMIT:g} (polar = 90 - elevation): {fix}")
+    return number
+
+
 @dataclass
 class CameraConfig:
     """Reference and novel-view camera distributions (degrees, world units); main.py / nerf/provider.py."""
 
-    ref_polar: float = 90.0
-    """Polar angle of the reference camera from +y (90 = elevation 0); main.py --default_polar."""
-    ref_azimuth: float = 0.0
-    """Azimuth of the reference camera (0 = looking at the object's front, from +z); --default_azimuth."""
+    ref_polar: float = field(default=90.0, metadata=within(0, 180, lo_open=True, hi_open=True, unit="degrees"))
+    """Polar angle of the reference (input) camera from +y, 90 - its elevation; main.py --default_polar. The
+    official default 90 (elevation 0) in every preset; `c123 reconstruct --elevation DEG`, a dataset table's
+    `elevation` column or the benchmark's `elevation` parameter set 90 - DEG. The priors' relative cameras,
+    the progressive view ranges, the detector's views and the turntable all start from it."""
+    estimate_elevation: bool = False
+    """Estimate the input view's elevation from the image before training (c123/elevation.py: One-2-3-45's
+    method with the 3D prior's own views) and set ref_polar from it; a low-confidence estimate keeps elevation 0
+    with a recorded warning. Off in `paper` (the official fixed elevation 0) and `tiny` (random weights see no
+    geometry); on in `fast` and `verify`. An elevation that is given (`--elevation DEG`, a table's number, the
+    benchmark's parameter) turns it off; `--elevation estimate` or a table's 'estimate' turns it on."""
+    ref_azimuth: float = field(default=0.0, metadata=within(-360, 360, unit="degrees"))
+    """Azimuth of the reference camera (0: the input shows the object's front, from +z; a positive value
+    moves the camera to its own right around the object); --default_azimuth, `c123 reconstruct --azimuth`."""
     ref_radius: float = field(default=3.2, metadata=above(0))
     """Distance of the reference camera from the origin; --default_radius."""
     fovy: float = field(default=20.0, metadata=within(0, 180, lo_open=True, hi_open=True, unit="degrees"))
@@ -280,6 +317,15 @@ class PriorConfig:
         "c123.synthetic:SCENES", also=(ORACLE_FROM_CASE,), wording="null, '{also}' or a synthetic scene ({table})"))
     """Verification only: replace Zero-1-to-3 with an oracle rendering this synthetic scene; 'case': the scene
     of each synthetic case (the benchmark fills it in)."""
+    oracle_elevation: float | None = field(default=None, metadata=within(-90, 90, lo_open=True, hi_open=True,
+                                                                         unit="degrees"))
+    """Verification only: the elevation the input image was really rendered from. The oracle decodes each
+    relative camera vector from this true camera, as Zero-1-to-3 (which sees only the image) answers relative to
+    the image's real viewpoint, whatever camera.ref_polar assumes. null: the assumed camera; the benchmark
+    fills in a synthetic case's true elevation."""
+    oracle_azimuth: float | None = field(default=None, metadata=within(-360, 360, unit="degrees"))
+    """Verification only: the azimuth the input image was really rendered from (as oracle_elevation; null:
+    camera.ref_azimuth; the synthetic references are rendered at 0)."""
     model_cache: str | None = None
     """Hugging Face cache folder the Hub ids are read from on the machine that runs the case (None: HF_HUB_CACHE,
     else ~/.cache/huggingface/hub); a shared mount gives every node one cache. Not part of the config hash."""
@@ -342,7 +388,8 @@ class ScheduleConfig:
     check_interval: int = field(default=21, metadata=at_least(1))
     """Score every check_interval iterations (global step % 21 == 0; --render_interval 21, the paper says 20)."""
     num_views: int = field(default=8, metadata=at_least(1))
-    """Detector views at elevation 0, evenly spaced in azimuth (--dataset_size_valid)."""
+    """Detector views, evenly spaced in azimuth from 0 at the reference camera's polar angle (the official
+    validation loader's circle at --default_polar; elevation 0 by default) (--dataset_size_valid)."""
     render_size: int = field(default=800, metadata=at_least(1))
     """The detector's views are rendered at this size (the validation loader's --H/--W) before being
     resized to prior.clip_size (--h/--w) for CLIP."""
@@ -433,7 +480,8 @@ class LogConfig:
     """Render the validation strip every this many steps and at each stage's end (0: never); the official
     evaluates every epoch (--eval_interval 1 x 100 steps)."""
     strip_views: int = field(default=4, metadata=at_least(1))
-    """Orbit views in the validation strip (elevation 0, evenly spaced in azimuth from the reference's)."""
+    """Orbit views in the validation strip (at the reference camera's polar angle, as the official validation
+    loader circles at --default_polar; evenly spaced in azimuth from the reference's)."""
     strip_size: int = field(default=128, metadata=at_least(8))
     """Pixel size of each view of the validation strip."""
     prior_views: bool = True
@@ -511,6 +559,7 @@ def fast() -> ReconstructConfig:
     NeRF sizes, so its checkpointed chunks too)."""
     cfg = ReconstructConfig(preset="fast")
     cfg.nerf.grad_chunk_rays = GPU_GRAD_CHUNK_RAYS
+    cfg.camera.estimate_elevation = True  # where neither the user nor a table gives the input's elevation
     cfg.train.nerf_iters = 2500
     cfg.train.dmtet_iters = 1500
     cfg.dmtet.tet_resolution = 128
@@ -568,6 +617,7 @@ def verify(models_dir: str | None = None) -> ReconstructConfig:
     cfg.dmtet = DMTetConfig(tet_resolution=64, render_size=128, mean_density_resolution=32)
     cfg.loss.orientation = cfg.loss.normal_smooth_3d = cfg.loss.normal_smooth_2d = 0.0
     cfg.prior.oracle_scene = ORACLE_FROM_CASE
+    cfg.camera.estimate_elevation = True  # synthetic-elevated: the oracle's views give the estimate's answer
     cfg.schedule.variant = "3d-only"
     cfg.train = TrainConfig(nerf_iters=400, dmtet_iters=150, nerf_size=64, ref_scale=1.0, optimizer="adam", lr=1e-2,
                             grid_lr_scale=1.0, lambertian_prob=1.0, ambient_range=(1.0, 1.0),

@@ -39,11 +39,16 @@ SAMPLE_ETA = 1.0
 """DDIM eta of the prior views: Zero-1-to-3's gradio_new.py main_run (c123.priors.zero123.SAMPLE_ETA)."""
 
 
-def view_seed(run_seed: int, index: int) -> int:
-    """The seed of prior view `index`: the first 4 bytes (little-endian) of sha256('c123 prior view SEED INDEX'),
-    so the views draw from streams of their own, none shared with the run's generator (seeded with SEED)."""
-    digest = hashlib.sha256(f"c123 prior view {run_seed} {index}".encode()).digest()
+def derived_seed(purpose: str, run_seed: int, index: int = 0) -> int:
+    """A seed of its own for a draw beside training: the first 4 bytes (little-endian) of
+    sha256('c123 PURPOSE SEED INDEX'), so it shares no stream with the run's generator (seeded with SEED)."""
+    digest = hashlib.sha256(f"c123 {purpose} {run_seed} {index}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def view_seed(run_seed: int, index: int) -> int:
+    """The seed of prior view `index` (derived_seed 'prior view')."""
+    return derived_seed("prior view", run_seed, index)
 
 
 def view_file(azimuth: float, taken: set[str]) -> str:

@@ -73,6 +73,8 @@ class Run:
     """Lines announced at the start (the licence of weights that carry one), before the resume's notices."""
     prior_views: dict | None = None
     """result.json `prior_views`: what `draw_prior_views` wrote (or reused, or why it skipped); None: not asked."""
+    elevation_estimate: dict | None = None
+    """result.json `input_camera.estimate`: what `estimate_input_elevation` found; None: the elevation was given."""
 
     def stage_payload(self, name: str) -> dict | None:
         """The checkpointed state of stage `name` to resume from, or None (a fresh stage)."""
@@ -99,6 +101,9 @@ class Result:
     seed: int
     preset: str
     variant: str
+    input_camera: dict
+    """The reference camera the run assumed and, for the oracle, the one its image was really taken from:
+    `input_camera(cfg)`."""
     config: dict
     config_hash: str
     code_version: str
@@ -176,6 +181,11 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     notices = licence_notices(priors)  # e.g. Stable Zero123's non-commercial licence: once per run, recorded
     for line in notices:
         report(Notice(line))
+    estimate = estimate_input_elevation(priors, inp, cfg, device, report)  # sets camera.ref_polar when asked
+    if estimate is not None:
+        write_atomic(out / "config.yaml", to_yaml(cfg, header_lines(cfg)))  # the resolved config, with the estimate
+        if estimate["warning"]:
+            warnings.append(estimate["warning"])
     depth_np = inp.depth  # a missing map was estimated in preprocessing (c123.preprocess.prepare_input)
     if depth_np is None and cfg.loss.depth > 0 and not any(w.endswith(DEPTH_OFF) for w in warnings):
         warnings.append(f"no depth map and no depth model configured: {DEPTH_OFF}")  # unless one was dropped
@@ -201,7 +211,43 @@ def prepare_run(inp: ReconstructionInput, cfg: ReconstructConfig, out_dir, prior
     runlog = open_runlog(out, cfg, device, resumed_from)  # TensorBoard events in OUT/tb (None: log.tensorboard off)
     loop = Loop(cfg, state, gen, out / "checkpoints", identity, report, runlog)
     return Run(inp, cfg, out, device, gen, priors, rgba, depth, concept, identity, resume, state, resumed_from,
-               runlog, loop, warnings, notices)
+               runlog, loop, warnings, notices, elevation_estimate=estimate)
+
+
+def estimate_input_elevation(priors: Priors, inp: ReconstructionInput, cfg: ReconstructConfig, device,
+                             report: ProgressFn) -> dict | None:
+    """With camera.estimate_elevation: the input view's elevation estimated from the 3D prior's own views
+    (c123/elevation.py, One-2-3-45's method), written into camera.ref_polar (90 - estimate; a low-confidence
+    estimate falls back to elevation 0 with a warning) and returned for result.json; None when it is off.
+
+    The views are drawn at the prior's own field of view (`view_fovy`: Zero-1-to-3's 49.1; the oracle renders at
+    camera.fovy) from a generator of their own, inside `fork_rng`: training draws what it would without them.
+    Deterministic for the same input, config and code, so a resumed run estimates the same again."""
+    if not cfg.camera.estimate_elevation:
+        return None
+    from c123.elevation import estimate_elevation
+    from c123.prior_views import derived_seed
+
+    prior = priors.zero123
+    if prior is None or not callable(getattr(prior, "sample", None)):
+        raise InputError(f"camera.estimate_elevation needs a 3D prior that draws views (sample()); "
+                         f"{getattr(prior, 'model_id', 'none')} does not: give the elevation (--elevation DEG)")
+    fovy = float(getattr(prior, "view_fovy", None) or cfg.camera.fovy)
+    rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
+    white = reference_view(rgba, None, cfg.prior.zero123_size, None, device).white.permute(2, 0, 1)[None]
+    device = torch.device(device)
+    fork = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    tic = time.perf_counter()
+    with torch.random.fork_rng(devices=fork):
+        generator = torch.Generator(device=device).manual_seed(derived_seed("elevation estimate", cfg.seed))
+        found = estimate_elevation(prior, white, fovy=fovy, radius=cfg.camera.ref_radius, generator=generator)
+    cfg.camera.ref_polar = 90.0 - float(found.elevation_deg)
+    warning = None if found.warning is None else f"elevation estimate: {found.warning}"
+    report(Notice(f"input camera elevation estimated: {found.elevation_deg:g} (confidence {found.confidence:.2f})"
+                  + ("" if warning is None else f"; {warning}")))
+    return {"elevation": float(found.elevation_deg), "confidence": float(found.confidence),
+            "fell_back": found.fell_back, "warning": warning, "fovy": fovy,
+            "raw_elevation": found.details.get("raw_elevation"), "seconds": time.perf_counter() - tic}
 
 
 def record_prior_views(run: Run) -> dict:
@@ -281,10 +327,12 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
     if run.prior_views is not None and run.prior_views.get("views"):
         outputs["prior_views"] = PRIOR_VIEWS_DIR
     result = Result(
-        run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant, cfg.to_dict(), cfg.hash(),
-        code_version(), device_name(run.device), priors.model_ids, run.identity.input_digest, state.switch,
-        state.detector, {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"],
-        state.seconds, run.warnings, run.notices + run.resume.notices,
+        run.inp.case_id, run.inp.prompt, cfg.seed, cfg.preset, cfg.schedule.variant,
+        input_camera(cfg, run.elevation_estimate),
+        cfg.to_dict(), cfg.hash(), code_version(), device_name(run.device), priors.model_ids,
+        run.identity.input_digest, state.switch, state.detector,
+        {k: state.history[k] for k in ("iterations", "w3d", "w2d")}, state.history["loss"], state.seconds,
+        run.warnings, run.notices + run.resume.notices,
         dataclasses.asdict(run.inp.preprocessing) if run.inp.preprocessing else None,
         run.concept.summary() if run.concept else None,
         priors.sd.prompt if priors.sd is not None and uses_sd(cfg) else None,
@@ -296,6 +344,20 @@ def finish(run: Run, outputs: dict[str, str], views: list[dict]) -> dict:
     run.loop.progress(Done(run.loop.total, run.loop.total, last.get("w3d"), last.get("w2d"),
                          state.detector["S"][-1] if state.detector.get("S") else None, state.switch))
     return result
+
+
+def input_camera(cfg: ReconstructConfig, estimate: dict | None = None) -> dict:
+    """result.json's record of the input camera: {elevation, azimuth} the run assumed (elevation = 90 -
+    camera.ref_polar, degrees) and {true_elevation, true_azimuth}, the camera the oracle knows the image was
+    rendered from (prior.oracle_elevation / oracle_azimuth, else the assumed one); null without the oracle,
+    where only the image knows. `estimate`: how the elevation was estimated (`estimate_input_elevation`), else
+    null (it was given or the config's)."""
+    c, p = cfg.camera, cfg.prior
+    elevation, oracle = 90.0 - c.ref_polar, bool(p.oracle_scene)
+    return {"elevation": elevation, "azimuth": c.ref_azimuth,
+            "true_elevation": (elevation if p.oracle_elevation is None else p.oracle_elevation) if oracle else None,
+            "true_azimuth": (c.ref_azimuth if p.oracle_azimuth is None else p.oracle_azimuth) if oracle else None,
+            "estimate": estimate}
 
 
 def seed_everything(seed: int, device="cpu") -> torch.Generator:
@@ -343,7 +405,7 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
         rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
         ref = reference_view(rgba, None, s, None, device)
         _save_png(_to_uint8(torch.cat([ref.white, ref.mask], -1)), out / "reference.png")
-        turn = orbit(cfg.train.video_frames, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy).to(device)
+        turn = turntable_cameras(cfg).to(device)
         write_video([_to_uint8(render(turn[i]).rgb)[0] for i in range(len(turn))],
                     out / "video" / "rgb.mp4", out / "video" / "rgb.gif")
         write_video([_to_uint8(render(turn[i], "normal").rgb)[0] for i in range(len(turn))], out / "video" / "normal.mp4")
@@ -358,6 +420,13 @@ def export(field_: NeRFField, dmtet: DMTet | None, inp: ReconstructionInput, cfg
             export_textured_mesh(verts.detach(), faces, albedo, out / "mesh", cfg.train.texture_size, name="mesh")
         outputs.update(mesh_obj="mesh/mesh.obj", mesh_glb="mesh/mesh.glb")
     return outputs, views
+
+
+def turntable_cameras(cfg: ReconstructConfig):
+    """The turntable's train.video_frames cameras: azimuth 0 to 360 at the reference camera's polar angle and
+    radius, as the official test loader circles at --default_polar (nerf/provider.py, type 'test')."""
+    c = cfg.camera
+    return orbit(cfg.train.video_frames, polar=c.ref_polar, radius=c.ref_radius, fovy=c.fovy)
 
 
 def _rgba(o) -> np.ndarray:

@@ -49,7 +49,7 @@ class RunLog:
         self.switch_logged = False
         self.last_strip: dict[str, int] = {}
         c = cfg.camera
-        self.strip_cams = orbit(cfg.log.strip_views, radius=c.ref_radius, fovy=c.fovy,
+        self.strip_cams = orbit(cfg.log.strip_views, polar=c.ref_polar, radius=c.ref_radius, fovy=c.fovy,
                                 start_azimuth=c.ref_azimuth).to(device)
         if resumed_from is None:
             from c123.config_files import to_yaml

@@ -236,15 +236,19 @@ class NerfStage:
 
 
 def detector_cameras(cfg: ReconstructConfig) -> Cameras:
-    """The boundary detector's orbit: schedule.num_views cameras at elevation 0 (polar 90), azimuth 360 i / n, at
-    the reference radius and field of view (also where c123/prior_views.py asks the 3D prior for its views)."""
-    return orbit(cfg.schedule.num_views, radius=cfg.camera.ref_radius, fovy=cfg.camera.fovy)
+    """The boundary detector's orbit: schedule.num_views cameras circling at the reference camera's polar angle
+    (the official validation loader: nerf/provider.py circle poses at default_polar; elevation 0 by default),
+    azimuth 360 i / n, at the reference radius and field of view (also where c123/prior_views.py asks the 3D
+    prior for its views)."""
+    return orbit(cfg.schedule.num_views, polar=cfg.camera.ref_polar, radius=cfg.camera.ref_radius,
+                 fovy=cfg.camera.fovy)
 
 
 class DetectorScore:
-    """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders at elevation 0, rendered at
-    schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official writes its
-    validation PNGs and reads them back with INTER_AREA)."""
+    """S^k of a field: mean CLIP cosine between the prompt and `num_views` renders circling at the reference
+    camera's polar angle (the official validation loader: nerf/provider.py circle poses at default_polar),
+    rendered at schedule.render_size, quantised to 8 bits and area-resized to prior.clip_size (as the official
+    writes its validation PNGs and reads them back with INTER_AREA)."""
 
     def __init__(self, priors: Priors, prompt: str, cfg: ReconstructConfig, device):
         self.priors, self.prompt, self.cfg = priors, prompt, cfg

@@ -9,8 +9,16 @@
 
 Images without alpha or mask, rows without a prompt and cases without depth are fine: the reconstruction
 estimates what is missing (c123.preprocess.prepare_input: cut-out, caption, depth), once per input.
-- synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder
+- synthetic: the reference view of each c123.synthetic scene, rendered into a cache folder with its table
+             synthetic_cases.tsv (case, scene, elevation, prompt); `synthetic-elevated` renders each scene at
+             elevations 0, 15 and 30 (cases `toy@30`); the table gives the true elevation
 - gso:       SyncDreamer's GSO evaluation set (read_gso): gso_cases.tsv, <case>/model.obj, <case>/gt/ renders
+
+The input camera: a table may give each case's `elevation` (degrees of the input view, polar = 90 - elevation).
+In the flat, original and images layouts the column is optional and a blank cell means the default (0, the
+official fixed elevation, or the preset's estimate) and 'estimate' asks for the estimate from the image
+(c123/elevation.py); synthetic and GSO tables give the true value (synthetic-elevated keeps it for the oracle and
+the report: its runs estimate, or assume what the flow's `elevation` says).
 
 Tables are read as they look: a .tsv is plain tab-separated text (a quote is just a character; a leading
 UTF-8 byte-order mark is dropped), every row must have the header's number of fields, and each case id is
@@ -28,8 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from c123.atomic import atomic_path
+from c123.atomic import atomic_path, write_atomic
 from c123.cache import cache_root
+from c123.config import ELEVATION_ESTIMATE, elevation_value
 from c123.errors import DatasetError
 from c123.outputs import case_name
 from c123_pipeline.datasets.case import Case, check_case_id
@@ -59,6 +68,15 @@ SYNTHETIC_PROMPTS = {
     "chair": "a wooden chair with thin legs, a blue backrest and a red writing tablet on its right",
     "mug": "a teal mug with an orange handle and a yellow band, striped inside",
 }
+
+
+ELEVATION_FIX = "write the input view's elevation in degrees (e.g. 30), or leave the cell blank for 0"
+"""How to fix a bad `elevation` cell of a table that may leave it blank."""
+
+
+def row_elevation(row: Row, fix: str = ELEVATION_FIX) -> float | None:
+    """The row's `elevation` cell in degrees; None when the table has no such column or leaves it blank."""
+    return elevation_value(row.get("elevation"), row.where, fix, DatasetError)
 
 
 def read_table(path: Path) -> list[Row]:
@@ -121,8 +139,8 @@ def unique_ids(located: list[tuple[Case, str]]) -> list[Case]:
 
 
 def read_flat(root: Path) -> list[Case]:
-    """`<case>_rgba.png`, `<case>_depth.png` and prompts.tsv (RealFusion15 or C10 columns); every image has
-    a row and every row an image."""
+    """`<case>_rgba.png`, `<case>_depth.png` and prompts.tsv (RealFusion15 or C10 columns, optionally
+    `elevation`); every image has a row and every row an image."""
     table = root / "prompts.tsv"
     rows = read_table(table)
     header = table_columns(table)
@@ -140,7 +158,7 @@ def read_flat(root: Path) -> list[Case]:
             raise DatasetError(f"{row.where} names {rgba.name}, which is not in {root}: re-download the dataset "
                                "with `c123 fetch NAME --root DIR` or remove the row")
         located.append((Case(case_id, rgba, depth if depth.is_file() else None, None, row[prompt_col],
-                             row.get("category") or None), row.where))
+                             row.get("category") or None, ref_elevation=row_elevation(row)), row.where))
     listed = {case.id for case, _ in located}
     unlisted = sorted(p.name for p in root.glob("*_rgba.png") if p.name[:-len("_rgba.png")] not in listed)
     if unlisted:
@@ -150,30 +168,32 @@ def read_flat(root: Path) -> list[Case]:
 
 
 def read_original(root: Path) -> list[Case]:
-    """RealFusion's `<folder>/image.png + mask.png`, recentred on load; names/prompts from a prompts.tsv."""
+    """RealFusion's `<folder>/image.png + mask.png`, recentred on load; names/prompts (and optional elevations)
+    from a prompts.tsv."""
     names = {}
     for table in (root / "prompts.tsv", root.parent / "prompts.tsv"):
         if table.is_file():
             for row in read_table(table):
                 key = row.get("realfusion_folder") or row.get("case")
                 names[key] = (check_case_id(row.get("consistent123_name") or key, row.where),
-                              row.get("consistent123_prompt") or row.get("prompt"), row.where)
+                              row.get("consistent123_prompt") or row.get("prompt"), row.where, row_elevation(row))
             break
     located = []
     for folder in sorted(p for p in root.iterdir() if (p / "image.png").is_file() and (p / "mask.png").is_file()):
-        case_id, prompt, where = names.get(folder.name, (folder.name, "", str(folder)))
+        case_id, prompt, where, elevation = names.get(folder.name, (folder.name, "", str(folder), None))
         located.append((Case(check_case_id(case_id, where), folder / "image.png", None, folder / "mask.png",
-                             prompt, recenter=True), where))
+                             prompt, recenter=True, ref_elevation=elevation), where))
     return unique_ids(located)
 
 
 def read_images(root: Path, table: Path) -> list[Case]:
-    """Images listed in a prompts table (file; optional prompt, category, mask, depth), recentred on load."""
+    """Images listed in a prompts table (file; optional prompt, category, mask, depth, elevation), recentred on
+    load."""
     rows = read_table(table)
     header = table_columns(table)
     if "file" not in header:
         raise DatasetError(f"{table} needs a column file (has {', '.join(sorted(header)) or 'none'})")
-    check_has_rows(table, rows, "file, and optionally prompt, category, mask, depth")
+    check_has_rows(table, rows, "file, and optionally prompt, category, mask, depth, elevation")
     located = []
     for row in rows:
         paths = {k: _inside(root, row[k], row.where) for k in ("file", "mask", "depth") if row.get(k)}
@@ -183,7 +203,8 @@ def read_images(root: Path, table: Path) -> list[Case]:
                                "the folder")
         case_id = check_case_id(case_name(paths["file"]), row.where)  # 'x_rgba.png' is case x, as in `c123 reconstruct`
         located.append((Case(case_id, paths["file"], paths.get("depth"), paths.get("mask"), row.get("prompt"),
-                             row.get("category") or None, recenter=True), row.where))
+                             row.get("category") or None, recenter=True, ref_elevation=row_elevation(row)),
+                        row.where))
     named = {p for case, _ in located for p in (case.rgba_path, case.mask_path, case.depth_path) if p}
     unlisted = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() not in named)
     if unlisted:
@@ -207,24 +228,79 @@ def _inside(root: Path, name: str, where: str) -> Path:
     return path
 
 
-def read_synthetic(cache_dir: Path | None = None, size: int = 256) -> list[Case]:
-    """Every c123.synthetic scene seen from the reference camera: RGBA + 16-bit depth PNGs, cached."""
+def read_synthetic(cache_dir: Path | None = None, size: int = 256,
+                   elevations: tuple[float, ...] | None = None) -> list[Case]:
+    """Every c123.synthetic scene seen from a reference camera, rendered (RGBA + 16-bit depth PNGs) into a
+    cache folder with its table SYNTHETIC_TABLE, then read back by `read_synthetic_folder`. elevations None:
+    the `synthetic` dataset, each case named by its scene and rendered at elevation 0; a tuple
+    (SYNTHETIC_ELEVATIONS): `synthetic-elevated`, each scene at each elevation, cases `<scene>@<elevation>`."""
     import c123.cameras  # imported here: the file layouts need no torch
     import c123.synthetic
 
     # renders depend on the scene, camera and render code: a change there must not reuse stale ground truth
     source = "".join(inspect.getsource(m) for m in (c123.synthetic, c123.cameras, render_reference)) + str(size)
-    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    key = hashlib.sha256((source + ("" if elevations is None else repr(elevations))).encode()).hexdigest()[:12]
     base = Path(cache_dir).expanduser() if cache_dir else cache_root()
-    folder = base / "synthetic" / key
-    cases = []
+    folder = base / ("synthetic" if elevations is None else "synthetic-elevated") / key
+    lines = ["case\tscene\televation\tprompt"]
     for name in c123.synthetic.SCENES:
-        rgba, depth = folder / f"{name}_rgba.png", folder / f"{name}_depth.png"
-        if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
-            render_reference(name, size, rgba, depth)
-        cases.append(Case(name, rgba, depth, None, SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object"),
-                          "synthetic", scene=name))
-    return cases
+        for elevation in (0.0,) if elevations is None else elevations:
+            case_id = name if elevations is None else f"{name}@{elevation:g}"
+            rgba, depth = folder / f"{case_id}_rgba.png", folder / f"{case_id}_depth.png"
+            if not (_readable(rgba) and _readable(depth)):  # missing, or damaged in the cache: rendered again
+                render_reference(name, size, rgba, depth, elevation)
+            prompt = SYNTHETIC_PROMPTS.get(name, f"a synthetic {name} object")
+            lines.append(f"{case_id}\t{name}\t{elevation:g}\t{prompt}")
+    table = folder / SYNTHETIC_TABLE
+    text = "\n".join(lines) + "\n"
+    if not table.is_file() or table.read_text(encoding="utf-8") != text:
+        write_atomic(table, text)
+    # synthetic gives each case its (official, true) elevation 0; synthetic-elevated keeps its truth for the
+    # oracle and the report only, so a run assumes what its preset or the flow's `elevation` says (verify: the
+    # estimate; `elevation=true`: the truth; `elevation=0`: the official assumption)
+    return read_synthetic_folder(folder, give_elevation=elevations is None)
+
+
+SYNTHETIC_TABLE = "synthetic_cases.tsv"
+"""The table of a synthetic folder: case, scene (c123.synthetic.SCENES), elevation (degrees its reference was
+rendered from, at azimuth 0: the true input camera), prompt."""
+SYNTHETIC_ELEVATIONS = (0.0, 15.0, 30.0)
+"""The reference elevations of `synthetic-elevated` (SyncDreamer's GSO renders are at 30)."""
+
+
+def read_synthetic_folder(root: Path, give_elevation: bool = True) -> list[Case]:
+    """A synthetic folder (`read_synthetic` writes them): SYNTHETIC_TABLE and per case `<case>_rgba.png`,
+    `<case>_depth.png`; each case's ground truth is its scene, its true elevation the table's; give_elevation:
+    the run also assumes it (else the preset's default or the flow's `elevation` decides)."""
+    from c123.synthetic import SCENES
+
+    table = root / SYNTHETIC_TABLE
+    rows = read_table(table)
+    check_has_rows(table, rows, "case, scene, elevation, prompt")
+    missing_cols = {"case", "scene", "elevation"} - table_columns(table)
+    if missing_cols:
+        raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: write case, scene, elevation "
+                           "and prompt (or let `c123 evaluate synthetic-elevated` render the folder again)")
+    located = []
+    for row in rows:
+        case_id = check_case_id(row["case"], row.where)
+        if row["scene"] not in SCENES:
+            raise DatasetError(f"{row.where}: scene {row['scene']!r} is not a synthetic scene: use one of "
+                               f"{', '.join(SCENES)}")
+        fix = "write the degrees its reference was rendered from (the ground truth of a synthetic case)"
+        elevation = elevation_value(row["elevation"], row.where, fix, DatasetError)
+        if elevation is None or elevation == ELEVATION_ESTIMATE:
+            raise DatasetError(f"{row.where}: the elevation is {'blank' if elevation is None else 'not a number'}: "
+                               f"{fix}")
+        rgba, depth = root / f"{case_id}_rgba.png", root / f"{case_id}_depth.png"
+        absent = [p.name for p in (rgba, depth) if not p.is_file()]
+        if absent:
+            raise DatasetError(f"{row.where} names {', '.join(absent)}, which is not in {root}: render the folder "
+                               "again with `c123 evaluate synthetic-elevated` or remove the row")
+        located.append((Case(case_id, rgba, depth, None, row.get("prompt"), "synthetic", scene=row["scene"],
+                             ref_elevation=elevation if give_elevation else None, true_elevation=elevation),
+                         row.where))
+    return unique_ids(located)
 
 
 def _readable(path: Path) -> bool:
@@ -237,13 +313,14 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def render_reference(name: str, size: int, rgba_path: Path, depth_path: Path) -> None:
-    """Render one scene at the default reference camera; depth normalised to 1..65535 where covered, else 0."""
+def render_reference(name: str, size: int, rgba_path: Path, depth_path: Path, elevation: float = 0.0) -> None:
+    """Render one scene from the default reference camera raised to `elevation` degrees (azimuth 0, the preset's
+    radius and field of view); depth normalised to 1..65535 where covered, else 0."""
     from c123.cameras import reference_camera
     from c123.config import CameraConfig
     from c123.synthetic import get_scene
 
-    out = get_scene(name).render(reference_camera(CameraConfig()), size, size)
+    out = get_scene(name).render(reference_camera(CameraConfig(ref_polar=90.0 - elevation)), size, size)
     rgba = (out["rgba"][0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     # depth is defined wherever a pixel is partly covered, which includes every pixel with alpha > 0.5
     depth, covered = out["depth"][0].numpy(), out["rgba"][0, ..., 3].numpy() > 0
@@ -277,8 +354,12 @@ def read_gso(root: Path) -> list[Case]:
     for row in rows:
         case_id = check_case_id(row["case"], row.where)
         folder = root / case_id
+        fix = "write the degrees of the input view 000 (30 for SyncDreamer's renders)"
         try:
-            elevation, rotation = float(row["elevation"]), float(row["rotation"])
+            rotation = float(row["rotation"])
+            elevation = elevation_value(row["elevation"], row.where, fix, DatasetError)
+            if elevation is None or elevation == ELEVATION_ESTIMATE:  # the renders' truth: a number
+                raise ValueError
         except ValueError:
             raise DatasetError(f"{row.where}: elevation and rotation must be numbers (degrees), got "
                                f"{row['elevation']!r} and {row['rotation']!r}: fix that line") from None
@@ -289,7 +370,7 @@ def read_gso(root: Path) -> list[Case]:
             raise DatasetError(f"{row.where}: {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''} not in "
                                f"{root}: re-download the dataset with `c123 fetch gso --root DIR`")
         located.append((Case(case_id, folder / "gt" / "000.png", prompt=row.get("prompt"), category="gso",
-                             ref_elevation=elevation,
+                             ref_elevation=elevation, true_elevation=elevation,
                              gso=GsoTruth(str(folder / "model.obj"), str(folder / "gt"), rotation)), row.where))
     return unique_ids(located)
 
@@ -298,6 +379,8 @@ def detect(root: Path) -> list[Case]:
     """The cases of a folder in whichever layout it has; DatasetError naming the layouts when none fits."""
     if (root / GSO_TABLE).is_file():
         return read_gso(root)
+    if (root / SYNTHETIC_TABLE).is_file():
+        return read_synthetic_folder(root)
     table = next((t for t in (root / "prompts.tsv", root / "prompts.csv") if t.is_file()), None)
     header = table_columns(table) if table else set()
     if "file" in header:

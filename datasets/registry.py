@@ -14,6 +14,8 @@ from c123_pipeline.datasets.case import Case
 DATA_ENV = "C123_DATA"
 NAMED = {"realfusion15": "realfusion15", "c10": "c10", "realfusion15-original": "realfusion15/original", "gso": "gso"}
 """Named datasets and their folder under the data root."""
+GENERATED = ("synthetic", "synthetic-elevated")
+"""Datasets rendered on first use (c123.synthetic scenes; synthetic-elevated: at elevations 0, 15, 30)."""
 EXPECTED = {"realfusion15": "<case>_rgba.png, <case>_depth.png and prompts.tsv",
             "c10": "<case>_rgba.png, <case>_depth.png and prompts.tsv",
             "realfusion15-original": "<folder>/image.png and mask.png",
@@ -41,10 +43,13 @@ def default_data_root() -> Path:
 
 
 def load_dataset(name_or_path: str | Path, data_root: str | Path | None = None) -> Dataset:
-    """`realfusion15`, `c10`, `realfusion15-original`, `synthetic`, or the path of a dataset folder."""
+    """`realfusion15`, `c10`, `realfusion15-original`, `synthetic`, `synthetic-elevated`, or the path of a dataset
+    folder."""
     name = str(name_or_path)
     if name == "synthetic":
         return Dataset("synthetic", layouts.read_synthetic(), None)
+    if name == "synthetic-elevated":
+        return Dataset(name, layouts.read_synthetic(elevations=layouts.SYNTHETIC_ELEVATIONS), None)
     if name in NAMED:
         base = Path(data_root).expanduser() if data_root is not None else default_data_root()
         root = base / NAMED[name]
@@ -56,7 +61,7 @@ def load_dataset(name_or_path: str | Path, data_root: str | Path | None = None) 
     else:
         root = Path(name).expanduser()
         if not root.is_dir():
-            raise DatasetError(f"unknown dataset '{name}': use one of {', '.join([*NAMED, 'synthetic'])} "
+            raise DatasetError(f"unknown dataset '{name}': use one of {', '.join([*NAMED, *GENERATED])} "
                                "or the path of a dataset folder")
         name = root.name
     cases = layouts.detect(root)

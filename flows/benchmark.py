@@ -119,7 +119,7 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
     for entry in plan_.entries:
         values = metrics.result(entry)
         result = entry.outcome.result or {}
-        cfg, stages = entry.cfg, result.get("stage_seconds") or {}
+        cfg, stages, camera = entry.cfg, result.get("stage_seconds") or {}, result.get("input_camera") or {}
         seconds = {k: float(stages[k]) if stages.get(k) is not None else float("nan") for k in ("nerf", "dmtet", "export")}
         common = dict(run_id=plan_.run_id, dataset=plan_.dataset.name, case=entry.case.id,
                       variant=cfg.schedule.variant, weight_shape=cfg.schedule.weight_shape, seed=cfg.seed)
@@ -134,7 +134,12 @@ def rows(plan_: RunPlan, metrics: MetricStep) -> tuple[list[CaseRow], list[ViewR
             config_hash=result.get("config_hash") or cfg.hash(),
             code_version=result.get("code_version") or plan_.version, device=result.get("device") or "",
             case_dir=entry.case_dir, cache_key=entry.key, node_id=entry.outcome.node_id,
-            peak_memory_gb=entry.outcome.peak_memory_gb))
+            peak_memory_gb=entry.outcome.peak_memory_gb,
+            elevation=float(camera.get("elevation", 90.0 - cfg.camera.ref_polar)),  # an estimate: the run's
+            elevation_source=entry.elevation_source,
+            elevation_confidence=float((camera.get("estimate") or {}).get("confidence", float("nan"))),
+            prior_3d=cfg.prior.zero123_family,
+            true_elevation=float("nan") if entry.case.true_elevation is None else float(entry.case.true_elevation)))
         view_rows += [ViewRow(**common, **view) for view in values.get("per_view", [])]
     return case_rows, view_rows
 

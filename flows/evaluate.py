@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="c123 evaluate", description="Benchmark a dataset: reconstructions on Ray actors, metrics, "
         "Parquet tables and a report, as a Prefect flow. Rerun with the same --out to resume.")
-    p.add_argument("dataset", help="realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder")
+    p.add_argument("dataset", help="realfusion15 | c10 | realfusion15-original | synthetic | synthetic-elevated | "
+                   "a dataset folder")
     p.add_argument("--preset", default="paper", help="paper | fast | tiny | verify (default paper; verify: the "
                    "synthetic dataset with the oracle prior, numbers with a right answer)")
     p.add_argument("--variant", dest="variants", action="extend", nargs="+", metavar="V",
@@ -49,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
                    "an existing one resumes")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.nerf_iters=100")
+    p.add_argument("--elevation", metavar="DEG",
+                   help="elevation of every case's input view in degrees, strictly between -90 and 90, overriding "
+                        "the dataset table's (default: each case's table value, else 0); synthetic cases keep their "
+                        "true elevation for the oracle")
     p.add_argument("--actors", dest="num_actors", type=count(1), metavar="N",
                    help="number of Ray actors (default: one per GPU, else per CPU)")
     p.add_argument("--cases-per-gpu", metavar="N|auto", type=cases_per_gpu_arg,
@@ -92,10 +97,16 @@ def _prepare_env(verbose: bool) -> None:
 
 def spec_from(opts: argparse.Namespace):
     """The flow's parameters from the command line (names shared with BenchmarkSpec)."""
-    from c123_pipeline.flows.spec import BenchmarkSpec
+    from c123_pipeline.flows.spec import ELEVATION_TRUE, BenchmarkSpec
+
+    from c123.config import elevation_value
 
     given = vars(opts)
     thresholds = given.pop("thresholds")
+    if given.get("elevation") != ELEVATION_TRUE:  # 'true': each case's true elevation (flows.spec)
+        given["elevation"] = elevation_value(given.get("elevation"), "--elevation",
+                                             "pass the degrees of the input views, e.g. --elevation 30, 'estimate', "
+                                             "'true', or leave it out")
     spec = BenchmarkSpec(**{f.name: given[f.name] for f in dataclasses.fields(BenchmarkSpec) if f.name in given})
     if thresholds is not None:
         from c123_pipeline.reports.regression import parse_thresholds  # pandas: only when thresholds are given
@@ -174,7 +185,7 @@ def started_ahead(spec, checked):
     from c123_pipeline.flows.cluster import warm_config
     from c123_pipeline.flows.spec import case_config
 
-    first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0])
+    first = case_config(next(iter(checked.configs.values())), checked.dataset.cases[0], spec.elevation)
     warm = warm_start.WarmStart(spec.num_actors, spec.work_fn, spec.max_retries,
                                 len(checked.dataset.cases) * len(checked.configs), warm_config(spec, first),
                                 spec.cases_per_gpu).begin()

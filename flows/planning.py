@@ -15,7 +15,7 @@ from c123.config import ReconstructConfig
 from c123.metrics import MetricProtocol
 from c123_pipeline.datasets.case import Case
 from c123_pipeline.datasets.registry import Dataset
-from c123_pipeline.flows.spec import BenchmarkSpec, case_config, check_spec, variant_folder
+from c123_pipeline.flows.spec import BenchmarkSpec, case_config, check_spec, elevation_source, variant_folder
 from c123_pipeline.tasks import cache, storage
 from c123_pipeline.tasks.run_folder import RunLock, inside, prepare_run_json
 
@@ -33,6 +33,8 @@ class Entry:
     case_dir: str
     """Case folder relative to the run folder."""
     key: str
+    elevation_source: str = "config"
+    """Where the case's assumed elevation came from (flows.spec.ELEVATION_SOURCES)."""
     outcome: Outcome | None = None
     """Once known (read back for a cached case)."""
     cached: bool = False
@@ -69,7 +71,7 @@ def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
                       f"{uuid.uuid4().hex[:6]}",
             "dataset": ds.name, "dataset_root": str(ds.root) if ds.root else None, "preset": spec.preset,
             "variants": checked.variants, "seeds": checked.seeds, "cases": [c.id for c in ds.cases],
-            "overrides": list(spec.overrides or []), "code_version": version,
+            "overrides": list(spec.overrides or []), "elevation": spec.elevation, "code_version": version,
             "protocol": {**dataclasses.asdict(checked.protocol), "resolution": first.train.eval_size},
             "created_at": datetime.now(timezone.utc).isoformat(),
             "config": {v: {"config": checked.configs[(v, checked.seeds[0])].to_dict(),
@@ -80,8 +82,9 @@ def plan(spec: BenchmarkSpec, log, t_start: float) -> RunPlan:
             for case in ds.cases:
                 rel = f"cases/{variant_folder(cfg)}/{case.id}/seed{cfg.seed}"
                 inside(run_dir, rel)
-                case_cfg = case_config(cfg, case)
-                entries.append(Entry(len(entries), case, case_cfg, rel, cache.cache_key(case, case_cfg, version)))
+                case_cfg = case_config(cfg, case, spec.elevation)
+                entries.append(Entry(len(entries), case, case_cfg, rel, cache.cache_key(case, case_cfg, version),
+                                     elevation_source(case, spec.elevation, case_cfg)))
     except BaseException:
         lock.release()
         raise

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from c123.config import ORACLE_FROM_CASE, TINY_MODEL_PRESETS, ReconstructConfig, preset
+from c123.config import (ELEVATION_ESTIMATE, ORACLE_FROM_CASE, TINY_MODEL_PRESETS, ReconstructConfig, elevation_value,
+                         preset)
 from c123.config_checks import validate
 from c123.config_files import resolve_config
 from c123.errors import C123Error
@@ -42,7 +43,7 @@ class BenchmarkSpec:
     """What to benchmark: the `benchmark` flow's parameters (its signature is made from these fields)."""
 
     dataset: str = "c10"
-    """realfusion15 | c10 | realfusion15-original | synthetic | a dataset folder."""
+    """realfusion15 | c10 | realfusion15-original | synthetic | synthetic-elevated | a dataset folder."""
     preset: str = "paper"
     """paper | fast | tiny | verify."""
     variants: list[str] | None = None
@@ -57,6 +58,13 @@ class BenchmarkSpec:
     $C123_RUNS/<dataset>-<preset>-<UTC time>); an existing one resumes."""
     overrides: list[str] | None = None
     """Config overrides, 'section.field=value'."""
+    elevation: float | str | None = None
+    """Elevation (degrees, strictly between -90 and 90) assumed for every case's input view, overriding the
+    dataset table's (camera.ref_polar = 90 - elevation); 'estimate': estimate each case's from its image
+    (camera.estimate_elevation); 'true': each case's true elevation, where the layout knows it (synthetic,
+    synthetic-elevated, GSO); None: each case's table value, else the preset's default (0 in `paper`, the
+    estimate in `fast` and `verify`). A synthetic case's oracle still answers from its true elevation, so
+    `elevation=0` on synthetic-elevated measures what a wrong assumption costs."""
     num_actors: int | None = None
     """Ray actors (default: one per GPU, else one per CPU)."""
     cases_per_gpu: int | str | None = None
@@ -108,6 +116,10 @@ class BenchmarkSpec:
             raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
         if self.seeds is not None and not self.seeds:
             raise C123Error("parameter seeds=[] names no seed: leave it out for seed 0")
+        if self.elevation is not None and self.elevation != ELEVATION_TRUE:
+            elevation_value(self.elevation, f"parameter elevation={self.elevation!r}",
+                            "pass the degrees every case's input view is assumed to be taken from, 'estimate', "
+                            "'true', or leave it out")
         if self.work_fn is not None and ":" not in str(self.work_fn):
             raise C123Error(f"parameter work_fn={self.work_fn!r} is not module:function")
         case_patterns(self.cases)
@@ -127,12 +139,32 @@ def flow_parameters(fn: Callable[..., dict]) -> Callable[..., dict]:
 
 
 # ---- configs -------------------------------------------------------------------------------------
-def case_config(cfg: ReconstructConfig, case: Case) -> ReconstructConfig:
-    """The config one case runs with: an oracle that follows the case (prior.oracle_scene 'case', the verify
-    preset) answers with the case's own synthetic scene; a case that gives its input view's elevation (GSO:
-    `elevation` column) puts the reference camera there (camera.ref_polar = 90 - elevation)."""
+ELEVATION_TRUE = "true"
+"""The flow's `elevation` value that assumes each case's true elevation (where its layout knows it)."""
+
+
+def assumed_elevation(case: Case, elevation: float | str | None = None) -> float | str | None:
+    """The elevation a case's run assumes: the flow's parameter, else the case's table value; a number,
+    'estimate', or None (the config's). 'true' is the case's true elevation (one line if its layout has none)."""
+    assumed = elevation if elevation is not None else case.ref_elevation
+    if assumed == ELEVATION_TRUE:
+        if case.true_elevation is None:
+            raise C123Error(f"parameter elevation='{ELEVATION_TRUE}': case {case.id}'s dataset does not know the "
+                            "elevation its input was taken from: pass degrees or 'estimate'")
+        return float(case.true_elevation)
+    return assumed
+
+
+def case_config(cfg: ReconstructConfig, case: Case, elevation: float | str | None = None) -> ReconstructConfig:
+    """The config one case runs with. The reference camera is raised to the assumed elevation (camera.ref_polar =
+    90 - elevation, camera.estimate_elevation off): `elevation` (the flow's parameter) when given, else the case's
+    table value (GSO, synthetic: the true one), else the config's; 'estimate' turns camera.estimate_elevation on.
+    An oracle that follows the case (prior.oracle_scene 'case', the verify preset) answers with the case's own
+    synthetic scene, seen relative to the camera its input was really rendered from (prior.oracle_elevation =
+    the case's true elevation), whatever elevation is assumed."""
     follows_case = cfg.prior.oracle_scene == ORACLE_FROM_CASE
-    if not follows_case and case.ref_elevation is None:
+    assumed = assumed_elevation(case, elevation)
+    if not follows_case and assumed is None:
         return cfg
     if follows_case and not case.scene:
         raise C123Error(f"case {case.id} has no ground-truth scene, but preset '{cfg.preset}' answers Zero-1-to-3's "
@@ -140,9 +172,30 @@ def case_config(cfg: ReconstructConfig, case: Case) -> ReconstructConfig:
     resolved = copy.deepcopy(cfg)
     if follows_case:
         resolved.prior.oracle_scene = case.scene
-    if case.ref_elevation is not None:
-        resolved.camera.ref_polar = 90.0 - float(case.ref_elevation)
+        if case.true_elevation is not None:
+            resolved.prior.oracle_elevation = float(case.true_elevation)
+    if assumed == ELEVATION_ESTIMATE:
+        resolved.camera.estimate_elevation = True
+    elif assumed is not None:
+        resolved.camera.ref_polar = 90.0 - float(assumed)
+        resolved.camera.estimate_elevation = False  # given: nothing to estimate
     return resolved
+
+
+ELEVATION_SOURCES = ("parameter", "table", "config", "estimate")
+"""Where a case's assumed elevation came from (per_case `elevation_source`): the flow's `elevation` parameter,
+the dataset table's `elevation` column, the config (the preset's 0, or a camera.ref_polar override), or the
+estimate from the image (the parameter's, the table's or the preset's 'estimate')."""
+
+
+def elevation_source(case: Case, elevation: float | str | None = None, cfg: ReconstructConfig | None = None) -> str:
+    """Which of ELEVATION_SOURCES gave `case_config(cfg, case, elevation)` its reference camera."""
+    if (cfg is not None and cfg.camera.estimate_elevation) or elevation == ELEVATION_ESTIMATE \
+            or (elevation is None and case.ref_elevation == ELEVATION_ESTIMATE):
+        return "estimate"
+    if elevation is not None:
+        return "parameter"
+    return "table" if case.ref_elevation is not None else "config"
 
 
 def variant_folder(cfg: ReconstructConfig) -> str:
@@ -162,7 +215,7 @@ def resolve_inputs(spec: BenchmarkSpec) -> tuple[Dataset, list[str], list[int], 
     configs = {(v, s): validate(resolve_config(spec.preset, v, s, overrides), check_device=False)
                for v in variants for s in seeds}
     for case in ds.cases:  # a case the config cannot run (the oracle needs its scene) is refused now
-        case_config(configs[(variants[0], seeds[0])], case)
+        validate(case_config(configs[(variants[0], seeds[0])], case, spec.elevation), check_device=False)
     folders = {variant_folder(cfg) for (v, s), cfg in configs.items() if s == seeds[0]}
     if len(folders) < len(variants):
         raise C123Error(f"variants {', '.join(variants)} resolve to the same configuration: list each once")

@@ -14,7 +14,7 @@ from c123_pipeline.reports.plots import code_changes
 from c123_pipeline.reports.regression import Verdict
 from c123_pipeline.reports.runs import TRUTH_DIR, Run, all_cases
 from c123_pipeline.reports.verify import GROUND_TRUTH_LABELS
-from c123_pipeline.reports.tables import Table
+from c123_pipeline.reports.tables import Table, elevation_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
@@ -109,8 +109,22 @@ def _case_cell(run: Run, row, out_dir: Path) -> str:
                          if not pd.isna(getattr(row, m)))
     events = folder / outputs.get("events", "tb")
     tb = f' · <a href="{href(events, out_dir)}/">TensorBoard</a>' if events.is_dir() else ""
-    parts.append(f'<div class="foot">seed {row.seed}{" · " + metrics if metrics else ""}{tb}</div>')
+    camera = camera_note(row)
+    parts.append(f'<div class="foot">seed {row.seed}{" · " + escape(camera) if camera else ""}'
+                 f'{" · " + metrics if metrics else ""}{tb}</div>')
     return "<td>" + "".join(parts) + "</td>"
+
+
+def camera_note(row) -> str:
+    """'elevation 30° (table), true 30°': the input camera of a per_case row, or '' when it is the default
+    elevation 0 and not known to be otherwise (or the run predates the columns)."""
+    assumed = getattr(row, "elevation", float("nan"))
+    true = getattr(row, "true_elevation", float("nan"))
+    if pd.isna(assumed) or (assumed == 0 and (pd.isna(true) or true == 0)):
+        return ""
+    source = getattr(row, "elevation_source", None)
+    text = f"elevation {elevation_text(assumed)}" + ("" if source is None or pd.isna(source) else f" ({source})")
+    return text + ("" if pd.isna(true) else f", true {elevation_text(true)}")
 
 
 def grid_html(runs: list[Run], out_dir: Path) -> str:
@@ -162,8 +176,9 @@ def truth_html(runs: list[Run], out_dir: Path) -> str:
             f'<img class="truth" src="{href(t, out_dir)}" alt="true view {v["azimuth"]:g}°">'
             f'<img class="recon" src="{href(r, out_dir)}" alt="reconstructed view {v["azimuth"]:g}°">'
             f'<figcaption>{v["azimuth"]:g}°</figcaption></figure>' for v, t, r in pairs)
-        numbers = " · ".join(f"{label} {getattr(row, m):.4g}" for m, label in GROUND_TRUTH_LABELS.items()
-                             if not pd.isna(getattr(row, m, float("nan"))))
+        numbers = " · ".join([*filter(None, [camera_note(row)]),
+                              *(f"{label} {getattr(row, m):.4g}" for m, label in GROUND_TRUTH_LABELS.items()
+                                if not pd.isna(getattr(row, m, float("nan"))))])
         out.append(f'<div class="case-truth" data-case="{escape(str(row.case))}"><h3>{escape(str(row.case))} '
                    f"<small>{escape(row.label)} · seed {row.seed}</small></h3>"
                    f'<p class="foot">top: the true view; below: the reconstruction, same camera (azimuth from the '

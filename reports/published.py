@@ -12,6 +12,7 @@ GROUND_TRUTH_METRICS = tuple(m for m in HIGHER_IS_BETTER if m not in METRICS)
 c123.metrics beyond Table 1's, so one added there gets its column here."""
 
 _GROUND_TRUTH_NAMES = {"novel_psnr": "novel PSNR", "novel_lpips": "novel LPIPS", "chamfer_sq": "Chamfer²",
+                       "unseen_psnr": "unseen PSNR", "silhouette_iou": "silhouette IoU", "fscore": "F-score",
                        "sd_chamfer": "Chamfer (SyncDreamer)", "sd_volume_iou": "Volume IoU", "sd_psnr": "PSNR (16 views)",
                        "sd_ssim": "SSIM (16 views)", "sd_lpips": "LPIPS-VGG (16 views)"}
 

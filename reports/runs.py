@@ -137,8 +137,12 @@ def all_cases(runs: list[Run]) -> pd.DataFrame:
 
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
-    """'variant · shape · preset', plus the run id when the frame holds more than one run."""
+    """'variant · shape · preset', then the 3D prior when it is not Zero-1-to-3 ('· stable-zero123': Table 1's
+    "Consistent123 with Stable Zero123" row), plus the run id when the frame holds more than one run."""
     label = df["variant"].astype(str) + " · " + df["weight_shape"].astype(str) + " · " + df["preset"].astype(str)
+    if "prior_3d" in df:  # runs before the column read as Zero-1-to-3's
+        other = df["prior_3d"].notna() & (df["prior_3d"].astype(str) != "zero123")
+        label = label.where(~other, label + " · " + df["prior_3d"].astype(str))
     if df["run_id"].nunique() > 1:
         label = label + " · " + df["run_id"].astype(str)
     return label

@@ -367,14 +367,58 @@ def seed_table(cases: pd.DataFrame) -> Table | None:
                  columns, rows, [], [SEED_NOTE])
 
 
+CAMERA_METRICS = ("unseen_psnr", "novel_psnr", "silhouette_iou", "fscore", "psnr")
+"""What the input-camera table shows beside each case's elevations: the ground truth's first (the unseen sides
+are what a wrong elevation costs), then the reference-view PSNR."""
+CAMERA_NOTE = ("Assumed: the input camera's elevation the reconstruction used (camera.ref_polar = 90 - elevation), "
+               "from the flow's `elevation` parameter, the dataset table or the config (the preset's 0, the official "
+               "fixed elevation); true: the elevation the input was really taken from, where the dataset knows it "
+               "(synthetic renders, GSO). The oracle of the verify preset answers from the true camera, as "
+               "Zero-1-to-3 answers from the image.")
+
+
+def elevation_text(value) -> str:
+    """'30°', or the dash when unknown."""
+    return DASH if value is None or pd.isna(value) else f"{float(value):g}°"
+
+
+def camera_table(cases: pd.DataFrame) -> Table | None:
+    """Per method and case: the input camera's assumed elevation and its source, the true one, and the metrics
+    a wrong elevation moves (mean over succeeded seeds); None when every known elevation is 0 (or the runs
+    predate the columns), where the table would say nothing."""
+    if "elevation" not in cases or not len(cases):
+        return None
+    true = cases["true_elevation"] if "true_elevation" in cases else pd.Series(math.nan, index=cases.index)
+    known = pd.concat([cases["elevation"], true]).astype("float64").dropna()
+    if not (known != 0).any():
+        return None
+    metrics = [m for m in CAMERA_METRICS if m in cases and cases[m].notna().any()]
+    source = cases["elevation_source"] if "elevation_source" in cases else pd.Series(None, index=cases.index)
+    frame = cases.assign(_true=true.astype("float64"), _source=source.astype("object").fillna(DASH).astype(str),
+                         _assumed=cases["elevation"].astype("float64"))
+    rows = []  # one case's runs side by side: its elevations' effect reads down the table
+    for (dataset, case, label), group in frame.groupby(["dataset", "case", "label"], sort=True):
+        first = group.iloc[0]
+        cells = [Cell(elevation_text(first["_assumed"])), Cell(first["_source"]), Cell(elevation_text(first["_true"]))]
+        for m in metrics:
+            ok = _ok_values(group, m)
+            cells.append(Cell(fmt(ok.mean() if len(ok) else math.nan, ok.std(ddof=1) if len(ok) > 1 else math.nan)))
+        cells.append(Cell(_ok_count(group)))
+        rows.append(Row(f"{dataset}/{case} · {label}", "", cells, [RANDOM_MARK] if random_weights(group) else []))
+    columns = [Column("elevation", "assumed"), Column("elevation", "source"), Column("elevation", "true"),
+               *(Column("metrics", pub.metric_label(m)) for m in metrics), Column("", "ok / cases")]
+    footnotes = [(RANDOM_MARK, RANDOM_NOTE)] if any(RANDOM_MARK in r.marks for r in rows) else []
+    return Table("Input camera: per case, the elevation assumed and the true one, mean ± std over succeeded seeds",
+                 ("Case · method", ""), columns, rows, footnotes, [CAMERA_NOTE])
+
+
 SEED_NOTE = ("A case's spread across seeds is the noise floor of any comparison of its numbers: the nightly "
              "verdict (reports.regression.seed_tolerance) flags a change only beyond it.")
 
 
 def build_tables(cases: pd.DataFrame) -> list[Table]:
-    """Table 1, the ground-truth table (when some dataset has ground truth), the seed table (when a case has
-    several seeds), then one Table 2 per run and preset that has C10 consistent123 rows."""
-    truth = ground_truth_table(cases)
-    seeds = seed_table(cases)
-    return [table1(cases), *([truth] if truth is not None else []), *([seeds] if seeds is not None else []),
-            *table2(cases)]
+    """Table 1, the ground-truth table (when some dataset has ground truth), the input-camera table (when some
+    case's assumed or true elevation is not 0), the seed table (when a case has several seeds), then one Table 2
+    per run and preset that has C10 consistent123 rows."""
+    optional = [ground_truth_table(cases), camera_table(cases), seed_table(cases)]
+    return [table1(cases), *(t for t in optional if t is not None), *table2(cases)]

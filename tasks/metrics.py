@@ -460,14 +460,21 @@ def _save_truth(out: Path, views_meta: list[dict], truth: np.ndarray) -> None:
 
 
 def _unseen(views_meta: list[dict], result: dict) -> list[bool]:
-    """Per orbit view: whether it is at least UNSEEN_ANGLE from the reference camera of the case's config."""
+    """Per orbit view: whether it is at least UNSEEN_ANGLE from the camera the input was really taken from
+    (result.json's input_camera true_elevation / true_azimuth, which a synthetic case knows), else from the
+    reference camera of the case's config: what the input never showed, whatever camera the run assumed."""
     import torch
 
     from c123.cameras import orbit_cameras, view_angle
     from c123.metrics import UNSEEN_ANGLE
 
     cam_cfg = result.get("config", {}).get("camera", {})
-    ref = orbit_cameras(float(cam_cfg.get("ref_polar", 90.0)), float(cam_cfg.get("ref_azimuth", 0.0)), 1.0, 20.0)
+    known = result.get("input_camera") or {}
+    polar = float(cam_cfg.get("ref_polar", 90.0)) if known.get("true_elevation") is None else \
+        90.0 - float(known["true_elevation"])
+    azimuth = float(cam_cfg.get("ref_azimuth", 0.0)) if known.get("true_azimuth") is None else \
+        float(known["true_azimuth"])
+    ref = orbit_cameras(polar, azimuth, 1.0, 20.0)
     cams = orbit_cameras(torch.tensor([float(v.get("polar", 90.0)) for v in views_meta], dtype=torch.float64),
                          torch.tensor([float(v.get("azimuth", 0.0)) for v in views_meta], dtype=torch.float64),
                          1.0, 20.0)

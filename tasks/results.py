@@ -83,6 +83,17 @@ class CaseRow:
     peak_memory_gb: float = float("nan")
     """Peak GPU memory of the case's tensors, torch.cuda.max_memory_allocated in GB (1e9 bytes) of the actor
     that computed it; NaN on CPU (no such counter) and for a case reused from the cache."""
+    elevation: float = float("nan")
+    """Elevation (degrees) of the input camera the reconstruction assumed, 90 - camera.ref_polar."""
+    elevation_source: str | None = None
+    """Where that elevation came from: 'parameter' (the flow's `elevation`), 'table' (the dataset's), 'config'
+    (the preset's 0 or an override), 'estimate' (from the image); flows.spec.ELEVATION_SOURCES."""
+    elevation_confidence: float = float("nan")
+    """Confidence (0 to 1) of an estimated elevation (c123/elevation.py); NaN where it was given."""
+    prior_3d: str = "zero123"
+    """The 3D prior's family (prior.zero123_family: 'zero123' or 'stable-zero123'); the oracle stands in for it."""
+    true_elevation: float = float("nan")
+    """Elevation the input view was really taken from, where the dataset knows it (synthetic, GSO); else NaN."""
 
 
 @dataclass

@@ -17,7 +17,8 @@ from c123.config import preset
 from c123.config_files import ConfigFileError, field_docs, read_config_file, resolve_config, to_yaml
 from c123.errors import C123Error
 from c123.outputs import case_name, new_run_dir, plain_case_id
-HEADER = re.compile(r"^c123 \S+: (\S+), preset (\w+), variant (\S+), seed (\d+), config ([0-9a-f]{16}) -> (.+)$")
+HEADER = re.compile(r"^c123 \S+: (\S+), preset (\w+), variant (\S+), seed (\d+), input camera elevation \S+, "
+                    r"azimuth \S+, config ([0-9a-f]{16}) -> (.+)$")
 
 
 @pytest.fixture()

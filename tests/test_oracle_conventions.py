@@ -125,13 +125,13 @@ def test_oracle_sample_is_its_target_at_its_size(scene, convention):
     assert float(((images - truth(scene, VIEWS)) ** 2).mean()) <= RIGHT
 
 
-def test_the_loaded_oracle_takes_its_convention_and_size_from_the_config():
+def test_the_loaded_oracle_takes_its_convention_from_the_config_and_draws_at_zero123s_size():
     from c123.priors.loading import chosen
     cfg = C.verify()
     cfg.prior.oracle_scene, cfg.prior.zero123_family = "toy", "stable-zero123"
     oracle, ids = chosen("zero123", cfg).load(cfg, "cpu")  # the registry's loader, as load_priors calls it
     assert isinstance(oracle, OraclePrior) and ids == {"zero123": "oracle:toy", "zero123_variant": "none"}
-    assert (oracle.convention, oracle.size) == ("stable-zero123", cfg.prior.zero123_size)
+    assert (oracle.convention, oracle.size) == ("stable-zero123", 256)  # not the tiny SDS size
     cfg.prior.zero123_family = "zero123"
     assert chosen("zero123", cfg).load(cfg, "cpu")[0].convention == "zero123"
 

@@ -160,3 +160,17 @@ def test_a_run_from_before_case_ids_lost_rgba_reads_with_the_new_ids(tmp_path):
 def test_reports_import_neither_prefect_nor_ray():
     code = "import sys, reports.build; assert not {'prefect', 'ray'} & set(sys.modules), 'prefect/ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_with_stable_zero123_is_its_own_method_row_named_for_its_3d_prior():
+    """Table 1's "Consistent123 with Stable Zero123" row: the 3D prior joins the method's name when it is not
+    Zero-1-to-3; rows of runs before the column read as Zero-1-to-3's."""
+    import pandas as pd
+
+    from c123_pipeline.reports.runs import method_labels
+
+    df = pd.DataFrame({"run_id": ["r"] * 3, "variant": ["consistent123"] * 3, "weight_shape": ["exp"] * 3,
+                       "preset": ["paper"] * 3, "prior_3d": ["zero123", "stable-zero123", None]})
+    assert list(method_labels(df)) == ["consistent123 · exp · paper", "consistent123 · exp · paper · stable-zero123",
+                                       "consistent123 · exp · paper"]
+    assert list(method_labels(df.drop(columns="prior_3d"))) == ["consistent123 · exp · paper"] * 3

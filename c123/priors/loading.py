@@ -73,7 +73,7 @@ class PriorEntry:
 
 # The loaders import their model modules on use: diffusers and transformers load only for the priors a run needs.
 def _load_oracle(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]]:
-    from c123.priors.oracle import OraclePrior
+    from c123.priors.oracle import ORACLE_VIEW_SIZE, OraclePrior
     from c123.synthetic import get_scene
 
     if cfg.prior.oracle_scene == ORACLE_FROM_CASE:
@@ -81,7 +81,8 @@ def _load_oracle(cfg: ReconstructConfig, device) -> tuple[object, dict[str, str]
                         "`c123 evaluate synthetic --preset verify`, or name the scene of the input, "
                         "e.g. --set prior.oracle_scene=toy")
     prior = OraclePrior(get_scene(cfg.prior.oracle_scene), convention=cfg.prior.zero123_family,
-                        size=cfg.prior.zero123_size)
+                        size=ORACLE_VIEW_SIZE, true_elevation=cfg.prior.oracle_elevation,
+                        true_azimuth=cfg.prior.oracle_azimuth)
     return prior, {"zero123": prior.model_id, "zero123_variant": prior.variant_loaded}
 
 

@@ -94,6 +94,10 @@ class Zero123Prior:
     """SDS with Zero-1-to-3: `set_reference` once, then `loss(images, cams, t_range=...)` per step; `sample(cams)`
     draws its own novel views."""
 
+    view_fovy = 49.1
+    """Vertical field of view (degrees) of the views `sample` draws, whatever the cameras say: Zero-1-to-3 was
+    trained on Objaverse renders at this field of view (One-2-3-45's elevation estimate uses K with f = 280 px at
+    256 px, i.e. 49.1 degrees). The elevation estimate (c123/elevation.py) reads it."""
     licence: str | None = None
     """A line to announce once per run when the weights carry terms a user must know (None: nothing)."""
 
