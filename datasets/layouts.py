@@ -108,6 +108,17 @@ def check_has_rows(path: Path, rows: list[Row], needed: str) -> None:
                            f"{'tabs' if path.suffix == '.tsv' else 'commas'}, under a header line naming them")
 
 
+def read_case_table(path: Path, needed: str, required: set[str], fix: str) -> list[Row]:
+    """The rows of a table that must list the cases (`check_has_rows`) under a header with the `required`
+    columns; DatasetError '<path> lacks columns ...: <fix>' otherwise."""
+    rows = read_table(path)
+    check_has_rows(path, rows, needed)
+    missing = required - table_columns(path)
+    if missing:
+        raise DatasetError(f"{path} lacks columns {', '.join(sorted(missing))}: {fix}")
+    return rows
+
+
 def _table_lines(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, stripped fields) of each non-blank line of a .tsv or .csv file."""
     try:
@@ -274,13 +285,9 @@ def read_synthetic_folder(root: Path, give_elevation: bool = True) -> list[Case]
     the run also assumes it (else the preset's default or the flow's `elevation` decides)."""
     from c123.synthetic import SCENES
 
-    table = root / SYNTHETIC_TABLE
-    rows = read_table(table)
-    check_has_rows(table, rows, "case, scene, elevation, prompt")
-    missing_cols = {"case", "scene", "elevation"} - table_columns(table)
-    if missing_cols:
-        raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: write case, scene, elevation "
-                           "and prompt (or let `c123 evaluate synthetic-elevated` render the folder again)")
+    rows = read_case_table(root / SYNTHETIC_TABLE, "case, scene, elevation, prompt", {"case", "scene", "elevation"},
+                           "write case, scene, elevation and prompt (or let `c123 evaluate synthetic-elevated` "
+                           "render the folder again)")
     located = []
     for row in rows:
         case_id = check_case_id(row["case"], row.where)
@@ -343,26 +350,19 @@ def read_gso(root: Path) -> list[Case]:
     view 000 (azimuth 0, elevation 30), already centred; the table gives each case's elevation and rotation."""
     from c123.metrics import GsoTruth
 
-    table = root / GSO_TABLE
-    rows = read_table(table)
-    check_has_rows(table, rows, "case, elevation, rotation, prompt")
-    missing_cols = {"case", "elevation", "rotation"} - table_columns(table)
-    if missing_cols:
-        raise DatasetError(f"{table} lacks columns {', '.join(sorted(missing_cols))}: re-download the dataset "
-                           "with `c123 fetch gso --root DIR`")
+    rows = read_case_table(root / GSO_TABLE, "case, elevation, rotation, prompt", {"case", "elevation", "rotation"},
+                           "re-download the dataset with `c123 fetch gso --root DIR`")
     located = []
     for row in rows:
         case_id = check_case_id(row["case"], row.where)
         folder = root / case_id
         fix = "write the degrees of the input view 000 (30 for SyncDreamer's renders)"
-        try:
-            rotation = float(row["rotation"])
-            elevation = elevation_value(row["elevation"], row.where, fix, DatasetError)
-            if elevation is None or elevation == ELEVATION_ESTIMATE:  # the renders' truth: a number
-                raise ValueError
+        try:  # the renders' truth: numbers ('estimate' too is refused here)
+            elevation, rotation = float(row["elevation"]), float(row["rotation"])
         except ValueError:
             raise DatasetError(f"{row.where}: elevation and rotation must be numbers (degrees), got "
                                f"{row['elevation']!r} and {row['rotation']!r}: fix that line") from None
+        elevation = elevation_value(elevation, row.where, fix, DatasetError)
         needed = [folder / "model.obj"] + [folder / "gt" / f"{k:03}{s}.png" for k in range(GSO_VIEWS)
                                            for s in ("", "-depth")]
         absent = [str(p.relative_to(root)) for p in needed if not p.is_file()]
