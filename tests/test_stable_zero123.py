@@ -231,7 +231,8 @@ def test_the_licence_is_announced_once_and_recorded_in_result_json(tiny_dirs, tm
     events = []
     reconstruct(ReconstructionInput("square", rgba), stable_config(tiny_dirs["zero123"].parent), tmp_path,
                 progress=events.append)
-    assert [e.message for e in events if isinstance(e, Notice)] == [LICENCE]
+    # once, among the run's other notices (e.g. the prior views being drawn), and recorded once
+    assert [e.message for e in events if isinstance(e, Notice)].count(LICENCE) == 1
     assert json.loads((tmp_path / "result.json").read_text())["notices"] == [LICENCE]
     # Zero-1-to-3's weights carry no such line
     from c123.priors.zero123 import Zero123Prior
