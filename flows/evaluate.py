@@ -103,7 +103,7 @@ def spec_from(opts: argparse.Namespace):
 
     given = vars(opts)
     thresholds = given.pop("thresholds")
-    if given.get("elevation") != ELEVATION_TRUE:  # 'true': each case's true elevation (flows.spec)
+    if str(given.get("elevation")).strip().lower() != ELEVATION_TRUE:  # 'true': each case's truth (flows.spec)
         given["elevation"] = elevation_value(given.get("elevation"), "--elevation",
                                              "pass the degrees of the input views, e.g. --elevation 30, 'estimate', "
                                              "'true', or leave it out")

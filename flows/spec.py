@@ -116,7 +116,7 @@ class BenchmarkSpec:
             raise C123Error("parameter variants=[] names no variant: leave it out for consistent123")
         if self.seeds is not None and not self.seeds:
             raise C123Error("parameter seeds=[] names no seed: leave it out for seed 0")
-        if self.elevation is not None and self.elevation != ELEVATION_TRUE:
+        if self.elevation is not None and str(self.elevation).strip().lower() != ELEVATION_TRUE:
             elevation_value(self.elevation, f"parameter elevation={self.elevation!r}",
                             "pass the degrees every case's input view is assumed to be taken from, 'estimate', "
                             "'true', or leave it out")
@@ -147,12 +147,13 @@ def assumed_elevation(case: Case, elevation: float | str | None = None) -> float
     """The elevation a case's run assumes: the flow's parameter, else the case's table value; a number,
     'estimate', or None (the config's). 'true' is the case's true elevation (one line if its layout has none)."""
     assumed = elevation if elevation is not None else case.ref_elevation
-    if assumed == ELEVATION_TRUE:
+    if isinstance(assumed, str) and assumed.strip().lower() == ELEVATION_TRUE:
         if case.true_elevation is None:
             raise C123Error(f"parameter elevation='{ELEVATION_TRUE}': case {case.id}'s dataset does not know the "
                             "elevation its input was taken from: pass degrees or 'estimate'")
         return float(case.true_elevation)
-    return assumed
+    # a deployment passes text ('30', 'Estimate'): the number or 'estimate' it means (checked in check_spec)
+    return elevation_value(assumed, f"elevation {assumed!r} of case {case.id}", "pass degrees, 'estimate' or 'true'")
 
 
 def case_config(cfg: ReconstructConfig, case: Case, elevation: float | str | None = None) -> ReconstructConfig:

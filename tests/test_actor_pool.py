@@ -25,11 +25,8 @@ def test_last_running_case_gets_the_idle_actors_thread_and_the_next_case_starts_
     ray_cluster()
     jobs = [Job(i, ProbeCase(c), "consistent123", 0, {}, str(tmp_path / c), "k") for i, c in
             enumerate(["long", "short"])]
-    with ActorPool(2, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="pipeline_faults:threads_seen") as pool:
-        # by default a case keeps its thread count (its float rounding may not depend on the timing of others)
-        outcomes = {job.case_id: outcome for job, outcome in pool.run(jobs)}
-        assert {c: o.result["threads"] for c, o in outcomes.items()} == {"short": 1, "long": 1}
-        pool.share_idle_threads = True
+    with ActorPool(2, resources={"num_cpus": 1, "num_gpus": 0}, work_fn="pipeline_faults:threads_seen",
+                   share_idle_threads=True) as pool:
         outcomes = {job.case_id: outcome for job, outcome in pool.run(jobs)}
         assert all(o.status == "ok" for o in outcomes.values()), outcomes
         seen = {c: o.result["threads"] for c, o in outcomes.items()}
@@ -38,6 +35,26 @@ def test_last_running_case_gets_the_idle_actors_thread_and_the_next_case_starts_
         after = [Job(2 + i, ProbeCase(c), "consistent123", 0, {}, str(tmp_path / c), "k") for i, c in
                  enumerate(["after1", "after2"])]
         assert sorted(outcome.result["threads"] for _job, outcome in pool.run(after)) == [1, 1]
+
+
+def test_by_default_a_running_case_keeps_its_thread_count():
+    """Without share_idle_threads the pool asks no actor to change threads, however many are idle: a case's float
+    rounding must not depend on when the others finished (identical runs give identical rows)."""
+    from c123_pipeline.tasks.actors import ActorPool
+
+    class Actor:
+        def __init__(self):
+            self.asked = []
+            self.set_threads = self
+
+        def remote(self, token, n):
+            self.asked.append((token, n))
+
+    for share, asked in ((False, []), (True, [(7, 2)])):
+        pool = ActorPool(2, resources={"num_cpus": 1, "num_gpus": 0}, share_idle_threads=share)
+        pool.actors, pool._token = [Actor(), Actor()], {0: 7}
+        pool._rebalance({"ref": (0, None, 0.0)}, idle=[1])
+        assert pool.actors[0].asked == asked, share
 
 
 def test_thread_request_that_arrives_before_its_case_starts_is_kept_for_that_case_only(tmp_path):

@@ -5,6 +5,7 @@ really rendered from; the synthetic-elevated dataset; what result.json, per_case
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -339,6 +340,9 @@ def test_case_config_estimates_or_assumes_the_truth_when_the_flow_says_so():
     truth = case_config(paper, elevated, elevation="true")
     assert (truth.camera.ref_polar, truth.camera.estimate_elevation, elevation_source(elevated, "true", truth)) == (
         60.0, False, "parameter")
+    assert case_config(paper, elevated, elevation=" True ").camera.ref_polar == 60.0  # a deployment's text
+    assert case_config(paper, elevated, elevation="30").camera.ref_polar == 60.0
+    assert case_config(paper, elevated, elevation="Estimate").camera.estimate_elevation
     asked = case_config(paper, _case("estimate", scene=None))
     assert asked.camera.estimate_elevation and asked.camera.ref_polar == 90.0
     assert not case_config(verify, _case(0.0, 0.0)).camera.estimate_elevation  # given (synthetic): no estimate
@@ -430,3 +434,36 @@ def test_report_page_names_each_cases_input_camera(tmp_path):
     assert notes == ["elevation 30° (table), true 30°", "elevation 0° (parameter), true 30°"]
     assert camera_note(rows.assign(elevation=0.0, true_elevation=0.0).iloc[0]) == ""
     assert camera_note(rows.drop(columns=["elevation"]).iloc[0]) == ""
+
+
+# ---- the estimate in a run ----------------------------------------------------------------------------------
+def test_a_run_that_estimates_records_the_estimate_and_training_starts_from_it(tmp_path, toy_input):
+    """`reconstruct --elevation estimate` with the real (tiny, random) Zero-1-to-3: its views follow no camera, so
+    the estimate falls back to 0 with a warning that the run records; with the oracle answering from a camera 30
+    degrees up, the estimate is recorded with its confidence and written into the run's config."""
+    from c123.cli import main
+    from c123_pipeline.datasets.layouts import render_reference
+
+    quick = ["train.nerf_iters=2", "train.dmtet_iters=0", "log.prior_views=false", "train.eval_views=1",
+             "train.video_frames=1", "train.export_mesh=false"]
+    out = tmp_path / "random"
+    assert main(["reconstruct", str(toy_input.rgba), "--depth", str(toy_input.depth), "--prompt", "a toy",
+                 "--preset", "tiny", "--variant", "3d-only", "--elevation", "estimate", "--out", str(out),
+                 "--set", *quick]) == 0
+    camera = json.loads((out / "result.json").read_text())["input_camera"]
+    assert camera["elevation"] == 0.0 and camera["estimate"]["fell_back"] and camera["estimate"]["warning"]
+    assert camera["estimate"]["fovy"] == 49.1  # Zero-1-to-3's own views
+    assert camera["estimate"]["warning"] in json.loads((out / "result.json").read_text())["warnings"]
+
+    rgba, depth = tmp_path / "toy30_rgba.png", tmp_path / "toy30_depth.png"
+    render_reference("toy", 128, rgba, depth, 30.0)
+    out = tmp_path / "oracle"
+    assert main(["reconstruct", str(rgba), "--depth", str(depth), "--prompt", "a toy", "--preset", "tiny",
+                 "--variant", "3d-only", "--elevation", "estimate", "--out", str(out), "--set", *quick,
+                 "prior.oracle_scene=toy", "prior.oracle_elevation=30"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    estimate = result["input_camera"]["estimate"]
+    assert abs(estimate["elevation"] - 30.0) <= 5.0 and not estimate["fell_back"] and estimate["confidence"] >= 0.5
+    assert result["input_camera"]["elevation"] == estimate["elevation"]
+    assert result["config"]["camera"]["ref_polar"] == 90.0 - estimate["elevation"]  # what training started from
+    assert f"ref_polar: {90.0 - estimate['elevation']}" in (out / "config.yaml").read_text()
