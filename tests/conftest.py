@@ -3,6 +3,8 @@ imported first: before any test module imports Prefect, Ray or Hugging Face)."""
 
 import session_env  # noqa: F401, I001  (sets the test environment; must stay the first import)
 
+from pathlib import Path
+
 import pytest
 
 from c123.synthetic import get_scene
@@ -15,6 +17,21 @@ def fitted_toy_nerf():
     """A NeRF fitted to 16 ground-truth views of the toy scene (64x64, 400 steps: the official smoothstep grid converges more slowly at first): (scene, FitResult)."""
     scene = get_scene("toy")
     return scene, fit_nerf_to_scene(scene, views=16, size=64, iters=400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The tiny random models in their real on-disk layouts (`c123 models tiny`), written once per session:
+    {name: folder}. Read only: a test that damages one copies it first."""
+    from c123.priors.tiny import write_tiny_models
+
+    return {k: Path(v) for k, v in write_tiny_models(tmp_path_factory.mktemp("tiny-models")).items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs) -> Path:
+    """The folder holding `tiny_dirs` (C123_TINY_MODELS of a tiny run)."""
+    return tiny_dirs["zero123"].parent
 
 
 @pytest.fixture(scope="session")

@@ -37,19 +37,10 @@ def refused(capsys, code: int) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    from c123.priors.tiny import write_tiny_models
-
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_tiny_models(folder)
-    return folder
-
-
 @pytest.fixture()
-def env(tmp_path, monkeypatch, models):
+def env(tmp_path, monkeypatch, tiny_models):
     """Tiny models, a private cache, and the test folder as working directory (a default output lands there)."""
-    monkeypatch.setenv("C123_TINY_MODELS", str(models))
+    monkeypatch.setenv("C123_TINY_MODELS", str(tiny_models))
     monkeypatch.setenv("C123_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -266,11 +257,11 @@ def test_a_prompt_of_200000_characters_is_refused_before_any_model_runs(env, cap
     assert not (env / "cache").exists()
 
 
-def test_truncated_model_weights_are_the_weights_line_with_the_fix(env, capsys, models, tmp_path, monkeypatch):
+def test_truncated_model_weights_are_the_weights_line_with_the_fix(env, capsys, tiny_models, tmp_path, monkeypatch):
     import shutil
 
     damaged = tmp_path / "damaged"
-    shutil.copytree(models, damaged)
+    shutil.copytree(tiny_models, damaged)
     weights = damaged / "dpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
     monkeypatch.setenv("C123_TINY_MODELS", str(damaged))
@@ -280,13 +271,13 @@ def test_truncated_model_weights_are_the_weights_line_with_the_fix(env, capsys, 
     assert f"remove {damaged / 'dpt'} and rewrite the tiny models with `c123 models tiny {damaged}`" in err
 
 
-def test_a_hub_snapshot_with_damaged_weights_names_its_download_command(tmp_path, models):
+def test_a_hub_snapshot_with_damaged_weights_names_its_download_command(tmp_path, tiny_models):
     import shutil
 
     from c123.priors.clip import ClipModel
 
     snapshot = tmp_path / "hub" / "models--openai--clip-vit-base-patch16" / "snapshots" / "abc123"
-    shutil.copytree(models / "clip", snapshot)
+    shutil.copytree(tiny_models / "clip", snapshot)
     weights = snapshot / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:500])
     with pytest.raises(WeightsMissingError, match=r"re-download it with `hf download openai/clip-vit-base-patch16 "

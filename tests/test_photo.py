@@ -20,7 +20,6 @@ from PIL import Image
 from c123.config import tiny
 from c123.errors import InputError
 from c123.preprocess import load_input, prepare_input
-from c123.priors.tiny import write_tiny_models
 from data_support import DATA, needs_dataset
 
 C10 = DATA / "c10"
@@ -30,13 +29,6 @@ SHORT = ["train.nerf_iters=8", "train.dmtet_iters=4", "schedule.check_start=2", 
          "schedule.check_interval=2", "train.checkpoint_every=4", "train.eval_views=4", "train.video_frames=4",
          "train.eval_size=32", "train.texture_size=64"]
 """The tiny preset cut to a dozen iterations: every stage and output still runs."""
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_tiny_models(folder)
-    return folder
 
 
 @pytest.fixture()
@@ -65,10 +57,10 @@ def forbid_models(monkeypatch) -> None:
 
 # ---- the plain photo, end to end --------------------------------------------------------------------
 @needs_c10
-def test_reconstruct_a_plain_jpeg_with_nothing_else_gives_a_mesh_and_records_the_preprocessing(models, tmp_path):
+def test_reconstruct_a_plain_jpeg_with_nothing_else_gives_a_mesh_and_records_the_preprocessing(tiny_models, tmp_path):
     assert Image.open(PHOTO).mode == "RGB"  # no alpha channel: nothing but the photo is given
     out = tmp_path / "out"
-    env = {"C123_TINY_MODELS": str(models), "C123_CACHE": str(tmp_path / "cache")}
+    env = {"C123_TINY_MODELS": str(tiny_models), "C123_CACHE": str(tmp_path / "cache")}
     code, log = run_c123("reconstruct", PHOTO, "--preset", "tiny", "--concept", "--out", out, "--set", *SHORT, env=env)
     assert code == 0, log
     for step in ("captioning it with", "removing the background with", "estimating it with"):
@@ -80,7 +72,7 @@ def test_reconstruct_a_plain_jpeg_with_nothing_else_gives_a_mesh_and_records_the
     pre = result["preprocessing"]
     assert pre["image"] == str(PHOTO) and pre["cached"] is False
     assert [(e["part"], e["model"]) for e in pre["estimates"]] == [
-        ("prompt", f"{models}/blip2"), ("alpha", f"{models}/clipseg"), ("depth", f"{models}/dpt")]
+        ("prompt", f"{tiny_models}/blip2"), ("alpha", f"{tiny_models}/clipseg"), ("depth", f"{tiny_models}/dpt")]
     caption = (Path(pre["folder"]) / "caption.txt").read_text().strip()
     assert caption and result["prompt"] == caption and pre["estimates"][0]["result"] == f"caption: {caption}"
     # the concept token is learned before Stable Diffusion is first used, and SD's prompt names it
@@ -92,10 +84,10 @@ def test_reconstruct_a_plain_jpeg_with_nothing_else_gives_a_mesh_and_records_the
 
 
 @needs_c10
-def test_preprocess_writes_files_that_reload_as_the_same_reconstruction_input(models, tmp_path, cache):
+def test_preprocess_writes_files_that_reload_as_the_same_reconstruction_input(tiny_models, tmp_path, cache):
     out = tmp_path / "pre"
     code, log = run_c123("preprocess", PHOTO, "--preset", "tiny", "--out", out,
-                         env={"C123_TINY_MODELS": str(models), "C123_CACHE": str(cache)})
+                         env={"C123_TINY_MODELS": str(tiny_models), "C123_CACHE": str(cache)})
     assert code == 0, log
     assert sorted(p.name for p in out.iterdir()) == ["12_depth.png", "12_rgba.png", "caption.txt", "preprocess.json"]
     command = f'c123 reconstruct {out}/12_rgba.png --depth {out}/12_depth.png --prompt "$(cat {out}/caption.txt)"'
@@ -106,8 +98,8 @@ def test_preprocess_writes_files_that_reload_as_the_same_reconstruction_input(mo
     caption = (out / "caption.txt").read_text().strip()
     given = load_input(out / "12_rgba.png", depth=out / "12_depth.png", prompt=caption)
     from c123.reconstruct import check_prompt
-    check_prompt(given, tiny(str(models)))
-    photo = prepare_input(PHOTO, cfg=tiny(str(models)))
+    check_prompt(given, tiny(str(tiny_models)))
+    photo = prepare_input(PHOTO, cfg=tiny(str(tiny_models)))
     assert photo.prompt == given.prompt
     assert np.array_equal(photo.rgba, given.rgba) and np.allclose(photo.depth, given.depth, atol=1e-6)
     inside = given.rgba[..., 3] > 127
@@ -117,8 +109,8 @@ def test_preprocess_writes_files_that_reload_as_the_same_reconstruction_input(mo
 
 
 @needs_c10
-def test_cached_preprocessing_runs_no_model_the_second_time(models, cache, monkeypatch):
-    cfg = tiny(str(models))
+def test_cached_preprocessing_runs_no_model_the_second_time(tiny_models, cache, monkeypatch):
+    cfg = tiny(str(tiny_models))
     first = prepare_input(PHOTO, cfg=cfg, case_id="ball")
     assert first.preprocessing.cached is False and (cache / "preprocess" / first.preprocessing.key).is_dir()
     forbid_models(monkeypatch)
@@ -135,43 +127,44 @@ def test_cached_preprocessing_runs_no_model_the_second_time(models, cache, monke
         prepare_input(PHOTO, cfg=cfg)
 
 
-def test_a_complete_input_runs_no_model(models, tmp_path, cache, monkeypatch):
+def test_a_complete_input_runs_no_model(tiny_models, tmp_path, cache, monkeypatch):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[4:12, 4:12] = (200, 50, 50, 255)
     Image.fromarray(rgba).save(tmp_path / "x_rgba.png")
     Image.fromarray(np.where(rgba[..., 3] > 0, np.arange(16)[None, :] * 10, 0).astype(np.uint8)).save(tmp_path / "d.png")
     forbid_models(monkeypatch)
-    inp = prepare_input(tmp_path / "x_rgba.png", depth=tmp_path / "d.png", prompt="a red square", cfg=tiny(str(models)))
+    inp = prepare_input(tmp_path / "x_rgba.png", depth=tmp_path / "d.png", prompt="a red square",
+                        cfg=tiny(str(tiny_models)))
     assert inp.preprocessing is None and not cache.exists()
     # a 3d-only run needs no prompt, so none is captioned; depth off: no depth model runs either
-    cfg = tiny(str(models))
+    cfg = tiny(str(tiny_models))
     cfg.preprocess.depth_model = ""
     assert prepare_input(tmp_path / "x_rgba.png", cfg=cfg, need_prompt=False).preprocessing is None
 
 
 # ---- bad photos: one line, naming the file and what to pass instead --------------------------------
-def _segmenter_that_keeps(share: float, models: Path, dest: Path) -> str:
+def _segmenter_that_keeps(share: float, tiny_models: Path, dest: Path) -> str:
     """The tiny CLIPSeg with its last layer set to say 'object' everywhere (1) or nowhere (0)."""
     from transformers import CLIPSegForImageSegmentation
 
-    model = CLIPSegForImageSegmentation.from_pretrained(models / "clipseg")
+    model = CLIPSegForImageSegmentation.from_pretrained(tiny_models / "clipseg")
     with torch.no_grad():
         model.decoder.transposed_convolution.weight.zero_()
         model.decoder.transposed_convolution.bias.fill_(20.0 if share else -20.0)
     model.save_pretrained(dest)
-    for f in (models / "clipseg").iterdir():
+    for f in (tiny_models / "clipseg").iterdir():
         if f.name not in ("config.json", "model.safetensors"):
             (dest / f.name).write_bytes(f.read_bytes())
     return str(dest)
 
 
 @pytest.mark.parametrize("share, found", [(0, "found no object"), (1, "kept the whole frame (100% of it)")])
-def test_a_cut_out_with_no_object_or_the_whole_frame_is_one_line_asking_for_a_mask(models, tmp_path, cache, share,
+def test_a_cut_out_with_no_object_or_the_whole_frame_is_one_line_asking_for_a_mask(tiny_models, tmp_path, cache, share,
                                                                                      found):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (40, 30), (90, 120, 200)).save(photo)
-    cfg = tiny(str(models))
-    cfg.preprocess.background_model = _segmenter_that_keeps(share, models, tmp_path / "seg")
+    cfg = tiny(str(tiny_models))
+    cfg.preprocess.background_model = _segmenter_that_keeps(share, tiny_models, tmp_path / "seg")
     with pytest.raises(InputError) as err:
         prepare_input(photo, prompt="a vase", cfg=cfg)
     assert str(err.value) == (f"{photo}: background removal with {cfg.preprocess.background_model} {found}: pass "
@@ -179,13 +172,13 @@ def test_a_cut_out_with_no_object_or_the_whole_frame_is_one_line_asking_for_a_ma
     assert not any((cache / "preprocess").iterdir())  # nothing half-made is left to be reused
 
 
-def test_the_cli_refuses_a_photo_whose_cut_out_is_empty_in_one_line(models, tmp_path, cache, capsys, monkeypatch):
+def test_the_cli_refuses_a_photo_whose_cut_out_is_empty_in_one_line(tiny_models, tmp_path, cache, capsys, monkeypatch):
     from c123.cli import main
 
-    monkeypatch.setenv("C123_TINY_MODELS", str(models))
+    monkeypatch.setenv("C123_TINY_MODELS", str(tiny_models))
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (40, 30), (90, 120, 200)).save(photo)
-    seg = _segmenter_that_keeps(0, models, tmp_path / "seg")
+    seg = _segmenter_that_keeps(0, tiny_models, tmp_path / "seg")
     capsys.readouterr()  # what making the test's model printed
     code = main(["reconstruct", str(photo), "--preset", "tiny", "--prompt", "a vase", "--out", str(tmp_path / "o"),
                  "--set", f"preprocess.background_model={seg}"])
@@ -195,10 +188,10 @@ def test_the_cli_refuses_a_photo_whose_cut_out_is_empty_in_one_line(models, tmp_
     assert not (tmp_path / "o" / "result.json").exists()
 
 
-def test_an_empty_caption_asks_for_a_prompt(models, tmp_path, cache):
+def test_an_empty_caption_asks_for_a_prompt(tiny_models, tmp_path, cache):
     from transformers import Blip2ForConditionalGeneration
 
-    mute = Blip2ForConditionalGeneration.from_pretrained(models / "blip2")
+    mute = Blip2ForConditionalGeneration.from_pretrained(tiny_models / "blip2")
     eos = mute.config.text_config.eos_token_id
     with torch.no_grad():  # the last hidden state is the constant 1 and only </s> has an embedding: it says </s>
         norm = next(m for name, m in mute.named_modules() if name.endswith("decoder.final_layer_norm"))
@@ -207,14 +200,14 @@ def test_an_empty_caption_asks_for_a_prompt(models, tmp_path, cache):
         table.zero_()
         table[eos] = 1.0
     mute.save_pretrained(tmp_path / "mute")
-    for f in (models / "blip2").iterdir():
+    for f in (tiny_models / "blip2").iterdir():
         if not (tmp_path / "mute" / f.name).exists():
             (tmp_path / "mute" / f.name).write_bytes(f.read_bytes())
     photo = tmp_path / "photo.png"
     rgba = np.zeros((24, 24, 4), np.uint8)
     rgba[6:18, 6:18] = 255
     Image.fromarray(rgba).save(photo)
-    cfg = tiny(str(models))
+    cfg = tiny(str(tiny_models))
     cfg.preprocess.caption_model = str(tmp_path / "mute")
     with pytest.raises(InputError) as err:
         prepare_input(photo, cfg=cfg)
@@ -250,23 +243,23 @@ def test_a_missing_model_stops_the_cli_in_one_line_before_any_model_runs(tmp_pat
     assert captured.err.count("\n") == 1 and "hf download Salesforce/blip2-opt-2.7b" in captured.err
 
 
-def test_photo_without_background_remover_keeps_the_old_one_line_error(tmp_path, models, cache):
+def test_photo_without_background_remover_keeps_the_old_one_line_error(tmp_path, tiny_models, cache):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (20, 20), (10, 200, 30)).save(photo)
-    cfg = tiny(str(models))
+    cfg = tiny(str(tiny_models))
     cfg.preprocess.background_model = ""
     with pytest.raises(InputError, match=r"photo.jpg has no alpha channel and no mask was given: pass --mask"):
         prepare_input(photo, prompt="a green square", cfg=cfg)
 
 
 # ---- concept injection ---------------------------------------------------------------------------
-def test_textual_inversion_learns_the_token_puts_it_in_the_sd_prompt_and_a_rerun_loads_it(models, cache,
+def test_textual_inversion_learns_the_token_puts_it_in_the_sd_prompt_and_a_rerun_loads_it(tiny_models, cache,
                                                                                            monkeypatch):
     from c123.priors import concept as concept_module
     from c123.priors.concept import initial_vector, learn_or_load
     from c123.priors.stable_diffusion import StableDiffusionPrior
 
-    cfg = tiny(str(models))
+    cfg = tiny(str(tiny_models))
     rgba = np.zeros((48, 48, 4), np.uint8)
     rgba[10:38, 14:34] = (220, 180, 40, 255)
 

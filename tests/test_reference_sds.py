@@ -170,11 +170,6 @@ class OfficialZero123:
         return (grad * latents).sum(), grad, latents
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    from c123.priors.tiny import write_tiny_models
-    return {k: Path(v) for k, v in write_tiny_models(tmp_path_factory.mktemp("tiny-ref")).items()}
-
 
 @pytest.fixture(scope="module")
 def reference_image():

@@ -32,11 +32,6 @@ REF = cams(90.0, 0.0, 3.2)
 HIGH_REF = cams(60.0, 30.0, 3.0)  # an input seen from 30 degrees above the equator
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    from c123.priors.tiny import write_tiny_models
-    return {k: Path(v) for k, v in write_tiny_models(tmp_path_factory.mktemp("tiny-stable")).items()}
-
 
 @pytest.fixture(scope="module")
 def reference_image():

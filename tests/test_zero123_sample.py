@@ -18,11 +18,6 @@ VIEWS = cams([70.0, 100.0, 95.0], [60.0, -90.0, 170.0], [3.2, 3.0, 3.4])
 FAMILIES = ["zero123", "stable-zero123"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    from c123.priors.tiny import write_tiny_models
-    return {k: Path(v) for k, v in write_tiny_models(tmp_path_factory.mktemp("tiny-sample")).items()}
-
 
 @pytest.fixture(scope="module")
 def reference_image():
