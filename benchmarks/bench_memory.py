@@ -1,6 +1,6 @@
 """Peak live tensor bytes of the paper preset's steps and priors, and the budget of a whole case.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_memory.py [--part nerf|priors|dmtet|budget] [--compile]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_memory.py [--part nerf|priors|dmtet|budget|compiled] [--compile]
 
 Live tensor bytes (c123.memory.LiveBytes), not RSS: the bytes a GPU would hold. Printed:
 - nerf: the NeRF step (reference and novel kind, priors off: their part is measured apart) at three small
@@ -10,7 +10,8 @@ Live tensor bytes (c123.memory.LiveBytes), not RSS: the bytes a GPU would hold. 
 - priors: each prior's weight bytes at the preset precision from the real architectures (meta device), and the
   SDS step of the real architectures at the paper's input sizes (FakeTensorMode: nothing allocated);
 - dmtet: the DMTet step at small grids and render sizes, the law in pixels and tets;
-- budget: c123.memory.case_budget per preset (the one-line verdicts).
+- budget: c123.memory.case_budget per preset (the one-line verdicts);
+- compiled: the NeRF step compiled beside eager at 16 px (what --compile adds to nerf), alone.
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ class NerfBench:
         cfg = copy.deepcopy(self.base)
         cfg.train.nerf_size, cfg.nerf.occupancy_mode, cfg.nerf.grad_chunk_rays = nerf_size, mode, grad_chunk
         cfg.train.compile = "on" if compile_on else "off"
-        stage, occupancy = self.stages.nerf_stage(self.field, self.rgba, self.depth, self.Priors(), cfg, self.gen,
-                                                  torch.device("cpu"), None)
+        parts = self.stages.NerfStage(self.field, self.rgba, self.depth, self.Priors(), cfg, self.gen,
+                                      torch.device("cpu"))
+        stage, occupancy = parts.build(), parts.occupancy
         if self.grid is None:
             occupancy.update(self.field, self.gen)
             self.grid = (occupancy.density.clone(), occupancy.mask.clone(), occupancy.mean.clone())
@@ -151,11 +153,28 @@ def part_nerf(args):
         print(f"nerf {mode:7s} one graph, after one update ({SIZES[-1]} px): reference {young['reference'] / MB:.1f} MB, "
               f"novel {young['novel'] / MB:.1f} MB", flush=True)
     if args.compile:
-        for mode in ("mask", "compact"):
-            eager, compiled = bench.peak(16, mode, True), bench.peak(16, mode, True, compile_on=True)
-            print(f"nerf {mode:7s} compiled vs eager (16 px, all occupied): reference "
-                  f"{compiled['reference'] / MB:.1f} vs {eager['reference'] / MB:.1f} MB, novel "
-                  f"{compiled['novel'] / MB:.1f} vs {eager['novel'] / MB:.1f} MB", flush=True)
+        part_compiled(args, bench)
+
+
+def part_compiled(args, bench: NerfBench | None = None):
+    """The NeRF step compiled (train.compile=on: the @hot paths through torch.compile) beside eager, one size,
+    both occupancy modes, one graph and checkpointed."""
+    import time
+
+    bench = bench or NerfBench()
+    for mode in ("mask", "compact"):
+        for chunk in (0, CHUNK):
+            t0 = time.perf_counter()
+            eager = bench.peak(16, mode, True, chunk)
+            t1 = time.perf_counter()
+            compiled = bench.peak(16, mode, True, chunk, compile_on=True)
+            t2 = time.perf_counter()
+            label = f"checkpointed {chunk} rays" if chunk else "one graph"
+            print(f"nerf {mode:7s} {label}, compiled vs eager (16 px, all occupied): reference "
+                  f"{compiled['reference'] / MB:.2f} vs {eager['reference'] / MB:.2f} MB, novel "
+                  f"{compiled['novel'] / MB:.2f} vs {eager['novel'] / MB:.2f} MB; optimiser step "
+                  f"{compiled['optimiser'] / MB:.2f} vs {eager['optimiser'] / MB:.2f} MB "
+                  f"(eager {t1 - t0:.0f} s, compiled incl. compilation {t2 - t1:.0f} s)", flush=True)
 
 
 def dmtet_peak(bench: NerfBench, resolution: int, render_size: int, tets_dir: Path) -> dict:
@@ -169,8 +188,8 @@ def dmtet_peak(bench: NerfBench, resolution: int, render_size: int, tets_dir: Pa
     cfg.dmtet.tet_resolution, cfg.dmtet.render_size = resolution, render_size
     dmtet = DMTet(cfg.dmtet, tets_dir)
     dmtet.init_from_density(bench.field.density, 10.0)
-    stage = bench.stages.dmtet_stage(bench.field, dmtet, bench.rgba, bench.Priors(), cfg, bench.gen,
-                                     torch.device("cpu"))
+    stage = bench.stages.DmtetStage(bench.field, dmtet, bench.rgba, bench.Priors(), cfg, bench.gen,
+                                    torch.device("cpu")).build()
     first = cfg.train.nerf_iters + 5
     _step(stage, first, False)  # the optimiser's state exists before the measured step
     peaks, optimiser = [], 0
@@ -236,7 +255,7 @@ def part_budget(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("nerf", "priors", "dmtet", "budget"), action="append")
+    p.add_argument("--part", choices=("nerf", "priors", "dmtet", "budget", "compiled"), action="append")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--chunks", type=lambda t: t == "on", default=None, metavar="on|off",
                    help="nerf: only the checkpointed (on) or only the one-graph (off) steps")
@@ -245,7 +264,7 @@ def main():
     torch.set_num_threads(1)
     models = Path(args.models)
     parts = args.part or ["priors", "nerf", "dmtet", "budget"]
-    for name in ("priors", "nerf", "dmtet", "budget"):
+    for name in ("priors", "nerf", "dmtet", "budget", "compiled"):
         if name in parts:
             globals()[f"part_{name}"](args)
 

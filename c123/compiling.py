@@ -61,6 +61,14 @@ def within(on: bool, fn):
     return run
 
 
+def as_now(fn):
+    """`fn` pinned to the mode it is called under now (compiled or eager), wherever it later runs. A checkpointed
+    chunk is recomputed in the backward, after the stage's `enabled` block has closed, and must run the graph its
+    forward ran: torch.utils.checkpoint compares the recomputed saved tensors with the forward's and raises on a
+    difference (eager and compiled code save different tensors)."""
+    return within(is_enabled(), fn)
+
+
 def hot(fn):
     """Mark a hot path: compiled (dynamic shapes) inside `enabled(True)`, eager otherwise."""
     compiled = None

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from c123.cameras import Cameras, generate_rays
-from c123.compiling import hot
+from c123.compiling import as_now, hot
 from c123.errors import GeometryError
 
 SHADINGS = ("albedo", "lambertian", "textureless", "normal")
@@ -272,9 +272,10 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: Ray
     grad_chunk = settings.grad_chunk
     if torch.is_grad_enabled() and grad_chunk > 0:
         jitter, u = _draw(R, settings, generator, rays_o)
+        work = as_now(_chunk_work)  # recomputed compiled or eager as its forward ran
         for s in range(0, R, grad_chunk):
             e = min(R, s + grad_chunk)
-            chunks.append(checkpoint(_chunk_work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
+            chunks.append(checkpoint(work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
                                      settings, occupancy, textureless, None if jitter is None else jitter[s:e],
                                      None if u is None else u[s:e],
                                      use_reentrant=False, preserve_rng_state=False))  # no draws inside
@@ -304,6 +305,7 @@ def checkpointed_rows(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
     (torch.utils.checkpoint): the graph of one chunk instead of all of x; rows 0 or no gradients: fn(x)."""
     if rows <= 0 or not torch.is_grad_enabled() or x.shape[0] <= rows:
         return fn(x)
+    fn = as_now(fn)  # recomputed compiled or eager as its forward ran
     return torch.cat([checkpoint(fn, x[s:s + rows], use_reentrant=False, preserve_rng_state=False)
                       for s in range(0, x.shape[0], rows)])
 

@@ -1,5 +1,7 @@
 """train.compile: the hot paths trace with at most one graph break each, and the switch resolves per device."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch._dynamo as dynamo
@@ -79,3 +81,36 @@ def test_a_compiled_field_gives_the_eager_values_and_gradients():
     torch.testing.assert_close(sigma_c, sigma, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(albedo_c, albedo, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(field.encoder.embeddings.grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_checkpointed_compiled_render_recomputes_compiled_in_the_backward():
+    """A stage runs its loss inside enabled(True) and its backward after the block has closed; the checkpointed
+    chunks (nerf.grad_chunk_rays > 0, the paper preset, compiled by default on CUDA) are recomputed there and
+    must run the graph their forward ran (before the fix: torch.utils.checkpoint's CheckpointError on the first
+    backward). Values and gradients are the eager, one-graph render's."""
+    field = small_field()
+    g = torch.Generator().manual_seed(0)
+    rays_o = torch.tensor([[0.0, 0.0, 2.5]]).expand(24, 3).contiguous()
+    rays_d = F.normalize(torch.randn(24, 3, generator=g) * 0.05 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    settings = vr.RaySettings(num_samples=16, num_importance=0, perturb=False)
+
+    def loss_of(chunk: int):
+        out = vr.render_rays(field, rays_o, rays_d, replace(settings, grad_chunk=chunk))
+        return out["rgb"].sum() + out["depth"].sum()
+
+    field.zero_grad()
+    loss_of(0).backward()
+    eager = field.encoder.embeddings.grad.clone()
+    field.zero_grad()
+    with compiling.enabled(True):
+        loss = loss_of(8)
+    loss.backward()  # outside the block, as training.Stage.backward_and_step
+    torch.testing.assert_close(field.encoder.embeddings.grad, eager, rtol=1e-4, atol=1e-6)
+    rows_grad = []
+    for on in (False, True):
+        x = (torch.rand(20, 3, generator=torch.Generator().manual_seed(1)) - 0.5).requires_grad_()
+        with compiling.enabled(on):
+            y = vr.checkpointed_rows(field.normal, x, 6)
+        y.sum().backward()
+        rows_grad.append(x.grad)
+    torch.testing.assert_close(rows_grad[1], rows_grad[0], rtol=1e-4, atol=1e-5)

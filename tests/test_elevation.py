@@ -88,6 +88,30 @@ def test_estimate_within_5_degrees_on_every_scene(table):
     assert not wrong, f"estimates off by more than {TOLERANCE} degrees: {wrong}\n{text}"
 
 
+def test_photometric_refinement_lands_within_1_degree_on_every_scene(table):
+    """With exact views, the refinement leaves at most a degree (the track estimate alone: up to 4, towards the
+    equator)."""
+    estimates, text = table
+    wrong = {k: e.elevation_deg for k, e in estimates.items() if abs(e.elevation_deg - k[1]) > 1.0}
+    assert not wrong, f"refined estimates off by more than 1 degree: {wrong}\n{text}"
+    assert all(e.details["track_elevation"] in e.details["photometric"] for e in estimates.values())
+
+
+def test_refinement_removes_the_track_bias_on_blocks():
+    """Blocks at 30 degrees: Lucas-Kanade's tracks on its smooth faces put it 4 degrees low; the photometric
+    criterion, at the same views, finds 30."""
+    prior = TruthPrior("blocks", 30.0)
+    prior.set_reference(None, orbit_cameras(90.0, 0.0, RADIUS, FOVY))
+    views = prior.sample(offset_cameras(ElevationConfig().offsets, ref_polar=90.0, ref_azimuth=0.0, radius=RADIUS,
+                                        fovy=FOVY))
+    tracks_only = estimate_from_views(views, fovy=FOVY, radius=RADIUS, config=ElevationConfig(refine="none"))
+    refined = estimate_from_views(views, fovy=FOVY, radius=RADIUS)
+    assert tracks_only.elevation_deg <= 27.0 and refined.elevation_deg == 30.0, (tracks_only, refined.details)
+    assert refined.details["track_elevation"] == tracks_only.elevation_deg
+    errors = refined.details["photometric"]
+    assert set(errors) == set(range(21, 32)) and errors[30.0] < errors[31.0] < errors[26.0]
+
+
 def test_ideal_views_are_confident(table):
     estimates, text = table
     fell_back = {k: (e.confidence, e.warning) for k, e in estimates.items() if e.fell_back}
@@ -153,7 +177,8 @@ def test_projection_matrices_follow_the_renderer():
 
 @pytest.mark.parametrize("bad", [dict(elevation_range=(30.0, 10.0)), dict(fine_step=20.0), dict(offsets=((0, 0),) * 3),
                                  dict(offsets=((0, 0), (0, 60), (10, 0))), dict(matcher="orb"),
-                                 dict(min_confidence=1.5), dict(lk_window_px=8), dict(error_cap_px=0.0)])
+                                 dict(min_confidence=1.5), dict(lk_window_px=8), dict(error_cap_px=0.0),
+                                 dict(refine="icp"), dict(refine_depths=1), dict(refine_step=0.0)])
 def test_config_rejects_values_out_of_range(bad):
     with pytest.raises(ElevationConfigError):
         ElevationConfig(**bad)

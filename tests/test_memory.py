@@ -144,7 +144,7 @@ def test_the_nerf_law_predicts_a_measured_paper_field_step():
     bench = bench_memory.NerfBench()
     got = bench.peak(20, "compact", True)
     for kind in ("reference", "novel"):
-        fixed, per = memory.NERF_LAW[("compact", False)][kind]
+        fixed, per = memory.NERF_LAW[("compact", False, kind)]
         assert abs(fixed + per * got[f"{kind}_samples"] - got[kind]) < 0.1 * got[kind]
 
 
