@@ -245,10 +245,10 @@ def part_budget(args):
 
     for name, make in PRESETS.items():
         cfg = make()
-        for chunk in (0, 8192):
+        for chunk in sorted({0, cfg.nerf.grad_chunk_rays}):  # one graph, and the preset's own chunks
             cfg.nerf.grad_chunk_rays = chunk
             budget = memory.case_budget(cfg)
-            label = "checkpointed" if chunk else "one graph"
+            label = f"checkpointed {chunk} rays" if chunk else "one graph"
             print(f"[{label}] {budget.line()}")
             print("    " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in budget.parts.items()) + " GB")
 
