@@ -196,7 +196,7 @@ def print_budget() -> None:
     from c123 import memory
     from c123.config import paper
 
-    for chunk in (0, 8192):
+    for chunk in sorted({0, paper().nerf.grad_chunk_rays}):  # one graph, and the preset's own chunks
         cfg = paper()
         cfg.nerf.grad_chunk_rays = chunk
         budget = memory.case_budget(cfg)

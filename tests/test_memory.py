@@ -161,3 +161,21 @@ def test_checkpointed_rows_give_the_same_values_and_gradients(float64):
     chunked.square().sum().backward()
     assert (plain - chunked).abs().max() < 1e-12
     assert max((a - p.grad).abs().max().item() for a, p in zip(grads, field.parameters())) < 1e-12
+
+
+def test_the_memory_benchmark_runs_the_stages_the_law_was_fitted_on():
+    """benchmarks/bench_memory.py drives the real stage objects (it broke unseen when they changed): at 8 px its
+    one-graph and checkpointed (32-ray chunks) steps are the law's bytes, the chunks' fewer."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_memory
+
+    bench = bench_memory.NerfBench()
+    one, chunked = bench.peak(8, "mask", True), bench.peak(8, "mask", True, 32)
+    for kind in ("reference", "novel"):
+        for got, checkpointed in ((one, False), (chunked, True)):
+            fixed, per = memory.NERF_LAW[("mask", checkpointed, kind)]
+            assert abs(fixed + per * got[f"{kind}_samples"] - got[kind]) < 0.01 * got[kind], (kind, checkpointed)
+        assert chunked[kind] < one[kind]
