@@ -1,11 +1,12 @@
 """What the TensorBoard run log costs: the two stages of the one loop with the log off, then on, and the events
 read back with tensorboard's reader. Runs on CUDA when present (the device check of c123/runlog.py), else CPU.
 
-The paper preset's field and renderer, Adam, 3d-only with a stand-in prior (an MSE of the novel view to grey:
-this measures the loop and its log, not the method; the real priors need their weights). The log runs every
+The preset's field and renderer (paper on CUDA, tiny on CPU), Adam, 3d-only with a stand-in prior (an MSE of
+the novel view to grey: this measures the loop and its log, not the method; the real priors need their weights). The log runs every
 step here (log_every = max(1, steps / 200)), its worst case; the paper's 10000 steps log every 50.
 
-Usage: python benchmarks/bench_runlog.py OUT_DIR [--nerf-steps 300] [--dmtet-steps 60] [--device auto] [--preset tiny]
+Usage: python benchmarks/bench_runlog.py OUT_DIR [--nerf-steps 300] [--dmtet-steps 60] [--device auto] [--preset paper|tiny]
+(default preset: paper on CUDA, tiny on CPU)
 """
 
 from __future__ import annotations
@@ -90,9 +91,13 @@ def main() -> None:
     p.add_argument("--nerf-steps", type=int, default=300)
     p.add_argument("--dmtet-steps", type=int, default=60)
     p.add_argument("--device", default="auto")
-    p.add_argument("--preset", default="paper", help="paper (default) or tiny (a quick look on CPU)")
+    p.add_argument("--preset", default=None,
+                   help="paper (the default on CUDA) or tiny (the default on CPU: the paper field's 360 steps take "
+                        "well over the minutes a look should)")
     args = p.parse_args()
     device = resolve_device(args.device)
+    args.preset = args.preset or ("paper" if torch.device(device).type == "cuda" else "tiny")
+    print(f"preset {args.preset} on {device}", flush=True)
     cfg = preset(args.preset)
     cfg.schedule.variant = "3d-only"
     cfg.train.optimizer, cfg.train.lr = "adam", 1e-3
