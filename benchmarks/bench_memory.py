@@ -116,6 +116,9 @@ def fit(rows: dict, kind: str) -> tuple[float, float]:
     return a[kind] - per * a[f"{kind}_samples"], per
 
 
+TETS_DIR = Path(tempfile.gettempdir()) / "c123-bench-tets"
+"""Cache of the A15 tet grids the DMTet measurements build."""
+
 CHUNK = 32
 """Rays per checkpointed chunk measured here: smaller than the images of the small sizes, so they do split."""
 SIZES = (8, 12, 16)
@@ -175,8 +178,7 @@ def part_compiled(args, bench: NerfBench | None = None):
                   f"{compiled['novel'] / MB:.2f} vs {eager['novel'] / MB:.2f} MB; optimiser step "
                   f"{compiled['optimiser'] / MB:.2f} vs {eager['optimiser'] / MB:.2f} MB "
                   f"(eager {t1 - t0:.0f} s, compiled incl. compilation {t2 - t1:.0f} s)", flush=True)
-    tets_dir = Path(tempfile.gettempdir()) / "c123-bench-tets"
-    eager, compiled = (dmtet_peak(bench, 32, 128, tets_dir, compile_on=on) for on in (False, True))
+    eager, compiled = (dmtet_peak(bench, 32, 128, TETS_DIR, compile_on=on) for on in (False, True))
     print(f"dmtet grid 32 at 128 px, compiled vs eager: loss + backward {compiled['step'] / MB:.2f} vs "
           f"{eager['step'] / MB:.2f} MB, optimiser step {compiled['optimiser'] / MB:.2f} vs "
           f"{eager['optimiser'] / MB:.2f} MB", flush=True)
@@ -214,9 +216,8 @@ def part_dmtet(args):
     import numpy as np
 
     bench = NerfBench()
-    tets_dir = Path(tempfile.gettempdir()) / "c123-bench-tets"
     points = [(32, 128), (32, 256), (64, 128), (64, 256)]
-    rows = {p: dmtet_peak(bench, *p, tets_dir) for p in points}
+    rows = {p: dmtet_peak(bench, *p, TETS_DIR) for p in points}
     for p, r in rows.items():
         print(f"dmtet grid {p[0]} ({r['tets']:,} tets, formula {memory.tets_of(p[0]):,}) at {p[1]} px: loss + "
               f"backward {r['step'] / MB:.1f} MB, optimiser step {r['optimiser'] / MB:.1f} MB, state "

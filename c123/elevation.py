@@ -32,7 +32,7 @@ This module re-implements that procedure (no code is copied) in this repository'
   robust mean) instead of One-2-3-45's confidence-weighted mean: no classical matcher gives LoFTR's per-match
   confidence, and the few points on occlusion boundaries that survive the checks would otherwise dominate it;
 - a photometric refinement follows (`refine`, not in One-2-3-45): the candidates within 5 degrees of the track
-  estimate are scored by `photometric_error`, a plane sweep along each pixel's ray through the hypothesis'
+  estimate are scored by `photometric_errors`, a plane sweep along each pixel's ray through the hypothesis'
   cameras (the test multi-view stereo uses). The tracks of a classical matcher on smooth albedo are off by pixels
   along its weakly textured direction, which pulled the synthetic scenes' estimates 1-4 degrees towards the
   equator; exact correspondences give the true elevation with the same criterion, and the refinement leaves at
@@ -135,7 +135,7 @@ class ElevationConfig:
     or inconsistent set of views) has no confidence however the triplets vote; in (0, 1]."""
     refine: Literal["photometric", "none"] = "photometric"
     """'photometric': the track estimate is refined on a `refine_step` grid within +-`refine_radius` by the
-    photometric criterion (`photometric_error`: at the right elevation, every pixel of a view has a depth at which
+    photometric criterion (`photometric_errors`: at the right elevation, every pixel of a view has a depth at which
     its patch looks the same in the other views); 'none': the track estimate as One-2-3-45 gives it. Not applied
     when the track estimate falls back."""
     refine_radius: float = 5.0
@@ -387,23 +387,22 @@ def reprojection_errors(P: np.ndarray, trips: list[Triplet], cap_px: float) -> n
     return out
 
 
-def photometric_error(views: torch.Tensor, elevation: float, offsets, *, fovy: float, radius: float,
-                      cfg: ElevationConfig) -> float:
-    """The photometric criterion of one elevation hypothesis (lower is better): for grid pixels on each view's
-    foreground, the depth along the pixel's ray whose projections into the other views look most alike in colour
-    (the patch's mean squared difference, averaged over the other views and capped at cfg.refine_cap), summed.
+def photometric_errors(views: torch.Tensor, elevations, offsets, *, fovy: float, radius: float,
+                       cfg: ElevationConfig) -> dict[float, float]:
+    """The photometric criterion of each elevation hypothesis (lower is better), keyed by the elevation rounded to
+    1e-6, in the order given: for grid pixels on each view's foreground, the depth along the pixel's ray whose
+    projections into the other views look most alike in colour (the patch's mean squared difference, averaged over
+    the other views and capped at cfg.refine_cap), summed.
 
     Why, beside the tracks: tracks are points matched by their image alone, and on smooth albedo Lucas-Kanade's
     are off by pixels along the weakly textured direction, which biases the estimate towards the equator (on the
     synthetic scenes 1-4 degrees, while the true correspondences give the true elevation). Here the cameras of the
     hypothesis constrain every match to its epipolar line, and the colour is compared where the hypothesis puts
     it: only at the right elevation does one depth explain every view at once (the plane-sweep test of multi-view
-    stereo). Patches are compared unwarped (the views are 10 degrees apart)."""
+    stereo). Patches are compared unwarped (the views are 10 degrees apart). What does not depend on the
+    hypothesis (the grid pixels, their own patches, the depths) is taken once for all of them."""
     n, _, size, _ = views.shape
     scale = size / REFERENCE_SIZE
-    cams = offset_cameras(offsets, ref_polar=90.0 - elevation, ref_azimuth=0.0, radius=radius, fovy=fovy)
-    P = torch.from_numpy(projection_matrices(elevation, offsets, fovy=fovy, radius=radius, size=size)).float()
-    rays_o, rays_d = generate_rays(cams, size, size)
     images = views.detach().float().cpu()
     half = int(round(cfg.refine_patch_px * scale))
     k = torch.arange(-half, half + 1, dtype=torch.float32)
@@ -411,22 +410,30 @@ def photometric_error(views: torch.Tensor, elevation: float, offsets, *, fovy: f
     depths = torch.linspace(max(radius - cfg.refine_depth_span, 1e-3), radius + cfg.refine_depth_span,
                             cfg.refine_depths)
     step = max(1, int(round(cfg.refine_grid_px * scale)))
-    total = 0.0
+    pixels = []                                      # per view: grid pixels (ys, xs) and their own patches [N,K,3]
     for s, mask in enumerate(foreground(im, cfg, scale) for im in _to_uint8(views)):
         ys, xs = (torch.from_numpy(a * step) for a in np.nonzero(mask[::step, ::step]))
-        if len(xs) == 0:
-            continue
-        X = rays_o[s, ys, xs][:, None] + rays_d[s, ys, xs][:, None] * depths[None, :, None]     # [N,D,3]
-        X = torch.cat([X, torch.ones_like(X[..., :1])], -1)
-        own = _bilinear(images[s], torch.stack([xs, ys], -1).float()[:, None] + patch)           # [N,K,3]
-        cost = 0.0
-        for b in range(n):
-            if b != s:
-                x = X @ P[b].T
-                seen = _bilinear(images[b], (x[..., :2] / x[..., 2:])[:, :, None] + patch)        # [N,D,K,3]
-                cost = cost + ((seen - own[:, None]) ** 2).mean((-1, -2))
-        total += float((cost / (n - 1)).clamp(max=cfg.refine_cap).min(1).values.sum())
-    return total
+        if len(xs):
+            pixels.append((s, ys, xs, _bilinear(images[s], torch.stack([xs, ys], -1).float()[:, None] + patch)))
+
+    def error(elevation: float) -> float:
+        cams = offset_cameras(offsets, ref_polar=90.0 - elevation, ref_azimuth=0.0, radius=radius, fovy=fovy)
+        P = torch.from_numpy(projection_matrices(elevation, offsets, fovy=fovy, radius=radius, size=size)).float()
+        rays_o, rays_d = generate_rays(cams, size, size)
+        total = 0.0
+        for s, ys, xs, own in pixels:
+            X = rays_o[s, ys, xs][:, None] + rays_d[s, ys, xs][:, None] * depths[None, :, None]  # [N,D,3]
+            X = torch.cat([X, torch.ones_like(X[..., :1])], -1)
+            cost = 0.0
+            for b in range(n):
+                if b != s:
+                    x = X @ P[b].T
+                    seen = _bilinear(images[b], (x[..., :2] / x[..., 2:])[:, :, None] + patch)     # [N,D,K,3]
+                    cost = cost + ((seen - own[:, None]) ** 2).mean((-1, -2))
+            total += float((cost / (n - 1)).clamp(max=cfg.refine_cap).min(1).values.sum())
+        return total
+
+    return {float(round(e, 6)): error(float(e)) for e in elevations}
 
 
 def _bilinear(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -522,9 +529,8 @@ def estimate_from_views(views: torch.Tensor, *, fovy: float, radius: float,
     if cfg.refine == "photometric":
         candidates = grid(max(lo, best - cfg.refine_radius), min(hi, best + cfg.refine_radius), cfg.refine_step)
         candidates = candidates[np.argsort(np.abs(candidates - best), kind="stable")]  # ties: nearest the tracks'
-        photometric = {float(round(e, 6)): photometric_error(views, float(e), cfg.offsets, fovy=fovy, radius=radius,
-                                                             cfg=cfg) for e in candidates}
-        details.update(track_elevation=best, photometric=photometric)
+        photometric = photometric_errors(views, candidates, cfg.offsets, fovy=fovy, radius=radius, cfg=cfg)
+        details["photometric"] = photometric                        # raw_elevation stays the tracks' estimate
         best = min(photometric, key=photometric.get)
     return ElevationEstimate(best, confidence, details)
 
@@ -549,4 +555,4 @@ def estimate_elevation(prior, reference_rgb_white: torch.Tensor, *, fovy: float,
 
 __all__ = ["ElevationConfig", "ElevationConfigError", "ElevationEstimate", "ONE2345_OFFSETS", "REFERENCE_SIZE",
            "Tracks", "Triplet", "estimate_elevation", "estimate_from_views", "lk_tracks", "sift_tracks", "triplets",
-           "projection_matrices", "reprojection_errors", "photometric_error", "offset_cameras"]
+           "projection_matrices", "reprojection_errors", "photometric_errors", "offset_cameras"]

@@ -272,13 +272,11 @@ def render_rays(field, rays_o: torch.Tensor, rays_d: torch.Tensor, settings: Ray
     grad_chunk = settings.grad_chunk
     if torch.is_grad_enabled() and grad_chunk > 0:
         jitter, u = _draw(R, settings, generator, rays_o)
-        work = as_now(_chunk_work)  # recomputed compiled or eager as its forward ran
         for s in range(0, R, grad_chunk):
             e = min(R, s + grad_chunk)
-            chunks.append(checkpoint(work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
+            chunks.append(recomputed(_chunk_work, field, rays_o[s:e], rays_d[s:e], light_dir[s:e], ambient[s:e],
                                      settings, occupancy, textureless, None if jitter is None else jitter[s:e],
-                                     None if u is None else u[s:e],
-                                     use_reentrant=False, preserve_rng_state=False))  # no draws inside
+                                     None if u is None else u[s:e]))
     else:
         step = R if torch.is_grad_enabled() else CHUNK_RAYS
         for s in range(0, R, step):
@@ -305,9 +303,14 @@ def checkpointed_rows(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
     (torch.utils.checkpoint): the graph of one chunk instead of all of x; rows 0 or no gradients: fn(x)."""
     if rows <= 0 or not torch.is_grad_enabled() or x.shape[0] <= rows:
         return fn(x)
-    fn = as_now(fn)  # recomputed compiled or eager as its forward ran
-    return torch.cat([checkpoint(fn, x[s:s + rows], use_reentrant=False, preserve_rng_state=False)
-                      for s in range(0, x.shape[0], rows)])
+    return torch.cat([recomputed(fn, x[s:s + rows]) for s in range(0, x.shape[0], rows)])
+
+
+def recomputed(fn, *args):
+    """fn(*args) whose graph is not kept but recomputed in the backward (torch.utils.checkpoint, non-reentrant).
+    The recomputation runs compiled or eager as this forward did (c123.compiling.as_now), and draws no random
+    numbers: the callers pass them in (no RNG state to save)."""
+    return checkpoint(as_now(fn), *args, use_reentrant=False, preserve_rng_state=False)
 
 
 def _join_indices(indices, weights) -> torch.Tensor | None:

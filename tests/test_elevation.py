@@ -94,7 +94,7 @@ def test_photometric_refinement_lands_within_1_degree_on_every_scene(table):
     estimates, text = table
     wrong = {k: e.elevation_deg for k, e in estimates.items() if abs(e.elevation_deg - k[1]) > 1.0}
     assert not wrong, f"refined estimates off by more than 1 degree: {wrong}\n{text}"
-    assert all(e.details["track_elevation"] in e.details["photometric"] for e in estimates.values())
+    assert all(e.details["raw_elevation"] in e.details["photometric"] for e in estimates.values())
 
 
 def test_refinement_removes_the_track_bias_on_blocks():
@@ -107,7 +107,7 @@ def test_refinement_removes_the_track_bias_on_blocks():
     tracks_only = estimate_from_views(views, fovy=FOVY, radius=RADIUS, config=ElevationConfig(refine="none"))
     refined = estimate_from_views(views, fovy=FOVY, radius=RADIUS)
     assert tracks_only.elevation_deg <= 27.0 and refined.elevation_deg == 30.0, (tracks_only, refined.details)
-    assert refined.details["track_elevation"] == tracks_only.elevation_deg
+    assert refined.details["raw_elevation"] == tracks_only.elevation_deg
     errors = refined.details["photometric"]
     assert set(errors) == set(range(21, 32)) and errors[30.0] < errors[31.0] < errors[26.0]
 

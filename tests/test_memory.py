@@ -132,15 +132,20 @@ def test_a_packing_beyond_the_card_is_refused_and_auto_fills_it():
         memory.cases_per_gpu(budget, 4, card)
 
 
-@pytest.mark.slow
-def test_the_nerf_law_predicts_a_measured_paper_field_step():
-    """The law's constants (bench_memory.py) against a fresh measurement at a size the fit did not use."""
+def import_bench_memory():
+    """benchmarks/bench_memory.py as a module (the benchmarks folder is not a package)."""
+    import importlib
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    import bench_memory
+    return importlib.import_module("bench_memory")
 
+
+@pytest.mark.slow
+def test_the_nerf_law_predicts_a_measured_paper_field_step():
+    """The law's constants (bench_memory.py) against a fresh measurement at a size the fit did not use."""
+    bench_memory = import_bench_memory()
     bench = bench_memory.NerfBench()
     got = bench.peak(20, "compact", True)
     for kind in ("reference", "novel"):
@@ -166,12 +171,7 @@ def test_checkpointed_rows_give_the_same_values_and_gradients(float64):
 def test_the_memory_benchmark_runs_the_stages_the_law_was_fitted_on():
     """benchmarks/bench_memory.py drives the real stage objects (it broke unseen when they changed): at 8 px its
     one-graph and checkpointed (32-ray chunks) steps are the law's bytes, the chunks' fewer."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    import bench_memory
-
+    bench_memory = import_bench_memory()
     bench = bench_memory.NerfBench()
     one, chunked = bench.peak(8, "mask", True), bench.peak(8, "mask", True, 32)
     for kind in ("reference", "novel"):
