@@ -18,6 +18,7 @@ holds the record (or `{"skipped": reason}`); `outputs["prior_views"]` names the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -44,6 +45,18 @@ def derived_seed(purpose: str, run_seed: int, index: int = 0) -> int:
     sha256('c123 PURPOSE SEED INDEX'), so it shares no stream with the run's generator (seeded with SEED)."""
     digest = hashlib.sha256(f"c123 {purpose} {run_seed} {index}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+@contextlib.contextmanager
+def draws_aside(device):
+    """A block whose random draws leave the run's global streams where they were (torch.random.fork_rng on the
+    CPU stream and, on CUDA, on `device`'s own GPU), so training draws what it would without the block."""
+    import torch
+
+    device = torch.device(device)
+    fork = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):
+        yield
 
 
 def view_seed(run_seed: int, index: int) -> int:
@@ -102,8 +115,7 @@ def draw_prior_views(prior, cfg: ReconstructConfig, out: Path, device, *, input_
     device = torch.device(device)
     tic = time.perf_counter()
     views, taken = [], set()
-    fork = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):  # the global streams stay where seed_everything put them
+    with draws_aside(device):  # the global streams stay where seed_everything put them
         for i in range(len(cams)):
             seed = view_seed(cfg.seed, i)
             generator = torch.Generator(device=device).manual_seed(seed)

@@ -226,7 +226,7 @@ def estimate_input_elevation(priors: Priors, inp: ReconstructionInput, cfg: Reco
     if not cfg.camera.estimate_elevation:
         return None
     from c123.elevation import estimate_elevation
-    from c123.prior_views import derived_seed
+    from c123.prior_views import derived_seed, draws_aside
 
     prior = priors.zero123
     if prior is None or not callable(getattr(prior, "sample", None)):
@@ -236,9 +236,8 @@ def estimate_input_elevation(priors: Priors, inp: ReconstructionInput, cfg: Reco
     rgba = torch.from_numpy(inp.rgba).float().div(255).permute(2, 0, 1)[None]
     white = reference_view(rgba, None, cfg.prior.zero123_size, None, device).white.permute(2, 0, 1)[None]
     device = torch.device(device)
-    fork = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     tic = time.perf_counter()
-    with torch.random.fork_rng(devices=fork):
+    with draws_aside(device):
         generator = torch.Generator(device=device).manual_seed(derived_seed("elevation estimate", cfg.seed))
         found = estimate_elevation(prior, white, fovy=fovy, radius=cfg.camera.ref_radius, generator=generator)
     cfg.camera.ref_polar = 90.0 - float(found.elevation_deg)
